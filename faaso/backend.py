@@ -1,0 +1,77 @@
+"""The interface between faaso and whatever runs containers.
+
+The supervisor and the proxy never speak Docker: the supervisor drives a :class:`Backend`
+(plain Docker today, Docker Swarm services later) and the proxy only sees :class:`Endpoint`
+objects in a pool. Every endpoint is on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Protocol
+
+from faaso.config import Limits
+
+# Labels faaso puts on what it owns.
+LABEL_FUNCTION = "faaso.function"
+LABEL_OWNER = "faaso.owner"
+LABEL_FINGERPRINT = "faaso.fingerprint"
+LABEL_MANAGED = "faaso.managed"
+FUNCTION_PORT = 8080
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where a function instance answers HTTP."""
+
+    host: str
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSpec:
+    """What to run for one instance of a function."""
+
+    function: str
+    image: str
+    fingerprint: str  # changes whenever anything below changes
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """A running (or at least created) instance of a function."""
+
+    id: str
+    name: str
+    function: str
+    fingerprint: str
+    endpoint: Endpoint | None
+    running: bool = True
+
+
+class Backend(Protocol):
+    """Runs function instances. Implementations raise :class:`faaso.errors.BackendError`."""
+
+    async def start(self, spec: InstanceSpec) -> Instance:
+        """Create and start one instance; return it with its 127.0.0.1 endpoint."""
+
+    async def stop(self, instance_id: str, timeout: float = 10.0) -> None:
+        """Stop (SIGTERM, then SIGKILL after ``timeout``) and remove an instance. Idempotent."""
+
+    async def list_instances(self) -> list[Instance]:
+        """Every instance this faaso owns, running or not."""
+
+    async def logs_tail(self, instance_id: str, lines: int = 20) -> list[str]:
+        """The last lines an instance printed (stdout and stderr)."""
+
+    async def close(self) -> None:
+        """Release the connection to the engine (instances keep running)."""

@@ -1,0 +1,131 @@
+"""The plain-Docker backend: one container per instance, 8080 published on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import Any
+
+import aiodocker
+
+from faaso.backend import (
+    FUNCTION_PORT,
+    LABEL_FINGERPRINT,
+    LABEL_FUNCTION,
+    LABEL_MANAGED,
+    LABEL_OWNER,
+    Endpoint,
+    Instance,
+    InstanceSpec,
+)
+from faaso.errors import BackendError
+
+PUBLISH_HOST = "127.0.0.1"
+
+
+def _message(exc: aiodocker.DockerError) -> str:
+    return str(exc.message).strip()
+
+
+class DockerBackend:
+    """Runs instances as containers named ``faaso-<function>-<suffix>``."""
+
+    def __init__(self, docker: aiodocker.Docker, owner: str) -> None:
+        self._docker = docker
+        self.owner = owner
+
+    async def start(self, spec: InstanceSpec) -> Instance:
+        name = f"faaso-{spec.function}-{secrets.token_hex(3)}"
+        labels = {
+            **spec.labels,
+            LABEL_MANAGED: "true",
+            LABEL_FUNCTION: spec.function,
+            LABEL_OWNER: self.owner,
+            LABEL_FINGERPRINT: spec.fingerprint,
+        }
+        host_config: dict[str, Any] = {
+            "PortBindings": {f"{FUNCTION_PORT}/tcp": [{"HostIp": PUBLISH_HOST, "HostPort": ""}]},
+            "RestartPolicy": {"Name": "no"},  # faaso itself restarts what dies
+            "LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "2"}},
+        }
+        if spec.limits.memory:
+            host_config["Memory"] = spec.limits.memory
+        if spec.limits.cpus:
+            host_config["NanoCpus"] = int(spec.limits.cpus * 1e9)
+        config: dict[str, Any] = {
+            "Image": spec.image,
+            "Env": [f"{k}={v}" for k, v in sorted(spec.env.items())],
+            "Labels": labels,
+            "ExposedPorts": {f"{FUNCTION_PORT}/tcp": {}},
+            "HostConfig": host_config,
+        }
+        try:
+            container = await self._docker.containers.create(config, name=name)
+        except aiodocker.DockerError as exc:
+            raise BackendError(
+                f"cannot create a container of {spec.image}: {_message(exc)}"
+            ) from exc
+        try:
+            await container.start()
+            info = await container.show()
+        except aiodocker.DockerError as exc:
+            await self.stop(container.id, timeout=0)
+            raise BackendError(f"cannot start container {name}: {_message(exc)}") from exc
+        instance = self._instance(info)
+        if instance.endpoint is None:
+            await self.stop(container.id, timeout=0)
+            raise BackendError(f"container {name} started without a published port")
+        return instance
+
+    async def stop(self, instance_id: str, timeout: float = 10.0) -> None:
+        container = self._docker.containers.container(instance_id)
+        try:
+            if timeout > 0:
+                await container.stop(t=max(1, round(timeout)))
+            await container.delete(force=True, v=True)
+        except aiodocker.DockerError as exc:
+            if exc.status == 404 or (exc.status == 409 and "in progress" in _message(exc)):
+                return  # gone already, or being removed by someone else
+            raise BackendError(
+                f"cannot remove container {instance_id[:12]}: {_message(exc)}"
+            ) from exc
+
+    async def list_instances(self) -> list[Instance]:
+        try:
+            found = await self._docker.containers.list(
+                all=True, filters={"label": [f"{LABEL_OWNER}={self.owner}"]}
+            )
+            infos = await asyncio.gather(*(c.show() for c in found), return_exceptions=True)
+        except aiodocker.DockerError as exc:
+            raise BackendError(f"cannot list containers: {_message(exc)}") from exc
+        return [self._instance(i) for i in infos if isinstance(i, dict)]
+
+    async def logs_tail(self, instance_id: str, lines: int = 20) -> list[str]:
+        container = self._docker.containers.container(instance_id)
+        try:
+            chunks = await container.log(stdout=True, stderr=True, tail=lines)
+        except aiodocker.DockerError:
+            return []
+        return "".join(chunks).splitlines()[-lines:]
+
+    async def close(self) -> None:
+        await self._docker.close()
+
+    @staticmethod
+    def _instance(info: dict[str, Any]) -> Instance:
+        labels = info.get("Config", {}).get("Labels") or {}
+        ports = (info.get("NetworkSettings") or {}).get("Ports") or {}
+        endpoint: Endpoint | None = None
+        for binding in ports.get(f"{FUNCTION_PORT}/tcp") or []:
+            if binding.get("HostIp") in (PUBLISH_HOST, "0.0.0.0") and binding.get("HostPort"):
+                endpoint = Endpoint(PUBLISH_HOST, int(binding["HostPort"]))
+                break
+        state = info.get("State") or {}
+        return Instance(
+            id=str(info["Id"]),
+            name=str(info.get("Name", "")).lstrip("/"),
+            function=str(labels.get(LABEL_FUNCTION, "")),
+            fingerprint=str(labels.get(LABEL_FINGERPRINT, "")),
+            endpoint=endpoint,
+            running=bool(state.get("Running")),
+        )

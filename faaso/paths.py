@@ -1,0 +1,23 @@
+"""Where faaso keeps things on the host."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """Shared, re-creatable data (downloaded wheels, the bootstrap lock): not per-config state."""
+    base = os.environ.get("FAASO_CACHE_DIR")
+    if base:
+        path = Path(base)
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        path = (Path(xdg) if xdg else Path.home() / ".cache") / "faaso"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def default_state_dir(config_path: Path) -> Path:
+    """``.faaso/`` beside the config file."""
+    return config_path.resolve().parent / ".faaso"

@@ -1,0 +1,78 @@
+"""Pools of live endpoints, one per function: what the proxy asks for a place to send a request.
+
+Members are added by the supervisor only once healthy, and removed at once when they die or
+are drained. ``pick()`` returns the member with the fewest requests in flight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from faaso.backend import Endpoint
+
+
+@dataclass(slots=True, eq=False)
+class Member:
+    instance_id: str
+    endpoint: Endpoint
+    base_url: str = field(init=False)
+    inflight: int = 0
+
+    def __post_init__(self) -> None:
+        self.base_url = self.endpoint.base_url
+
+
+class FunctionPool:
+    """The live endpoints of one function."""
+
+    __slots__ = ("_members", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._members: dict[str, Member] = {}
+
+    def add(self, instance_id: str, endpoint: Endpoint) -> Member:
+        member = Member(instance_id, endpoint)
+        self._members[instance_id] = member
+        return member
+
+    def remove(self, instance_id: str) -> Member | None:
+        return self._members.pop(instance_id, None)
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __contains__(self, instance_id: object) -> bool:
+        return instance_id in self._members
+
+    def members(self) -> list[Member]:
+        return list(self._members.values())
+
+    def pick(self) -> Member | None:
+        """The member with the fewest requests in flight, or None when the pool is empty."""
+        best: Member | None = None
+        for member in self._members.values():
+            if best is None or member.inflight < best.inflight:
+                best = member
+                if member.inflight == 0:
+                    break
+        return best
+
+
+class Pools:
+    """Every function's pool, created on first use."""
+
+    def __init__(self) -> None:
+        self._pools: dict[str, FunctionPool] = {}
+
+    def get(self, name: str) -> FunctionPool:
+        pool = self._pools.get(name)
+        if pool is None:
+            pool = self._pools[name] = FunctionPool(name)
+        return pool
+
+    def drop(self, name: str) -> None:
+        self._pools.pop(name, None)
+
+    def names(self) -> list[str]:
+        return list(self._pools)

@@ -1,0 +1,188 @@
+"""The reverse proxy: one request in, one request to a function instance out, bodies streamed.
+
+The proxy knows nothing of Docker. It resolves the path with the current route table, asks the
+function's pool for the least busy live endpoint, and forwards the request over a shared,
+keep-alive connection pool. Request and response bodies are streamed both ways (a 50 MiB upload
+is never held in memory); small responses with a known length take a shorter path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy, istr
+from yarl import URL
+
+from faaso.pool import Pools
+from faaso.routing import Match, RouteTable
+
+# RFC 9110 7.6.1: meaningful for one connection only, never forwarded.
+HOP_BY_HOP = frozenset(
+    istr(h)
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "Proxy-Connection",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+    )
+)
+INTERNAL_HEADER = "X-OpenFaaS-Internal"
+SMALL_BODY = 64 * 1024
+CHUNK = 64 * 1024
+SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
+
+
+def json_error(status: int, message: str, **extra: object) -> web.Response:
+    """A proxy-made error: JSON body, marked so clients can tell it from the function's own."""
+    return web.json_response(
+        {"error": message, **extra}, status=status, headers={INTERNAL_HEADER: "proxy"}
+    )
+
+
+def _connection_tokens(headers: Mapping[str, str]) -> set[str]:
+    value = headers.get("Connection")
+    if not value:
+        return set()
+    return {token.strip().lower() for token in value.split(",") if token.strip()}
+
+
+def upstream_headers(request: web.Request) -> CIMultiDict[str]:
+    """The request's headers minus hop-by-hop ones, plus X-Forwarded-For/Host/Proto."""
+    incoming = request.headers
+    named = _connection_tokens(incoming)
+    out: CIMultiDict[str] = CIMultiDict()
+    for key, value in incoming.items():
+        if key in HOP_BY_HOP or key.lower() in named:
+            continue
+        out.add(key, value)
+    peer = request.remote or ""
+    previous = incoming.get("X-Forwarded-For")
+    out["X-Forwarded-For"] = f"{previous}, {peer}" if previous else peer
+    if "X-Forwarded-Host" not in incoming and "Host" in incoming:
+        out["X-Forwarded-Host"] = incoming["Host"]
+    if "X-Forwarded-Proto" not in incoming:
+        out["X-Forwarded-Proto"] = request.scheme
+    return out
+
+
+def downstream_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    named = _connection_tokens(headers)
+    out: CIMultiDict[str] = CIMultiDict()
+    for key, value in headers.items():
+        if key in HOP_BY_HOP or key.lower() in named:
+            continue
+        out.add(key, value)
+    return out
+
+
+class Proxy:
+    """Forwards requests to function instances.
+
+    ``routes`` and ``timeouts`` are callables so that a reload can swap what they return without
+    the proxy holding a stale copy.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        pools: Pools,
+        routes: Callable[[], RouteTable],
+        timeout_of: Callable[[str], float],
+    ) -> None:
+        self._session = session
+        self._pools = pools
+        self._routes = routes
+        self._timeout_of = timeout_of
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raw_path, _, query = request.raw_path.partition("?")
+        match = self._routes().resolve(raw_path)
+        if match is None:
+            return json_error(404, f"no function is routed at {request.path}", path=request.path)
+        return await self.forward(request, match, query)
+
+    async def forward(
+        self, request: web.Request, match: Match, raw_query: str = ""
+    ) -> web.StreamResponse:
+        pool = self._pools.get(match.function)
+        member = pool.pick()
+        if member is None:
+            return json_error(
+                503, f"function {match.function!r} has no ready instance", function=match.function
+            )
+        # Still percent-encoded as the client sent it: the function sees the same bytes.
+        url = URL(member.base_url + match.path + ("?" + raw_query if raw_query else ""),
+                  encoded=True)
+        data = request.content if request.body_exists else None
+        timeout = aiohttp.ClientTimeout(total=self._timeout_of(match.function))
+        member.inflight += 1
+        try:
+            async with self._session.request(
+                request.method,
+                url,
+                headers=upstream_headers(request),
+                data=data,
+                allow_redirects=False,
+                timeout=timeout,
+                skip_auto_headers=SKIP_AUTO_HEADERS,
+            ) as upstream:
+                return await self._respond(request, upstream)
+        except TimeoutError:
+            return json_error(
+                504,
+                f"function {match.function!r} did not answer within its timeout",
+                function=match.function,
+            )
+        except aiohttp.ClientConnectorError as exc:
+            return json_error(
+                502,
+                f"cannot connect to function {match.function!r}: {exc.os_error.strerror or exc}",
+                function=match.function,
+            )
+        except (
+            aiohttp.ServerDisconnectedError,
+            aiohttp.ClientOSError,
+            aiohttp.ClientPayloadError,
+        ) as exc:
+            return json_error(
+                502,
+                f"function {match.function!r} closed the connection: {exc.__class__.__name__}",
+                function=match.function,
+            )
+        finally:
+            member.inflight -= 1
+
+    @staticmethod
+    async def _respond(
+        request: web.Request, upstream: aiohttp.ClientResponse
+    ) -> web.StreamResponse:
+        headers = downstream_headers(upstream.headers)
+        length = upstream.content_length
+        if length is not None and length <= SMALL_BODY:
+            body = await upstream.read()
+            return web.Response(
+                status=upstream.status, reason=upstream.reason, headers=headers, body=body
+            )
+        response = web.StreamResponse(
+            status=upstream.status, reason=upstream.reason, headers=headers
+        )
+        if length is not None:
+            response.content_length = length
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, TimeoutError):
+            # Headers are sent: the only honest thing left is to cut the connection.
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        await response.write_eof()
+        return response

@@ -1,0 +1,101 @@
+"""Running the app: listen, wait for a signal, shut down in order.
+
+Shutdown order on SIGINT/SIGTERM: stop accepting connections, let in-flight requests finish
+(bounded by ``drain_timeout``), then run the app's cleanup contexts in reverse: the supervisor
+cancels what it was doing and stops its containers, then the HTTP client pools close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from faaso.logs import get_logger
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    drain_timeout: float = 15.0
+    backlog: int = 2048
+
+
+async def serve(
+    app: web.Application,
+    options: ServerOptions,
+    *,
+    stop: asyncio.Event | None = None,
+    on_listening: Callable[[int], None] | None = None,
+) -> None:
+    """Serve ``app`` until ``stop`` is set or SIGINT/SIGTERM arrives, then shut down cleanly."""
+    log = get_logger("faaso.server")
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning(
+                "server.signal_again",
+                signal=signal.Signals(signum).name,
+                note="already shutting down",
+            )
+            return
+        log.info("server.signal", signal=signal.Signals(signum).name)
+        stop.set()
+
+    for signum in signals:
+        loop.add_signal_handler(signum, on_signal, signum)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=options.drain_timeout,
+    )
+    try:
+        await runner.setup()
+        site = web.TCPSite(
+            runner, options.host, options.port, backlog=options.backlog, reuse_address=True
+        )
+        await site.start()
+        port = _bound_port(runner) or options.port
+        log.info("server.listening", url=f"http://{options.host}:{port}")
+        if on_listening is not None:
+            on_listening(port)
+        await stop.wait()
+        log.info("server.stopping", drain_timeout=options.drain_timeout)
+    finally:
+        await runner.cleanup()
+        for signum in signals:
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(signum)
+        log.info("server.stopped")
+
+
+def _bound_port(runner: web.AppRunner) -> int | None:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return None
+
+
+T = TypeVar("T")
+
+
+def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine function on uvloop where it is installed, else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        factory = None
+    else:
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main())
