@@ -18,10 +18,12 @@ from aiohttp import web
 from faaso import docker_client
 from faaso.builder import Builder
 from faaso.config import Config
+from faaso.controller import Prober
 from faaso.docker_backend import DockerBackend
 from faaso.logs import get_logger
 from faaso.pool import Pools
 from faaso.proxy import Proxy
+from faaso.reloader import Reloader
 from faaso.routing import RouteTable
 from faaso.runtimes import RuntimeCatalog
 from faaso.supervisor import Supervisor
@@ -37,18 +39,25 @@ class GatewayState:
         self.pools = pools or Pools()
         self.not_ready: Callable[[], list[dict[str, object]]] = list
         self.timeout_of: Callable[[str], float] = lambda _name: DEFAULT_TIMEOUT
+        self.reload_status: Callable[[], dict[str, object]] = dict
 
 
 STATE = web.AppKey("faaso_state", GatewayState)
 PROXY = web.AppKey("faaso_proxy", Proxy)
 SUPERVISOR = web.AppKey("faaso_supervisor", Supervisor)
+RELOADER = web.AppKey("faaso_reloader", Reloader)
 
 
 async def healthz(request: web.Request) -> web.Response:
-    not_ready = request.app[STATE].not_ready()
+    state = request.app[STATE]
+    not_ready = state.not_ready()
+    body: dict[str, object] = {"status": "starting" if not_ready else "ok"}
     if not_ready:
-        return web.json_response({"status": "starting", "not_ready": not_ready}, status=503)
-    return web.json_response({"status": "ok"})
+        body["not_ready"] = not_ready
+    reload_status = state.reload_status()
+    if reload_status:
+        body["reload"] = reload_status
+    return web.json_response(body, status=503 if not_ready else 200)
 
 
 async def proxy_handler(request: web.Request) -> web.StreamResponse:
@@ -93,26 +102,51 @@ def owner_id(state_dir: Path) -> str:
     return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
 
 
-def create_app(config: Config, state_dir: Path) -> web.Application:
-    """The whole server for one config: gateway plus Docker, builder and supervisor."""
+def create_app(
+    config: Config,
+    state_dir: Path,
+    *,
+    extra_runtime_dirs: tuple[Path, ...] = (),
+    watch: bool = True,
+) -> web.Application:
+    """The whole server for one config: gateway plus Docker, builder, supervisor and reloader."""
     state = GatewayState(RouteTable(config.routes, set(config.functions)))
     app = gateway_app(state)
     log = get_logger("faaso")
+
+    def on_config(new: Config) -> None:
+        # One assignment: a request sees the old table or the new one, never a mix.
+        state.routes = RouteTable(new.routes, set(new.functions))
 
     async def supervisor_ctx(app: web.Application) -> AsyncIterator[None]:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         docker = await docker_client.connect()
         backend = DockerBackend(docker, owner_id(state_dir))
         builder = Builder(docker, RuntimeCatalog(config.runtime_dirs), get_logger("faaso.build"))
-        probe = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        probe_session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         supervisor = Supervisor(
-            backend, builder, state.pools, probe, get_logger("faaso.supervisor")
+            backend,
+            builder,
+            state.pools,
+            Prober(probe_session),
+            get_logger("faaso.supervisor"),
+            on_config=on_config,
+        )
+        reloader = Reloader(
+            config,
+            supervisor.apply,
+            get_logger("faaso.reload"),
+            extra_runtime_dirs=extra_runtime_dirs,
+            watch=watch,
         )
         app[SUPERVISOR] = supervisor
-        state.not_ready = lambda: [s.as_json(state.pools) for s in supervisor.not_ready()]
+        app[RELOADER] = reloader
+        state.not_ready = supervisor.not_ready
         state.timeout_of = supervisor.timeout_of
+        state.reload_status = lambda: reloader.last
         try:
             await supervisor.start(config)
+            reloader.start()
             log.info(
                 "faaso.started",
                 config=str(config.path),
@@ -121,8 +155,9 @@ def create_app(config: Config, state_dir: Path) -> web.Application:
             )
             yield
         finally:
+            await reloader.close()
             await supervisor.close()
-            await probe.close()
+            await probe_session.close()
             await backend.close()
 
     app.cleanup_ctx.append(supervisor_ctx)

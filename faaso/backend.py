@@ -7,7 +7,7 @@ objects in a pool. Every endpoint is on 127.0.0.1.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
@@ -56,6 +56,18 @@ class Instance:
     fingerprint: str
     endpoint: Endpoint | None
     running: bool = True
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendEvent:
+    """Something happened to an instance: ``died`` (exit or OOM kill) or ``unhealthy``."""
+
+    kind: str
+    instance_id: str
+    function: str
+    exit_code: int | None = None
+    detail: str = ""
 
 
 class Backend(Protocol):
@@ -69,6 +81,16 @@ class Backend(Protocol):
 
     async def list_instances(self) -> list[Instance]:
         """Every instance this faaso owns, running or not."""
+
+    async def inspect(self, instance_id: str) -> Instance | None:
+        """One instance as it is now, or None when it no longer exists."""
+
+    def events(self) -> AsyncIterator[BackendEvent]:
+        """Events about this faaso's instances, as they happen.
+
+        Ends or raises :class:`faaso.errors.BackendError` when the engine goes away; the caller
+        reconnects by calling it again.
+        """
 
     async def logs_tail(self, instance_id: str, lines: int = 20) -> list[str]:
         """The last lines an instance printed (stdout and stderr)."""

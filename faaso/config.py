@@ -60,6 +60,9 @@ FUNCTION_KEYS = frozenset(
         "timeout",
         "startup_timeout",
         "health_path",
+        "health_interval",
+        "health_timeout",
+        "health_failures",
         "limits",
     }
 )
@@ -68,6 +71,9 @@ LIMIT_KEYS = frozenset({"memory", "cpus"})
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_STARTUP_TIMEOUT = 120.0
 DEFAULT_HEALTH_PATH = "/_/health"
+DEFAULT_HEALTH_INTERVAL = 2.0
+DEFAULT_HEALTH_TIMEOUT = 1.0
+DEFAULT_HEALTH_FAILURES = 3
 MAX_REPLICAS = 64
 
 
@@ -93,6 +99,9 @@ class FunctionSpec:
     timeout: float = DEFAULT_TIMEOUT
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
     health_path: str = DEFAULT_HEALTH_PATH
+    health_interval: float = DEFAULT_HEALTH_INTERVAL
+    health_timeout: float = DEFAULT_HEALTH_TIMEOUT
+    health_failures: int = DEFAULT_HEALTH_FAILURES
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -370,6 +379,16 @@ def _parse_function(
             f"{key}.replicas", replicas, f"must be a whole number from 0 to {MAX_REPLICAS}"
         )
 
+    health_failures = doc.get("health_failures", DEFAULT_HEALTH_FAILURES)
+    if (
+        isinstance(health_failures, bool)
+        or not isinstance(health_failures, int)
+        or not (1 <= health_failures <= 100)
+    ):
+        raise check.fail(
+            f"{key}.health_failures", health_failures, "must be a whole number from 1 to 100"
+        )
+
     health_path = doc.get("health_path", DEFAULT_HEALTH_PATH)
     if not isinstance(health_path, str) or not health_path.startswith("/"):
         raise check.fail(f"{key}.health_path", health_path, "must be a path starting with '/'")
@@ -406,6 +425,16 @@ def _parse_function(
             3600.0,
         ),
         health_path=health_path,
+        health_interval=check.number(
+            f"{key}.health_interval",
+            doc.get("health_interval", DEFAULT_HEALTH_INTERVAL),
+            0.0,
+            3600.0,
+        ),
+        health_timeout=check.number(
+            f"{key}.health_timeout", doc.get("health_timeout", DEFAULT_HEALTH_TIMEOUT), 0.0, 600.0
+        ),
+        health_failures=health_failures,
         limits=Limits(memory=memory, cpus=cpus),
     )
 

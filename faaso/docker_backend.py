@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import secrets
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiodocker
+from aiodocker.events import DockerEvents
 
 from faaso.backend import (
     FUNCTION_PORT,
@@ -14,6 +18,7 @@ from faaso.backend import (
     LABEL_FUNCTION,
     LABEL_MANAGED,
     LABEL_OWNER,
+    BackendEvent,
     Endpoint,
     Instance,
     InstanceSpec,
@@ -100,6 +105,69 @@ class DockerBackend:
             raise BackendError(f"cannot list containers: {_message(exc)}") from exc
         return [self._instance(i) for i in infos if isinstance(i, dict)]
 
+    async def inspect(self, instance_id: str) -> Instance | None:
+        try:
+            info = await self._docker.containers.container(instance_id).show()
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise BackendError(f"cannot inspect {instance_id[:12]}: {_message(exc)}") from exc
+        return self._instance(info)
+
+    async def events(self) -> AsyncIterator[BackendEvent]:
+        filters = {
+            "type": ["container"],
+            "label": [f"{LABEL_OWNER}={self.owner}"],
+            "event": ["die", "oom", "health_status"],
+        }
+        events = DockerEvents(self._docker)  # type: ignore[no-untyped-call]
+        subscriber = events.subscribe(create_task=False)  # type: ignore[no-untyped-call]
+        runner = asyncio.create_task(events.run(filters=json.dumps(filters)))
+        try:
+            while True:
+                getter = asyncio.ensure_future(subscriber.get())
+                done, _ = await asyncio.wait({getter, runner}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    break
+                item = getter.result()
+                if item is None:
+                    break
+                event = self._event(item)
+                if event is not None:
+                    yield event
+            if runner.done() and not runner.cancelled() and runner.exception() is not None:
+                exc = runner.exception()
+                raise BackendError(f"the engine's event stream broke: {exc}") from exc
+            raise BackendError("the engine's event stream ended")
+        finally:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await runner
+
+    @staticmethod
+    def _event(item: dict[str, Any]) -> BackendEvent | None:
+        actor = item.get("Actor") or {}
+        attrs = actor.get("Attributes") or {}
+        instance_id = str(actor.get("ID") or item.get("id") or "")
+        function = str(attrs.get(LABEL_FUNCTION, ""))
+        status = str(item.get("status") or item.get("Action") or "")
+        if not instance_id or not function:
+            return None
+        if status == "die":
+            code = attrs.get("exitCode")
+            return BackendEvent(
+                "died",
+                instance_id,
+                function,
+                int(code) if code is not None and str(code).isdigit() else None,
+            )
+        if status == "oom":
+            return BackendEvent("oom", instance_id, function, detail="out of memory")
+        if status.startswith("health_status") and "unhealthy" in status:
+            return BackendEvent("unhealthy", instance_id, function, detail=status)
+        return None
+
     async def logs_tail(self, instance_id: str, lines: int = 20) -> list[str]:
         container = self._docker.containers.container(instance_id)
         try:
@@ -121,11 +189,14 @@ class DockerBackend:
                 endpoint = Endpoint(PUBLISH_HOST, int(binding["HostPort"]))
                 break
         state = info.get("State") or {}
+        running = bool(state.get("Running"))
+        exit_code = state.get("ExitCode")
         return Instance(
             id=str(info["Id"]),
             name=str(info.get("Name", "")).lstrip("/"),
             function=str(labels.get(LABEL_FUNCTION, "")),
             fingerprint=str(labels.get(LABEL_FINGERPRINT, "")),
             endpoint=endpoint,
-            running=bool(state.get("Running")),
+            running=running,
+            exit_code=None if running or exit_code is None else int(exit_code),
         )

@@ -1,11 +1,15 @@
 """Pools of live endpoints, one per function: what the proxy asks for a place to send a request.
 
-Members are added by the supervisor only once healthy, and removed at once when they die or
-are drained. ``pick()`` returns the member with the fewest requests in flight.
+Members are added by the function's controller only once healthy, and removed at once when they
+die or are drained. ``pick()`` returns the member with the fewest requests in flight. While a
+function is expected back (its only instance died and a replacement is starting), the pool is
+``holding``: the proxy waits for a member instead of failing at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass, field
 
 from faaso.backend import Endpoint
@@ -25,19 +29,25 @@ class Member:
 class FunctionPool:
     """The live endpoints of one function."""
 
-    __slots__ = ("_members", "name")
+    __slots__ = ("_members", "_nonempty", "holding", "name")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self._members: dict[str, Member] = {}
+        self._nonempty = asyncio.Event()
+        self.holding = False
 
     def add(self, instance_id: str, endpoint: Endpoint) -> Member:
         member = Member(instance_id, endpoint)
         self._members[instance_id] = member
+        self._nonempty.set()
         return member
 
     def remove(self, instance_id: str) -> Member | None:
-        return self._members.pop(instance_id, None)
+        member = self._members.pop(instance_id, None)
+        if not self._members:
+            self._nonempty.clear()
+        return member
 
     def __len__(self) -> int:
         return len(self._members)
@@ -57,6 +67,35 @@ class FunctionPool:
                 if member.inflight == 0:
                     break
         return best
+
+    async def wait_member(self, timeout: float) -> Member | None:
+        """Wait up to ``timeout`` seconds for a member (while ``holding``)."""
+        deadline = time.monotonic() + timeout
+        while self.holding:
+            member = self.pick()
+            if member is not None:
+                return member
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._nonempty.wait()
+            except TimeoutError:
+                return None
+        return self.pick()
+
+
+async def drain(member: Member, timeout: float) -> bool:
+    """Wait until a member (already out of its pool) has no request in flight."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while member.inflight > 0:
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(delay)  # poll with a deadline
+        delay = min(delay * 2, 0.1)
+    return True
 
 
 class Pools:

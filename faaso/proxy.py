@@ -8,6 +8,7 @@ is never held in memory); small responses with a known length take a shorter pat
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 
 import aiohttp
@@ -112,16 +113,23 @@ class Proxy:
         self, request: web.Request, match: Match, raw_query: str = ""
     ) -> web.StreamResponse:
         pool = self._pools.get(match.function)
+        budget = self._timeout_of(match.function)
         member = pool.pick()
-        if member is None:
+        if member is None and pool.holding:
+            # Its instance died and a replacement is on its way: hold, within the timeout.
+            started = time.monotonic()
+            member = await pool.wait_member(budget)
+            budget -= time.monotonic() - started
+        if member is None or budget <= 0:
             return json_error(
                 503, f"function {match.function!r} has no ready instance", function=match.function
             )
         # Still percent-encoded as the client sent it: the function sees the same bytes.
-        url = URL(member.base_url + match.path + ("?" + raw_query if raw_query else ""),
-                  encoded=True)
+        url = URL(
+            member.base_url + match.path + ("?" + raw_query if raw_query else ""), encoded=True
+        )
         data = request.content if request.body_exists else None
-        timeout = aiohttp.ClientTimeout(total=self._timeout_of(match.function))
+        timeout = aiohttp.ClientTimeout(total=budget)
         member.inflight += 1
         try:
             async with self._session.request(

@@ -1,32 +1,38 @@
-"""The supervisor: makes the running instances match the config.
+"""The supervisor: one controller per function, the engine's event stream, and reloads.
 
-For each function it gets an image (built or pulled by the image provider), adopts matching
-instances left by an earlier run, starts the missing ones, waits until each answers its health
-check, and only then puts it in the function's pool. It owns every instance it started or
-adopted, and stops them all when it closes.
+- ``start(config)`` cleans up what an earlier run left (adopting what still matches), then
+  builds and starts every function in the background.
+- A watcher follows the engine's events (die, oom, unhealthy) and hands each to its function's
+  controller; when the engine goes away it reconnects with backoff and re-checks every instance.
+- ``apply(config)`` reconfigures a running system as a diff. Images for new and changed functions
+  are built first: a failing build changes nothing. New functions start and must be healthy
+  before their routes go live; changed ones roll over (new instances healthy, then the old ones
+  drain and stop; a rollout that fails is rolled back); the route table is swapped in one
+  assignment; removed functions then drain and stop. Unchanged functions are not touched.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import time
-from collections.abc import Coroutine, Iterable
-from dataclasses import dataclass, field
-from enum import StrEnum
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-import aiohttp
 from structlog.typing import FilteringBoundLogger
 
-from faaso.backend import Backend, Instance, InstanceSpec
+from faaso.backend import Backend, BackendEvent, Instance
 from faaso.config import Config, FunctionSpec
+from faaso.controller import (
+    STOP_TIMEOUT,
+    FunctionController,
+    Phase,
+    Prober,
+    RestartPolicy,
+)
 from faaso.errors import BackendError, FaasoError
 from faaso.pool import Pools
 
-PROBE_TIMEOUT = 2.0
-STOP_TIMEOUT = 10.0
+RECONNECT_MAX = 10.0
 
 
 class ImageProvider(Protocol):
@@ -34,37 +40,27 @@ class ImageProvider(Protocol):
         """An image reference the backend can run for ``spec`` (built or pulled if needed)."""
 
 
-class Phase(StrEnum):
-    PENDING = "pending"
-    BUILDING = "building"
-    STARTING = "starting"
-    READY = "ready"
-    FAILED = "failed"
+class ReloadError(FaasoError):
+    """A new config could not be applied; the old one keeps running."""
 
 
 @dataclass(slots=True)
-class FunctionStatus:
+class Pending:
+    """A function that has no controller yet: its image is being built, or could not be."""
+
     name: str
     replicas: int
-    phase: Phase = Phase.PENDING
-    image: str | None = None
+    phase: Phase = Phase.BUILDING
     error: str | None = None
-    instances: dict[str, Instance] = field(default_factory=dict)
 
-    def as_json(self, pools: Pools) -> dict[str, object]:
+    def as_json(self) -> dict[str, object]:
         return {
             "function": self.name,
             "phase": str(self.phase),
             "replicas": self.replicas,
-            "available": len(pools.get(self.name)),
-            "image": self.image,
+            "available": 0,
             "error": self.error,
         }
-
-
-def instance_fingerprint(image: str, spec: FunctionSpec) -> str:
-    raw = f"{image}\0{spec.run_fingerprint()}".encode()
-    return hashlib.sha256(raw).hexdigest()[:24]
 
 
 class Supervisor:
@@ -73,43 +69,52 @@ class Supervisor:
         backend: Backend,
         images: ImageProvider,
         pools: Pools,
-        probe_session: aiohttp.ClientSession,
+        prober: Prober,
         log: FilteringBoundLogger,
+        *,
+        on_config: Callable[[Config], None] = lambda _config: None,
+        policy: RestartPolicy | None = None,
     ) -> None:
         self._backend = backend
         self._images = images
         self._pools = pools
-        self._probe = probe_session
+        self._prober = prober
         self._log = log
-        self._status: dict[str, FunctionStatus] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._on_config = on_config
+        self._policy = policy or RestartPolicy()
+        self._controllers: dict[str, FunctionController] = {}
+        self._pending: dict[str, Pending] = {}
         self._leftovers: dict[str, list[Instance]] = {}
-        self._config: Config | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._apply_lock = asyncio.Lock()
+        self.config: Config | None = None
 
-    # -- what the app asks -------------------------------------------------------------------
+    # -- what the app reads ------------------------------------------------------------------
 
-    @property
-    def config(self) -> Config | None:
-        return self._config
+    def statuses(self) -> list[dict[str, object]]:
+        out = [c.as_json() for c in self._controllers.values()]
+        out += [p.as_json() for p in self._pending.values() if p.name not in self._controllers]
+        return sorted(out, key=lambda s: str(s["function"]))
 
-    def statuses(self) -> list[FunctionStatus]:
-        return [self._status[name] for name in sorted(self._status)]
+    def not_ready(self) -> list[dict[str, object]]:
+        return [s for s in self.statuses() if s["phase"] != str(Phase.READY)]
 
-    def not_ready(self) -> list[FunctionStatus]:
-        return [s for s in self.statuses() if s.phase is not Phase.READY]
+    def controller(self, name: str) -> FunctionController | None:
+        return self._controllers.get(name)
 
     def timeout_of(self, function: str) -> float:
-        config = self._config
-        spec = config.functions.get(function) if config else None
+        controller = self._controllers.get(function)
+        if controller is not None:
+            return controller.spec.timeout
+        spec = self.config.functions.get(function) if self.config else None
         return spec.timeout if spec else 30.0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self, config: Config) -> None:
         """Adopt or clean up what an earlier run left, then bring every function up (background)."""
-        self._config = config
-        for spec in config.functions.values():
-            self._status[spec.name] = FunctionStatus(spec.name, spec.replicas)
+        self.config = config
+        self._on_config(config)
         for instance in await self._backend.list_instances():
             self._leftovers.setdefault(instance.function, []).append(instance)
         stale = [
@@ -119,170 +124,198 @@ class Supervisor:
             for i in found
         ]
         await self._stop_all(stale, reason="not in the config")
+        for name in list(self._leftovers):
+            if name not in config.functions:
+                del self._leftovers[name]
         for spec in config.functions.values():
             self._spawn(self._bring_up(spec))
+        self._spawn(self._watch_engine())
 
     async def close(self) -> None:
-        """Cancel what is in progress, then stop every instance faaso owns."""
+        """Cancel what is in progress, then drain and stop every instance faaso owns."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        owned = [i for s in self._status.values() for i in s.instances.values()]
-        owned += [i for found in self._leftovers.values() for i in found]
-        for status in self._status.values():
-            for instance_id in list(status.instances):
-                self._pools.get(status.name).remove(instance_id)
-        await self._stop_all(owned, reason="shutdown")
+        await asyncio.gather(*(c.close(drain_timeout=5.0) for c in self._controllers.values()))
+        await self._stop_all(
+            [i for found in self._leftovers.values() for i in found], reason="shutdown"
+        )
+        self._leftovers.clear()
 
-    async def wait_ready(self, timeout: float) -> bool:
-        """Poll until every function is ready or failed; True when all are ready."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(s.phase in (Phase.READY, Phase.FAILED) for s in self._status.values()):
-                break
-            await asyncio.sleep(0.05)  # poll with a deadline
-        return not self.not_ready()
-
-    # -- internals ---------------------------------------------------------------------------
+    # -- bringing functions up ---------------------------------------------------------------
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _bring_up(self, spec: FunctionSpec) -> None:
-        status = self._status[spec.name]
-        log = self._log.bind(function=spec.name)
+    async def _image_for(self, spec: FunctionSpec) -> str:
+        pending = self._pending.setdefault(spec.name, Pending(spec.name, spec.replicas))
+        pending.phase, pending.error = Phase.BUILDING, None
         try:
-            status.phase = Phase.BUILDING
             image = await self._images.ensure(spec)
-            status.image = image
-            status.phase = Phase.STARTING
-            fingerprint = instance_fingerprint(image, spec)
-            leftovers = self._leftovers.pop(spec.name, [])
-            keep = [
-                i for i in leftovers if i.fingerprint == fingerprint and i.running and i.endpoint
-            ][: spec.replicas]
-            await self._stop_all([i for i in leftovers if i not in keep], reason="out of date")
-            adopted = await asyncio.gather(*(self._adopt(spec, i, log) for i in keep))
-            missing = spec.replicas - sum(adopted)
-            instance_spec = InstanceSpec(
-                function=spec.name,
-                image=image,
-                fingerprint=fingerprint,
-                env=spec.env,
-                labels=spec.labels,
-                limits=spec.limits,
-            )
-            await asyncio.gather(*(self._launch(spec, instance_spec, log) for _ in range(missing)))
-            status.phase = Phase.READY
-            status.error = None
-            log.info(
-                "function.ready",
-                replicas=spec.replicas,
-                adopted=sum(adopted),
-                endpoints=[m.base_url for m in self._pools.get(spec.name).members()],
-            )
-        except asyncio.CancelledError:
-            raise
         except FaasoError as exc:
-            status.phase = Phase.FAILED
-            status.error = str(exc)
-            log.error("function.failed", error=str(exc))
-        except Exception as exc:  # a bug must not take the other functions down
-            status.phase = Phase.FAILED
-            status.error = f"{type(exc).__name__}: {exc}"
-            log.exception("function.failed")
-
-    async def _adopt(
-        self, spec: FunctionSpec, instance: Instance, log: FilteringBoundLogger
-    ) -> bool:
-        assert instance.endpoint is not None
-        if await self._probe_once(instance, spec):
-            self._status[spec.name].instances[instance.id] = instance
-            self._pools.get(spec.name).add(instance.id, instance.endpoint)
-            log.info(
-                "instance.adopted", container=instance.name, endpoint=instance.endpoint.base_url
-            )
-            return True
-        await self._stop_all([instance], reason="adopted but unhealthy")
-        return False
-
-    async def _launch(
-        self, spec: FunctionSpec, instance_spec: InstanceSpec, log: FilteringBoundLogger
-    ) -> None:
-        instance = await self._backend.start(instance_spec)
-        status = self._status[spec.name]
-        status.instances[instance.id] = instance
-        log.info(
-            "instance.started",
-            container=instance.name,
-            endpoint=instance.endpoint.base_url if instance.endpoint else None,
-        )
-        try:
-            await self._wait_healthy(spec, instance)
-        except BaseException:
-            status.instances.pop(instance.id, None)
-            with contextlib.suppress(FaasoError):
-                await asyncio.shield(self._backend.stop(instance.id, timeout=0))
+            pending.phase, pending.error = Phase.FAILED, str(exc)
+            self._log.error("function.image_failed", function=spec.name, error=str(exc))
             raise
-        assert instance.endpoint is not None
-        self._pools.get(spec.name).add(instance.id, instance.endpoint)
+        del self._pending[spec.name]
+        return image
 
-    async def _probe_once(self, instance: Instance, spec: FunctionSpec) -> bool:
-        if instance.endpoint is None:
-            return False
-        url = instance.endpoint.base_url + spec.health_path
+    async def _bring_up(self, spec: FunctionSpec) -> None:
         try:
-            async with self._probe.get(
-                url, timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT)
-            ) as r:
-                await r.read()
-                return r.status == 200
-        except (aiohttp.ClientError, TimeoutError, OSError):
-            return False
+            image = await self._image_for(spec)
+        except FaasoError:
+            return
+        controller = await self._new_controller(spec, image)
+        controller.start()
 
-    async def _wait_healthy(self, spec: FunctionSpec, instance: Instance) -> None:
-        """Poll the health path until it answers 200; fail early if the container exits."""
-        deadline = time.monotonic() + spec.startup_timeout
-        delay = 0.02
-        next_liveness = time.monotonic() + 1.0
+    async def _new_controller(self, spec: FunctionSpec, image: str) -> FunctionController:
+        controller = FunctionController(
+            spec,
+            image,
+            backend=self._backend,
+            pool=self._pools.get(spec.name),
+            prober=self._prober,
+            log=self._log,
+            policy=self._policy,
+        )
+        self._controllers[spec.name] = controller
+        rest = await controller.adopt(self._leftovers.pop(spec.name, []))
+        await self._stop_all(rest, reason="out of date")
+        return controller
+
+    # -- reload ------------------------------------------------------------------------------
+
+    async def apply(self, new: Config) -> dict[str, list[str]]:
+        """Reconfigure to ``new`` as a diff. Raises :class:`ReloadError`; then nothing changed."""
+        async with self._apply_lock:
+            old = self.config
+            assert old is not None, "start() first"
+            added = [n for n in new.functions if n not in old.functions]
+            removed = [n for n in old.functions if n not in new.functions]
+            changed = [
+                n
+                for n in new.functions
+                if n in old.functions and new.functions[n] != old.functions[n]
+            ]
+            self._log.info(
+                "reload.plan",
+                added=added,
+                removed=removed,
+                changed=changed,
+                routes_changed=dict(new.routes) != dict(old.routes),
+            )
+
+            # 1. images first: a failing build changes nothing
+            to_build = [new.functions[n] for n in added + changed]
+            results = await asyncio.gather(
+                *(self._images.ensure(s) for s in to_build), return_exceptions=True
+            )
+            images: dict[str, str] = {}
+            for spec, result in zip(to_build, results, strict=True):
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                if isinstance(result, BaseException):
+                    raise ReloadError(f"function {spec.name!r}: {result}") from result
+                images[spec.name] = result
+
+            # 2. new functions start; their routes go live only once they are healthy
+            fresh = [await self._new_controller(new.functions[n], images[n]) for n in added]
+            for controller in fresh:
+                controller.start()
+            # 3. changed functions roll over; unchanged ones are not touched
+            previous = {
+                n: (self._controllers[n].spec, self._controllers[n].image)
+                for n in changed
+                if n in self._controllers
+            }
+            for name in changed:
+                existing = self._controllers.get(name)
+                if existing is None:  # its first build had failed: start it now
+                    started = await self._new_controller(new.functions[name], images[name])
+                    started.start()
+                else:
+                    existing.update(new.functions[name], images[name])
+            waiting = [self._controllers[n] for n in added + changed]
+            ok = await asyncio.gather(
+                *(c.wait_converged(c.spec.startup_timeout + 30) for c in waiting)
+            )
+            failed = [c for c, good in zip(waiting, ok, strict=True) if not good]
+            if failed:
+                await self._roll_back(fresh, previous)
+                details = "; ".join(f"{c.name}: {c.error or c.phase}" for c in failed)
+                raise ReloadError(f"new instances did not become healthy ({details})")
+
+            # 4. swap the route table in one assignment, then retire what is gone
+            self.config = new
+            self._on_config(new)
+            gone = [self._controllers.pop(n) for n in removed if n in self._controllers]
+            for name in removed:
+                self._pending.pop(name, None)
+            await asyncio.gather(*(c.close() for c in gone))
+            for name in removed:
+                self._pools.drop(name)
+            self._log.info("reload.done", added=added, removed=removed, changed=changed)
+            return {"added": added, "removed": removed, "changed": changed}
+
+    async def _roll_back(
+        self, fresh: list[FunctionController], previous: dict[str, tuple[FunctionSpec, str]]
+    ) -> None:
+        for controller in fresh:
+            self._controllers.pop(controller.name, None)
+        await asyncio.gather(*(c.close(drain_timeout=1.0) for c in fresh))
+        for controller in fresh:
+            self._pools.drop(controller.name)
+        for name, (spec, image) in previous.items():
+            self._controllers[name].update(spec, image)
+        await asyncio.gather(*(self._controllers[n].wait_converged(30) for n in previous))
+
+    # -- the engine's events -----------------------------------------------------------------
+
+    async def _watch_engine(self) -> None:
+        delay = 0.5
+        connected_once = False
         while True:
-            if await self._probe_once(instance, spec):
-                return
-            now = time.monotonic()
-            if now >= next_liveness:
-                next_liveness = now + 1.0
-                if not await self._is_running(instance.id):
-                    tail = await self._backend.logs_tail(instance.id, 20)
-                    raise BackendError(
-                        f"container {instance.name} exited before it was healthy; its last "
-                        "output:\n" + "\n".join("  | " + line for line in tail)
-                    )
-            if now >= deadline:
-                raise BackendError(
-                    f"container {instance.name} did not answer {spec.health_path} with 200 "
-                    f"within {spec.startup_timeout:g} s"
-                )
-            await asyncio.sleep(delay)  # poll with backoff, bounded by the deadline
-            delay = min(delay * 2, 0.25)
+            try:
+                if connected_once:
+                    await self._resync()
+                    self._log.info("engine.reconnected")
+                connected_once = True
+                async for event in self._backend.events():
+                    delay = 0.5
+                    controller = self._controllers.get(event.function)
+                    if controller is not None:
+                        controller.on_event(event)
+            except BackendError as exc:
+                self._log.warning("engine.events_lost", error=str(exc), retry_in=delay)
+            await asyncio.sleep(delay)  # reconnect backoff
+            delay = min(delay * 2, RECONNECT_MAX)
 
-    async def _is_running(self, instance_id: str) -> bool:
-        for instance in await self._backend.list_instances():
-            if instance.id == instance_id:
-                return instance.running
-        return False
+    async def _resync(self) -> None:
+        """After a gap in the event stream, find instances that died meanwhile."""
+        for controller in list(self._controllers.values()):
+            for instance in controller.instances():
+                current = await self._backend.inspect(instance.id)
+                if current is None or not current.running:
+                    controller.on_event(
+                        BackendEvent(
+                            "died",
+                            instance.id,
+                            controller.name,
+                            current.exit_code if current else None,
+                            "found dead after reconnect",
+                        )
+                    )
 
     async def _stop_all(self, instances: Iterable[Instance], reason: str) -> None:
         items = list(instances)
-        if not items:
-            return
         for instance in items:
             self._log.info(
                 "instance.stop", container=instance.name, function=instance.function, reason=reason
             )
         results = await asyncio.gather(
-            *(self._backend.stop(i.id, timeout=STOP_TIMEOUT) for i in items), return_exceptions=True
+            *(self._backend.stop(i.id, timeout=STOP_TIMEOUT) for i in items),
+            return_exceptions=True,
         )
         for instance, result in zip(items, results, strict=True):
             if isinstance(result, BaseException):

@@ -1,0 +1,195 @@
+"""End to end: the real `python -m faaso serve` against a real Docker engine and real containers."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from faaso.app import owner_id
+from tests.conftest import ROOT, free_port
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("require_docker")]
+
+READY_DEADLINE = 900.0  # a cold first build (apt in the image, wheels) fits well inside this
+
+
+@dataclass
+class Served:
+    port: int
+    proc: subprocess.Popen[bytes]
+    state_dir: Path
+    log: Path
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        finally:
+            conn.close()
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def docker_ps(*filters: str) -> list[str]:
+    argv = ["docker", "ps", "-a", "--format", "{{.Names}}"]
+    for f in filters:
+        argv += ["--filter", f]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    return sorted(out.split())
+
+
+def wait_ready(served: Served, deadline: float) -> None:
+    """Poll /healthz until 200, failing early if the server died."""
+    end = time.monotonic() + deadline
+    last = ""
+    while time.monotonic() < end:
+        if served.proc.poll() is not None:
+            pytest.fail(f"faaso exited with {served.proc.returncode}:\n{served.log_text()[-4000:]}")
+        try:
+            status, _, body = served.request("GET", "/healthz")
+            last = body.decode(errors="replace")
+            if status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)  # poll with a deadline
+    pytest.fail(f"faaso not ready after {deadline} s; /healthz said {last}\n"
+                f"{served.log_text()[-4000:]}")
+
+
+def start_serve(config: Path, state_dir: Path, log: Path) -> Served:
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "faaso", "serve", str(config), "--port", str(port),
+             "--state-dir", str(state_dir), "--log-format", "json"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+        )
+    return Served(port, proc, state_dir, log)
+
+
+def stop_serve(served: Served, timeout: float = 60.0) -> int:
+    if served.proc.poll() is None:
+        served.proc.send_signal(signal.SIGTERM)
+    try:
+        return served.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        served.proc.kill()
+        served.proc.wait()
+        raise
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    tmp = tmp_path_factory.mktemp("e2e")
+    config = tmp / "routes.yml"
+    functions = ROOT / "conf" / "functions"
+    config.write_text(
+        "functions:\n"
+        f"  sum: {{source: {functions / 'sum'}, runtime: python}}\n"
+        f"  mul: {{source: {functions / 'mul'}, runtime: python}}\n"
+        "routes:\n  /sum: sum\n  /mul: mul\n"
+    )
+    s = start_serve(config, tmp / "state", tmp / "faaso.log")
+    try:
+        wait_ready(s, READY_DEADLINE)
+        yield s
+    finally:
+        if s.proc.poll() is None:
+            stop_serve(s)
+
+
+@pytest.mark.timeout(READY_DEADLINE + 60)
+def test_sum_get_and_post(served: Served) -> None:
+    status, headers, body = served.request("GET", "/sum?a=2&b=3")
+    assert (status, json.loads(body)) == (200, 5)
+    assert headers["content-type"].startswith("application/json")
+    status, _, body = served.request("POST", "/sum", b"[1, 2, 3.5]",
+                                     {"Content-Type": "application/json"})
+    assert (status, json.loads(body)) == (200, 6.5)
+
+
+def test_mul(served: Served) -> None:
+    status, _, body = served.request("POST", "/mul", b"[2, 3, 4]")
+    assert (status, json.loads(body)) == (200, 24)
+    status, _, body = served.request("GET", "/mul?a=6&b=7")
+    assert (status, json.loads(body)) == (200, 42)
+
+
+def test_openfaas_path(served: Served) -> None:
+    status, _, body = served.request("GET", "/function/sum?a=10&b=-4")
+    assert (status, json.loads(body)) == (200, 6)
+    status, _, body = served.request("POST", "/function/mul.openfaas-fn", b"[1.5, 2]")
+    assert (status, json.loads(body)) == (200, 3.0)
+
+
+def test_function_errors_are_400_json(served: Served) -> None:
+    status, headers, body = served.request("GET", "/sum?a=2&b=x")
+    assert status == 400
+    assert "error" in json.loads(body)
+    assert "x-openfaas-internal" not in headers  # the function's own answer
+    status, _, body = served.request("POST", "/mul", b"not json")
+    assert status == 400 and "error" in json.loads(body)
+
+
+def test_proxy_errors(served: Served) -> None:
+    status, headers, body = served.request("GET", "/nothing-here")
+    assert status == 404
+    assert headers["x-openfaas-internal"] == "proxy"
+    assert "error" in json.loads(body)
+    status, _, _ = served.request("GET", "/function/nope")
+    assert status == 404
+
+
+def test_healthz_and_containers(served: Served) -> None:
+    status, _, body = served.request("GET", "/healthz")
+    assert (status, json.loads(body)["status"]) == (200, "ok")
+    names = docker_ps("label=faaso.function=sum", "status=running")
+    mine = [n for n in names if n.startswith("faaso-sum-")]
+    assert mine, names
+    inspect = subprocess.run(
+        ["docker", "inspect", "--format", "{{json .HostConfig.PortBindings}}", mine[0]],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    bindings = json.loads(inspect)["8080/tcp"]
+    assert bindings[0]["HostIp"] == "127.0.0.1"
+
+
+def test_concurrent_requests(served: Served) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> tuple[int, object]:
+        status, _, body = served.request("GET", f"/sum?a={i}&b=1")
+        return status, json.loads(body)
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(200)))
+    assert results == [(200, i + 1) for i in range(200)]
+
+
+def test_sigterm_stops_containers_and_exits_0(served: Served) -> None:
+    """Last in this module: shuts the shared server down."""
+    owner_filter = f"label=faaso.owner={owner_id(served.state_dir)}"
+    ours = set(docker_ps(owner_filter))
+    assert {n.rsplit("-", 1)[0] for n in ours} == {"faaso-sum", "faaso-mul"}
+    assert stop_serve(served) == 0
+    left = set(docker_ps(owner_filter))
+    assert not left, f"left behind: {left}"
+    text = served.log_text()
+    assert "server.stopped" in text
