@@ -8,7 +8,10 @@ starts and stopped, in reverse order, when it stops.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -147,6 +150,8 @@ def create_app(
         try:
             await supervisor.start(config)
             reloader.start()
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.trigger)
             log.info(
                 "faaso.started",
                 config=str(config.path),
@@ -155,6 +160,8 @@ def create_app(
             )
             yield
         finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             await reloader.close()
             await supervisor.close()
             await probe_session.close()

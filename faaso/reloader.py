@@ -76,6 +76,24 @@ class Reloader:
             for spec in config.functions.values():
                 if spec.source is not None and not spec.source.is_relative_to(config.path.parent):
                     folders.add(spec.source)
+            stop = asyncio.Event()
+            try:
+                async for changed in watchfiles.awatch(
+                    *folders,
+                    debounce=DEBOUNCE_MS,
+                    step=50,
+                    stop_event=stop,
+                    recursive=True,
+                    ignore_permission_denied=True,
+                ):
+                    if self._relevant(changed):
+                        files = sorted({p for _, p in changed})[:10]
+                        self._log.info("reload.change", files=files)
+                        self._trigger.set()
+                    if self._config is not config:  # the sources may have moved: watch anew
+                        stop.set()
+            except FileNotFoundError as exc:
+                self._log.warning("reload.watch_failed", error=str(exc))
                 await asyncio.sleep(1.0)  # a watched folder vanished; retry shortly
 
     async def _reload_loop(self) -> None:

@@ -193,11 +193,22 @@ class Supervisor:
             assert old is not None, "start() first"
             added = [n for n in new.functions if n not in old.functions]
             removed = [n for n in old.functions if n not in new.functions]
-            changed = [
-                n
-                for n in new.functions
-                if n in old.functions and new.functions[n] != old.functions[n]
-            ]
+
+            # 1. images first, for every function (a cached one costs a hash and a lookup):
+            #    a failing build changes nothing, and a new image is what "changed" means
+            #    for a function whose folder was edited.
+            specs = list(new.functions.values())
+            results = await asyncio.gather(
+                *(self._images.ensure(s) for s in specs), return_exceptions=True
+            )
+            images: dict[str, str] = {}
+            for spec, result in zip(specs, results, strict=True):
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                if isinstance(result, BaseException):
+                    raise ReloadError(f"function {spec.name!r}: {result}") from result
+                images[spec.name] = result
+            changed = [n for n in new.functions if n not in added and self._differs(n, new, images)]
             self._log.info(
                 "reload.plan",
                 added=added,
@@ -205,19 +216,6 @@ class Supervisor:
                 changed=changed,
                 routes_changed=dict(new.routes) != dict(old.routes),
             )
-
-            # 1. images first: a failing build changes nothing
-            to_build = [new.functions[n] for n in added + changed]
-            results = await asyncio.gather(
-                *(self._images.ensure(s) for s in to_build), return_exceptions=True
-            )
-            images: dict[str, str] = {}
-            for spec, result in zip(to_build, results, strict=True):
-                if isinstance(result, asyncio.CancelledError):
-                    raise result
-                if isinstance(result, BaseException):
-                    raise ReloadError(f"function {spec.name!r}: {result}") from result
-                images[spec.name] = result
 
             # 2. new functions start; their routes go live only once they are healthy
             fresh = [await self._new_controller(new.functions[n], images[n]) for n in added]
@@ -257,6 +255,12 @@ class Supervisor:
                 self._pools.drop(name)
             self._log.info("reload.done", added=added, removed=removed, changed=changed)
             return {"added": added, "removed": removed, "changed": changed}
+
+    def _differs(self, name: str, new: Config, images: dict[str, str]) -> bool:
+        controller = self._controllers.get(name)
+        if controller is None:  # its first build had failed: (re)start it
+            return True
+        return controller.spec != new.functions[name] or controller.image != images[name]
 
     async def _roll_back(
         self, fresh: list[FunctionController], previous: dict[str, tuple[FunctionSpec, str]]
