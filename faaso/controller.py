@@ -107,7 +107,8 @@ class FunctionController:
         self._policy = policy or RestartPolicy()
         self._tracked: dict[str, Tracked] = {}
         self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []  # the reconcile and probe loops
+        self._cleanups: set[asyncio.Task[None]] = set()  # removing dead containers
         self._closing = False
         self._young_deaths = 0
         self._not_before = 0.0  # backoff: no start before this monotonic time
@@ -117,6 +118,7 @@ class FunctionController:
         self.restarts = 0
         self.last_exit_code: int | None = None
         self.last_logs: list[str] = []
+        self.restart_delays: list[float] = []  # the backoff chosen at each restart, newest last
 
     # -- what others read --------------------------------------------------------------------
 
@@ -200,6 +202,7 @@ class FunctionController:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._cleanups, return_exceptions=True)
         await self._retire(list(self._tracked.values()), "shutdown", drain_timeout)
         self.phase = Phase.STOPPED
 
@@ -226,6 +229,7 @@ class FunctionController:
             self._young_deaths = 1
         delay = self._backoff_delay()
         self._not_before = time.monotonic() + delay
+        self.restart_delays = [*self.restart_delays[-19:], delay]
         self._log.warning(
             "instance.down",
             container=instance.name,
@@ -238,12 +242,8 @@ class FunctionController:
         self._converged.clear()
         self._wake.set()
         task = asyncio.create_task(self._collect_and_remove(instance))
-        self._tasks.append(task)
-        task.add_done_callback(self._forget_task)
-
-    def _forget_task(self, task: asyncio.Task[None]) -> None:
-        with contextlib.suppress(ValueError):
-            self._tasks.remove(task)
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
 
     async def _collect_and_remove(self, instance: Instance) -> None:
         try:

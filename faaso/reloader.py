@@ -69,14 +69,25 @@ class Reloader:
                 return True
         return False
 
+    @staticmethod
+    def _folders(config: Config) -> frozenset[Path]:
+        """The config's folder, plus each function folder that lies outside it."""
+        folders = {config.path.parent}
+        for spec in config.functions.values():
+            if spec.source is not None and not spec.source.is_relative_to(config.path.parent):
+                folders.add(spec.source)
+        return frozenset(folders)
+
     async def _watch_loop(self) -> None:
+        first = True
         while True:
-            config = self._config
-            folders = {config.path.parent}
-            for spec in config.functions.values():
-                if spec.source is not None and not spec.source.is_relative_to(config.path.parent):
-                    folders.add(spec.source)
+            folders = self._folders(self._config)
             stop = asyncio.Event()
+            self._log.debug("reload.watching", folders=sorted(map(str, folders)))
+            if not first:
+                # A change made while the watcher was being replaced would go unseen: look once.
+                self._trigger.set()
+            first = False
             try:
                 async for changed in watchfiles.awatch(
                     *folders,
@@ -90,11 +101,11 @@ class Reloader:
                         files = sorted({p for _, p in changed})[:10]
                         self._log.info("reload.change", files=files)
                         self._trigger.set()
-                    if self._config is not config:  # the sources may have moved: watch anew
+                    if self._folders(self._config) != folders:  # a source moved: watch anew
                         stop.set()
-            except FileNotFoundError as exc:
-                self._log.warning("reload.watch_failed", error=str(exc))
-                await asyncio.sleep(1.0)  # a watched folder vanished; retry shortly
+            except Exception as exc:  # a watcher must not die quietly: log, then watch again
+                self._log.warning("reload.watch_failed", error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(1.0)  # back off before watching again
 
     async def _reload_loop(self) -> None:
         while True:

@@ -1,195 +1,283 @@
 """faaso python runtime: the HTTP server inside each function's container.
 
-Calls ``handle(event, context)`` from ``handler.py`` with the calling convention of OpenFaaS's
-python3-http template, so OpenFaaS functions run unchanged.
+It imports ``handle(event, context)`` from ``handler.py`` in ``FAASO_FUNCTION_DIR`` and calls it
+for every request, with the calling convention of OpenFaaS's python3-http template, so OpenFaaS
+functions run unchanged.
 
-- ``event``: ``body`` (bytes), ``headers`` (case-insensitive), ``method``, ``query`` (first value
-  of each parameter), ``query_all`` (every value, a multidict), ``path``.
-- ``context``: ``hostname``.
-- Return a dict with ``statusCode`` (and ``body``, ``headers``), or a plain value: ``str``
-  (text/plain), ``bytes`` (application/octet-stream), ``dict``/``list``/number (JSON), ``None``
-  (an empty 200). An exception becomes a 500 with a JSON error; the server keeps serving.
-- Sync handlers run in a bounded thread pool; ``async def`` handlers on the event loop.
-- ``GET /_/health`` answers 200 without calling the handler. SIGTERM/SIGINT: stop accepting,
-  let in-flight requests finish, exit 0.
+``event``
+    ``body`` (bytes), ``headers`` (case-insensitive multidict), ``method`` (``"GET"``...),
+    ``path`` (what the function sees: ``"/"``, ``"/x"``), ``query`` (a dict: the first value of
+    each parameter) and ``query_all`` (a multidict with every value:
+    ``event.query_all.getall("a")``, or ``.items()`` for all pairs in order).
+``context``
+    ``hostname`` (the container's host name).
+
+What ``handle`` returns becomes the response:
+
+- a dict with ``statusCode``: that status, its optional ``headers`` (a list value repeats the
+  header) and optional ``body``: ``str`` (text/plain), ``bytes`` (application/octet-stream),
+  anything else JSON-encoded (application/json); a ``Content-Type`` in ``headers`` wins;
+- ``str``: text/plain; charset=utf-8 -- ``bytes``: application/octet-stream;
+- any other ``dict``, a ``list`` or ``tuple``, ``int``, ``float``, ``bool``: JSON;
+- ``None``: 200 with an empty body.
+
+An exception (or a value that cannot be sent, like NaN) becomes a 500 with the JSON body
+``{"error": "<message>", "type": "<exception class>"}`` and the traceback on stderr; the server
+keeps serving. Sync handlers run in a bounded thread pool, ``async def`` ones on the event loop,
+so a slow handler never holds up other requests. ``/_/health`` answers 200 ``{"status":"ok"}``
+without calling the handler. SIGTERM or SIGINT: stop accepting, give in-flight requests the
+shutdown grace to finish, exit 0.
 
 Environment: ``PORT`` (8080), ``FAASO_HOST`` (0.0.0.0), ``FAASO_FUNCTION_DIR`` (/app/function),
-``FAASO_MAX_BODY`` (bytes, 64 MiB), ``FAASO_THREADS`` (sync handler threads, 32),
-``FAASO_ACCESS_LOG`` (1 to log each request).
+``FAASO_MAX_BODY`` (largest request body in bytes, 64 MiB), ``FAASO_THREADS`` (sync handler
+threads, 32), ``FAASO_SHUTDOWN_GRACE`` (seconds, 9: just under Docker's 10 s stop timeout),
+``FAASO_ACCESS_LOG`` (``1`` prints one line per request to stdout).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import importlib.util
 import inspect
 import json
-import logging
 import os
 import socket
 import sys
+import threading
+import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
-from multidict import CIMultiDictProxy, MultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 
-JSON = "application/json"
+JSON_TYPE = "application/json"
+HEALTH_PATH = "/_/health"
+HEALTH_BODY = b'{"status":"ok"}'
+THREAD_PREFIX = "faaso-handler"
+LISTEN_BACKLOG = 2048
+PREFIX = "faaso python runtime:"
+
+Handler = Callable[[Any, Any], Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
+    """One request as the handler sees it (OpenFaaS python3-http's ``event``, plus query_all)."""
+
     body: bytes
     headers: CIMultiDictProxy[str]
     method: str
     query: dict[str, str]
-    query_all: MultiDictProxy[str]
+    query_all: MultiMapping[str]
     path: str
 
 
 @dataclass(frozen=True, slots=True)
 class Context:
+    """What the handler may want to know about where it runs (OpenFaaS's ``context``)."""
+
     hostname: str
 
 
-def load_handler(function_dir: Path) -> Any:
-    """Import ``handler.py`` from the function folder; exit with a clear message if we cannot."""
+def env_number(name: str, default: int | float) -> int | float:
+    """A positive number from the environment, or a clear exit if it is not one."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = type(default)(raw)
+    except ValueError:
+        value = 0
+    if not value > 0:  # also refuses NaN
+        sys.exit(f"{PREFIX} {name}={raw!r} must be a positive {type(default).__name__}")
+    return value
+
+
+def load_handler(function_dir: Path) -> Handler:
+    """Import ``handle`` from ``function_dir/handler.py``; exit non-zero saying why if we cannot."""
     source = function_dir / "handler.py"
     if not source.is_file():
-        sys.exit(f"faaso python runtime: no handler.py in {function_dir}")
-    sys.path.insert(0, str(function_dir))
+        sys.exit(f"{PREFIX} no handler.py in {function_dir} (set FAASO_FUNCTION_DIR)")
+    sys.path.insert(0, str(function_dir))  # so handler.py can import its sibling modules
+    spec = importlib.util.spec_from_file_location("handler", source)
+    if spec is None or spec.loader is None:
+        sys.exit(f"{PREFIX} cannot load {source}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["handler"] = module
     try:
-        spec = importlib.util.spec_from_file_location("handler", source)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["handler"] = module
         spec.loader.exec_module(module)
-    except Exception:  # the function's own code: say exactly what broke, then stop
+    except Exception as exc:  # the function's own code: show exactly what broke, then stop
         traceback.print_exc()
-        sys.exit(f"faaso python runtime: cannot import {source}")
+        sys.exit(f"{PREFIX} importing {source} failed: {type(exc).__name__}: {exc}")
     handle = getattr(module, "handle", None)
     if not callable(handle):
-        sys.exit(f"faaso python runtime: {source} defines no callable handle(event, context)")
-    return handle
+        sys.exit(f"{PREFIX} {source} defines no callable handle(event, context)")
+    return cast(Handler, handle)
+
+
+def encode_json(value: Any) -> bytes:
+    # allow_nan=False: NaN and Infinity are not JSON, so they fail loudly instead of being sent.
+    return json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
 
 
 def to_response(result: Any) -> web.Response:
-    """Turn what a handler returned into a response (see the module docstring)."""
+    """Turn what a handler returned into a response (the rules are in the module docstring)."""
     if isinstance(result, dict) and "statusCode" in result:
-        status = result["statusCode"]
-        if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
-            raise TypeError(f"statusCode must be an HTTP status number, got {status!r}")
-        headers = {str(k): str(v) for k, v in (result.get("headers") or {}).items()}
-        body = result.get("body")
-        if body is None:
-            return web.Response(status=status, headers=headers)
-        if isinstance(body, bytes | bytearray):
-            return web.Response(status=status, headers=headers, body=bytes(body))
-        if isinstance(body, str):
-            if not any(k.lower() == "content-type" for k in headers):
-                headers["Content-Type"] = "text/plain; charset=utf-8"
-            return web.Response(status=status, headers=headers, body=body.encode())
-        if not any(k.lower() == "content-type" for k in headers):
-            headers["Content-Type"] = JSON
-        return web.Response(status=status, headers=headers, body=json.dumps(body).encode())
+        return explicit_response(result)
     if result is None:
-        return web.Response(status=200)
+        return web.Response()
     if isinstance(result, str):
-        return web.Response(text=result, content_type="text/plain", charset="utf-8")
-    if isinstance(result, bytes | bytearray):
+        return web.Response(text=result)  # text/plain; charset=utf-8
+    if isinstance(result, bytes | bytearray | memoryview):
         return web.Response(body=bytes(result), content_type="application/octet-stream")
-    if isinstance(result, dict | list | int | float) and not isinstance(result, bool):
-        return web.Response(body=json.dumps(result).encode(), content_type=JSON)
-    if isinstance(result, bool):
-        return web.Response(body=json.dumps(result).encode(), content_type=JSON)
-    raise TypeError(f"cannot turn a {type(result).__name__} into a response")
+    if isinstance(result, dict | list | tuple | int | float):  # bool is an int: true/false
+        return web.Response(body=encode_json(result), content_type=JSON_TYPE)
+    raise TypeError(f"handle() returned a {type(result).__name__}, which faaso cannot send")
 
 
-def error_response(status: int, message: str, kind: str | None = None) -> web.Response:
-    body: dict[str, str] = {"error": message}
-    if kind:
-        body["type"] = kind
-    return web.Response(status=status, body=json.dumps(body).encode(), content_type=JSON)
+def explicit_response(result: dict[str, Any]) -> web.Response:
+    """``{"statusCode": 201, "headers": {...}, "body": ...}`` -> that response."""
+    status = result["statusCode"]
+    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+        raise TypeError(f"statusCode must be an HTTP status number, not {status!r}")
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in (result.get("headers") or {}).items():
+        for item in value if isinstance(value, list | tuple) else (value,):
+            headers.add(str(name), str(item))
+    body = result.get("body")
+    if body is None:
+        data, default_type = b"", None
+    elif isinstance(body, str):
+        data, default_type = body.encode(), "text/plain; charset=utf-8"
+    elif isinstance(body, bytes | bytearray | memoryview):
+        data, default_type = bytes(body), "application/octet-stream"
+    else:
+        data, default_type = encode_json(body), JSON_TYPE
+    if default_type and "Content-Type" not in headers:
+        headers["Content-Type"] = default_type
+    return web.Response(status=status, headers=headers, body=data)
+
+
+def error_response(exc: Exception) -> web.Response:
+    payload = {"error": str(exc) or type(exc).__name__, "type": type(exc).__name__}
+    return web.Response(status=500, body=encode_json(payload), content_type=JSON_TYPE)
 
 
 class Runtime:
-    def __init__(self, handle: Any, threads: int, access_log: bool) -> None:
+    """The single catch-all request handler: health checks, then the user's ``handle``."""
+
+    def __init__(self, handle: Handler, threads: int, access_log: bool) -> None:
         self.handle = handle
         self.is_async = inspect.iscoroutinefunction(handle)
-        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="handler")
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=THREAD_PREFIX)
         self.context = Context(hostname=socket.gethostname())
         self.access_log = access_log
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
-        if request.path == "/_/health" and request.method in ("GET", "HEAD"):
-            return web.Response(body=b'{"status":"ok"}', content_type=JSON)
+    async def serve(self, request: web.Request) -> web.Response:
+        if request.path == HEALTH_PATH:
+            return web.Response(body=HEALTH_BODY, content_type=JSON_TYPE)
+        query = request.query
         event = Event(
-            body=await request.read(),
+            body=await request.read(),  # a 413 if larger than client_max_size
             headers=request.headers,
             method=request.method,
-            query={k: request.query[k] for k in request.query},
-            query_all=request.query,
+            query={key: query[key] for key in query},  # the first value of each key
+            query_all=query,
             path=request.path,
         )
         try:
-            if self.is_async:
-                result = await self.handle(event, self.context)
-            else:
-                loop = asyncio.get_running_loop()
-                call = functools.partial(self.handle, event, self.context)
-                result = await loop.run_in_executor(self.executor, call)
-            response = to_response(result)
-        except Exception as exc:  # the function's bug: report it, keep serving
-            traceback.print_exc()
-            response = error_response(500, str(exc) or type(exc).__name__, type(exc).__name__)
+            response = to_response(await self.call(event))
+        except Exception as exc:  # the function's bug: report it and keep serving
+            print(
+                f"{PREFIX} {request.method} {request.path_qs} failed:\n{traceback.format_exc()}",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+            response = error_response(exc)
         if self.access_log:
             print(f"{request.method} {request.path_qs} {response.status}", flush=True)
         return response
 
+    async def call(self, event: Event) -> Any:
+        if self.is_async:
+            result = await self.handle(event, self.context)
+        else:  # in the pool, so a slow or blocking handler leaves the event loop free
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self.executor, self.handle, event, self.context)
+        if inspect.isawaitable(result):  # e.g. an object whose __call__ is async
+            result = await result
+        return result
 
-def main() -> None:
-    function_dir = Path(os.environ.get("FAASO_FUNCTION_DIR", "/app/function"))
-    handle = load_handler(function_dir)
-    runtime = Runtime(
-        handle,
-        threads=int(os.environ.get("FAASO_THREADS", "32")),
-        access_log=os.environ.get("FAASO_ACCESS_LOG") == "1",
-    )
-    app = web.Application(client_max_size=int(os.environ.get("FAASO_MAX_BODY", str(64 << 20))))
-    app.router.add_route("*", "/{tail:.*}", runtime)
 
-    async def shutdown_executor(_app: web.Application) -> None:
-        runtime.executor.shutdown(wait=False, cancel_futures=True)
+def finish_threads(runtime: Runtime, wait: float) -> None:
+    """Stop the pool; a sync handler still running after the grace must not keep us alive."""
+    runtime.executor.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + wait
+    for thread in threading.enumerate():
+        if thread.name.startswith(THREAD_PREFIX):
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                print(
+                    f"{PREFIX} a handler is still running after the shutdown grace; exiting anyway",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                sys.stdout.flush()
+                os._exit(0)  # worker threads are joined at exit, which would hang forever
 
-    app.on_cleanup.append(shutdown_executor)
-    host = os.environ.get("FAASO_HOST", "0.0.0.0")  # noqa: S104 - inside a container
-    port = int(os.environ.get("PORT", "8080"))
-    kind = "async" if runtime.is_async else "sync"
-    print(f"faaso python runtime: serving {function_dir}/handler.py ({kind}) on {host}:{port}",
-          flush=True)
-    logging.basicConfig(level=logging.WARNING)
-    loop_factory = None
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
-
-        loop_factory = uvloop.new_event_loop
     except ImportError:
-        pass
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def main() -> None:
+    function_dir = Path(os.environ.get("FAASO_FUNCTION_DIR", "/app/function")).resolve()
+    host = os.environ.get("FAASO_HOST") or "0.0.0.0"  # every interface of the container
+    port = int(env_number("PORT", 8080))
+    max_body = int(env_number("FAASO_MAX_BODY", 64 * 1024 * 1024))
+    threads = int(env_number("FAASO_THREADS", 32))
+    grace = float(env_number("FAASO_SHUTDOWN_GRACE", 9.0))
+
+    runtime = Runtime(
+        load_handler(function_dir),
+        threads=threads,
+        access_log=os.environ.get("FAASO_ACCESS_LOG", "") == "1",
+    )
+    app = web.Application(client_max_size=max_body)
+    app.router.add_route("*", "/{path:.*}", runtime.serve)
+
+    loop = new_event_loop()
+    kind = "async" if runtime.is_async else f"sync, {threads} threads"
+    print(
+        f"{PREFIX} serving {function_dir / 'handler.py'} ({kind}) on {host}:{port} "
+        f"with {type(loop).__module__.split('.')[0]}",
+        flush=True,
+    )
+    # run_app installs SIGTERM/SIGINT handlers (we are PID 1 in the container: without them
+    # SIGTERM would be ignored), stops listening on either, waits up to ``grace`` for in-flight
+    # requests, then returns.
     web.run_app(
         app,
         host=host,
         port=port,
-        backlog=2048,
+        backlog=LISTEN_BACKLOG,
+        shutdown_timeout=grace,
         access_log=None,
         print=None,
-        shutdown_timeout=10.0,
         handle_signals=True,
-        loop=loop_factory() if loop_factory else None,
+        loop=loop,
     )
+    finish_threads(runtime, wait=1.0)
 
 
 if __name__ == "__main__":
