@@ -28,5 +28,7 @@ def docker_available() -> bool:
 def require_docker() -> None:
     """Docker tests fail (not skip) without an engine: scripts/test always provides one."""
     if not docker_available():
-        pytest.fail("no Docker engine answers; run scripts/test (it starts one) "
-                    "or deselect with -m 'not docker'")
+        pytest.fail(
+            "no Docker engine answers; run scripts/test (it starts one) "
+            "or deselect with -m 'not docker'"
+        )

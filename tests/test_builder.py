@@ -57,8 +57,9 @@ def test_plan_renders_and_overlays(setup: tuple[RuntimeCatalog, FunctionSpec]) -
     assert sorted(p.files) == ["Dockerfile", "function/main.sh", "helper.sh"]
     dockerfile = p.files["Dockerfile"]
     assert isinstance(dockerfile, bytes)
-    assert dockerfile.decode() == ("FROM faaso/debian:bookworm\nRUN echo hello \n"
-                                   "COPY function/ /f/\n")
+    assert dockerfile.decode() == (
+        "FROM faaso/debian:bookworm\nRUN echo hello \nCOPY function/ /f/\n"
+    )
 
 
 def test_hash_is_stable_and_content_addressed(setup: tuple[RuntimeCatalog, FunctionSpec]) -> None:
@@ -91,8 +92,12 @@ def test_function_options_and_requirements(setup: tuple[RuntimeCatalog, Function
 
 @pytest.mark.parametrize(
     ("text", "key"),
-    [("options: {nope: 1}\n", "options.nope"), ("options: {greeting: [1]}\n", "options.greeting"),
-     ("wat: 1\n", "wat"), ("options: [1]\n", "options")],
+    [
+        ("options: {nope: 1}\n", "options.nope"),
+        ("options: {greeting: [1]}\n", "options.greeting"),
+        ("wat: 1\n", "wat"),
+        ("options: [1]\n", "options"),
+    ],
 )
 def test_bad_function_yml(setup: tuple[RuntimeCatalog, FunctionSpec], text: str, key: str) -> None:
     catalog, spec = setup

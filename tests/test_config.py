@@ -31,7 +31,9 @@ def test_example_config_loads() -> None:
 
 
 def test_full_function(tmp_path: Path) -> None:
-    path = make(tmp_path, """
+    path = make(
+        tmp_path,
+        """
 functions:
   sum: {source: functions/sum, runtime: python, replicas: 3, timeout: 2.5,
         env: {A: 1, B: true, C: x}, limits: {memory: 128Mi, cpus: 0.5}}
@@ -39,7 +41,8 @@ functions:
 routes:
   /sum/: sum
   /: hello
-""")
+""",
+    )
     config = load_config(path)
     s = config.functions["sum"]
     assert (s.replicas, s.timeout, dict(s.env)) == (3, 2.5, {"A": "1", "B": "true", "C": "x"})
@@ -55,38 +58,83 @@ routes:
     ("text", "key", "fragment"),
     [
         ("functions:\n  sum: {source: functions/sum}\nextra: 1\n", "extra", "unknown key"),
-        ("functions:\n  sum: {source: functions/sum, replica: 2}\n", "functions.sum.replica",
-         "unknown key"),
+        (
+            "functions:\n  sum: {source: functions/sum, replica: 2}\n",
+            "functions.sum.replica",
+            "unknown key",
+        ),
         ("functions:\n  Sum: {source: functions/sum}\n", "functions.Sum", "lowercase"),
-        ("functions:\n  sum: {source: functions/nope}\n", "functions.sum.source",
-         "not a directory"),
-        ("functions:\n  sum: {source: functions/sum, runtime: cobol}\n",
-         "functions.sum.runtime", "no such runtime"),
-        ("functions:\n  sum: {source: functions/sum}\nroutes: {/sum: mul}\n", "routes./sum",
-         "must name a function"),
-        ("functions:\n  sum: {source: functions/sum}\nroutes: {sum: sum}\n", "routes.sum",
-         "start with '/'"),
-        ("functions:\n  sum: {source: functions/sum}\nroutes: {/system/x: sum}\n",
-         "routes./system/x", "reserved"),
-        ("functions:\n  sum: {source: functions/sum}\nroutes: {/a/../b: sum}\n",
-         "routes./a/../b", "clean URL path"),
-        ("functions:\n  sum: {source: functions/sum}\nroutes: {/sum: sum, /sum/: sum}\n",
-         "routes./sum/", "same route"),
-        ("functions:\n  sum: {source: functions/sum, replicas: -1}\n",
-         "functions.sum.replicas", "whole number"),
-        ("functions:\n  sum: {source: functions/sum, replicas: true}\n",
-         "functions.sum.replicas", "whole number"),
-        ("functions:\n  sum: {source: functions/sum, timeout: 0}\n", "functions.sum.timeout",
-         "greater than 0"),
-        ("functions:\n  sum: {source: functions/sum, image: x}\n", "functions.sum.image",
-         "not both"),
+        (
+            "functions:\n  sum: {source: functions/nope}\n",
+            "functions.sum.source",
+            "not a directory",
+        ),
+        (
+            "functions:\n  sum: {source: functions/sum, runtime: cobol}\n",
+            "functions.sum.runtime",
+            "no such runtime",
+        ),
+        (
+            "functions:\n  sum: {source: functions/sum}\nroutes: {/sum: mul}\n",
+            "routes./sum",
+            "must name a function",
+        ),
+        (
+            "functions:\n  sum: {source: functions/sum}\nroutes: {sum: sum}\n",
+            "routes.sum",
+            "start with '/'",
+        ),
+        (
+            "functions:\n  sum: {source: functions/sum}\nroutes: {/system/x: sum}\n",
+            "routes./system/x",
+            "reserved",
+        ),
+        (
+            "functions:\n  sum: {source: functions/sum}\nroutes: {/a/../b: sum}\n",
+            "routes./a/../b",
+            "clean URL path",
+        ),
+        (
+            "functions:\n  sum: {source: functions/sum}\nroutes: {/sum: sum, /sum/: sum}\n",
+            "routes./sum/",
+            "same route",
+        ),
+        (
+            "functions:\n  sum: {source: functions/sum, replicas: -1}\n",
+            "functions.sum.replicas",
+            "whole number",
+        ),
+        (
+            "functions:\n  sum: {source: functions/sum, replicas: true}\n",
+            "functions.sum.replicas",
+            "whole number",
+        ),
+        (
+            "functions:\n  sum: {source: functions/sum, timeout: 0}\n",
+            "functions.sum.timeout",
+            "greater than 0",
+        ),
+        (
+            "functions:\n  sum: {source: functions/sum, image: x}\n",
+            "functions.sum.image",
+            "not both",
+        ),
         ("functions:\n  sum: {runtime: python}\n", "functions.sum", "needs either"),
-        ("functions:\n  sum: {source: functions/sum, limits: {memory: lots}}\n",
-         "functions.sum.limits.memory", "not a size"),
-        ("functions:\n  sum: {source: functions/sum, env: {1BAD: x}}\n",
-         "functions.sum.env.1BAD", "not a valid name"),
-        ("functions:\n  sum: {source: functions/sum, labels: {faaso.owner: x}}\n",
-         "functions.sum.labels.faaso.owner", "faaso's own"),
+        (
+            "functions:\n  sum: {source: functions/sum, limits: {memory: lots}}\n",
+            "functions.sum.limits.memory",
+            "not a size",
+        ),
+        (
+            "functions:\n  sum: {source: functions/sum, env: {1BAD: x}}\n",
+            "functions.sum.env.1BAD",
+            "not a valid name",
+        ),
+        (
+            "functions:\n  sum: {source: functions/sum, labels: {faaso.owner: x}}\n",
+            "functions.sum.labels.faaso.owner",
+            "faaso's own",
+        ),
         ("functions: {}\n", "functions", "at least one function"),
         ("functions: [sum]\n", "functions", "mapping"),
     ],
@@ -117,8 +165,9 @@ def test_yaml_syntax_error_has_line(tmp_path: Path) -> None:
 
 
 def test_duplicate_keys_are_refused(tmp_path: Path) -> None:
-    path = make(tmp_path, "functions:\n  sum: {source: functions/sum}\n"
-                          "  sum: {source: functions/sum}\n")
+    path = make(
+        tmp_path, "functions:\n  sum: {source: functions/sum}\n  sum: {source: functions/sum}\n"
+    )
     with pytest.raises(ConfigError, match="duplicate key 'sum'"):
         load_config(path)
 
@@ -135,7 +184,9 @@ def test_runtimes_key_adds_a_folder(tmp_path: Path) -> None:
     (tmp_path / "functions/sh").mkdir(parents=True)
     (tmp_path / "functions/sh/run.sh").write_text("echo hi\n")
     path = tmp_path / "routes.yml"
-    path.write_text("runtimes: myruntimes\nfunctions:\n  sh: {source: functions/sh, runtime: shell}\n")
+    path.write_text(
+        "runtimes: myruntimes\nfunctions:\n  sh: {source: functions/sh, runtime: shell}\n"
+    )
     config = load_config(path)
     assert config.functions["sh"].runtime == "shell"
     assert config.runtime_dirs[0] == (tmp_path / "myruntimes").resolve()
@@ -143,7 +194,13 @@ def test_runtimes_key_adds_a_folder(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(1024, 1024), ("128Mi", 128 * 2**20), ("256m", 256 * 10**6), ("1G", 10**9), ("1.5Gi", 3 * 2**29)],
+    [
+        (1024, 1024),
+        ("128Mi", 128 * 2**20),
+        ("256m", 256 * 10**6),
+        ("1G", 10**9),
+        ("1.5Gi", 3 * 2**29),
+    ],
 )
 def test_parse_memory(value: object, expected: int) -> None:
     assert parse_memory(value) == expected

@@ -31,7 +31,11 @@ class Served:
     log: Path
 
     def request(
-        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         try:
@@ -68,8 +72,9 @@ def wait_ready(served: Served, deadline: float) -> None:
         except OSError:
             pass
         time.sleep(0.2)  # poll with a deadline
-    pytest.fail(f"faaso not ready after {deadline} s; /healthz said {last}\n"
-                f"{served.log_text()[-4000:]}")
+    pytest.fail(
+        f"faaso not ready after {deadline} s; /healthz said {last}\n{served.log_text()[-4000:]}"
+    )
 
 
 def start_serve(config: Path, state_dir: Path, log: Path) -> Served:
@@ -77,9 +82,23 @@ def start_serve(config: Path, state_dir: Path, log: Path) -> Served:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "faaso", "serve", str(config), "--port", str(port),
-             "--state-dir", str(state_dir), "--log-format", "json"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "faaso",
+                "serve",
+                str(config),
+                "--port",
+                str(port),
+                "--state-dir",
+                str(state_dir),
+                "--log-format",
+                "json",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
         )
     return Served(port, proc, state_dir, log)
 
@@ -120,8 +139,9 @@ def test_sum_get_and_post(served: Served) -> None:
     status, headers, body = served.request("GET", "/sum?a=2&b=3")
     assert (status, json.loads(body)) == (200, 5)
     assert headers["content-type"].startswith("application/json")
-    status, _, body = served.request("POST", "/sum", b"[1, 2, 3.5]",
-                                     {"Content-Type": "application/json"})
+    status, _, body = served.request(
+        "POST", "/sum", b"[1, 2, 3.5]", {"Content-Type": "application/json"}
+    )
     assert (status, json.loads(body)) == (200, 6.5)
 
 
@@ -165,7 +185,9 @@ def test_healthz_and_containers(served: Served) -> None:
     assert mine, names
     inspect = subprocess.run(
         ["docker", "inspect", "--format", "{{json .HostConfig.PortBindings}}", mine[0]],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     bindings = json.loads(inspect)["8080/tcp"]
     assert bindings[0]["HostIp"] == "127.0.0.1"

@@ -16,23 +16,31 @@ def write(root: Path, rel: str, text: str) -> None:
 
 def test_deb822_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FAASO_DEBIAN_MIRROR", raising=False)
-    write(tmp_path, "sources.list.d/debian.sources", (
-        "Types: deb\n# a comment\nURIs: http://mirror.example/debian\n"
-        "Suites: bookworm bookworm-updates\nComponents: main contrib\n\n"
-        "Types: deb\nURIs: http://mirror.example/debian-security\n"
-        "Suites: bookworm-security\nComponents: main\n"
-    ))
+    write(
+        tmp_path,
+        "sources.list.d/debian.sources",
+        (
+            "Types: deb\n# a comment\nURIs: http://mirror.example/debian\n"
+            "Suites: bookworm bookworm-updates\nComponents: main contrib\n\n"
+            "Types: deb\nURIs: http://mirror.example/debian-security\n"
+            "Suites: bookworm-security\nComponents: main\n"
+        ),
+    )
     assert debian_mirror("bookworm", tmp_path) == "http://mirror.example/debian"
 
 
 def test_one_line_and_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FAASO_DEBIAN_MIRROR", raising=False)
-    write(tmp_path, "sources.list", (
-        "# deb http://commented.example/debian bookworm main\n"
-        "deb-src http://src.example/debian bookworm main\n"
-        "deb [arch=amd64 signed-by=/x.gpg] https://secure.example/debian bookworm main\n"
-        "deb http://plain.example/debian bookworm main non-free\n"
-    ))
+    write(
+        tmp_path,
+        "sources.list",
+        (
+            "# deb http://commented.example/debian bookworm main\n"
+            "deb-src http://src.example/debian bookworm main\n"
+            "deb [arch=amd64 signed-by=/x.gpg] https://secure.example/debian bookworm main\n"
+            "deb http://plain.example/debian bookworm main non-free\n"
+        ),
+    )
     uris = [s.uri for s in apt_sources(tmp_path)]
     assert uris == ["https://secure.example/debian", "http://plain.example/debian"]
     # containers only reach plain HTTP: prefer it
@@ -41,8 +49,11 @@ def test_one_line_and_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 def test_disabled_and_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FAASO_DEBIAN_MIRROR", raising=False)
-    write(tmp_path, "sources.list.d/x.sources",
-          "Enabled: no\nTypes: deb\nURIs: http://off.example/\nSuites: bookworm\nComponents: main\n")
+    write(
+        tmp_path,
+        "sources.list.d/x.sources",
+        "Enabled: no\nTypes: deb\nURIs: http://off.example/\nSuites: bookworm\nComponents: main\n",
+    )
     with pytest.raises(BootstrapError, match="FAASO_DEBIAN_MIRROR"):
         debian_mirror("bookworm", tmp_path)
 

@@ -32,8 +32,12 @@ async def echo(request: web.Request) -> web.Response:
             "header_list": list(request.headers.items()),
             "length": len(body),
         },
-        headers={"X-From": "backend", "Connection": "close, X-Hop", "X-Hop": "secret",
-                 "Keep-Alive": "timeout=5"},
+        headers={
+            "X-From": "backend",
+            "Connection": "close, X-Hop",
+            "X-Hop": "secret",
+            "Keep-Alive": "timeout=5",
+        },
     )
 
 
@@ -44,12 +48,18 @@ async def stream_hash(request: web.Request) -> web.Response:
     async for chunk in request.content.iter_chunked(65536):
         digest.update(chunk)
         size += len(chunk)
-    return web.json_response({"size": size, "sha256": digest.hexdigest(),
-                              "chunked": request.headers.get("Transfer-Encoding")})
+    return web.json_response(
+        {
+            "size": size,
+            "sha256": digest.hexdigest(),
+            "chunked": request.headers.get("Transfer-Encoding"),
+        }
+    )
 
 
-def backend_app(extra: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]]
-                | None = None) -> web.Application:
+def backend_app(
+    extra: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] | None = None,
+) -> web.Application:
     app = web.Application(client_max_size=64 * 2**20)
     for path, handler in (extra or {}).items():
         app.router.add_route("*", path, handler)
@@ -86,7 +96,8 @@ async def backend(aiohttp_server: Factory) -> TestServer:
 @pytest.fixture
 async def gateway(aiohttp_client: Any, backend: TestServer) -> TestClient[Any, Any]:
     client, _ = await start_gateway(
-        aiohttp_client, {"/sum": "sum", "/api": "api"},
+        aiohttp_client,
+        {"/sum": "sum", "/api": "api"},
         {"sum": [endpoint_of(backend)], "api": [endpoint_of(backend)], "idle": []},
     )
     return client
@@ -112,7 +123,11 @@ async def test_openfaas_function_path(gateway: TestClient[Any, Any]) -> None:
     resp = await gateway.post("/function/sum/deep/path?q=1", data=b"abc")
     seen = await resp.json()
     assert (seen["method"], seen["path"], seen["query"], seen["length"]) == (
-        "POST", "/deep/path", "q=1", 3)
+        "POST",
+        "/deep/path",
+        "q=1",
+        3,
+    )
     resp = await gateway.get("/function/sum.openfaas-fn")
     assert (await resp.json())["path"] == "/"
 
@@ -149,10 +164,17 @@ async def test_no_live_instance_is_json_503(gateway: TestClient[Any, Any]) -> No
 async def test_headers_hop_by_hop_and_forwarded(gateway: TestClient[Any, Any]) -> None:
     resp = await gateway.get(
         "/sum/h",
-        headers={"Host": "example.test:8080", "Connection": "keep-alive, X-Private",
-                 "X-Private": "drop me", "Keep-Alive": "timeout=5", "TE": "trailers",
-                 "Proxy-Authorization": "Basic x", "X-Custom": "kept",
-                 "X-Forwarded-For": "10.1.2.3", "User-Agent": "tester/1"},
+        headers={
+            "Host": "example.test:8080",
+            "Connection": "keep-alive, X-Private",
+            "X-Private": "drop me",
+            "Keep-Alive": "timeout=5",
+            "TE": "trailers",
+            "Proxy-Authorization": "Basic x",
+            "X-Custom": "kept",
+            "X-Forwarded-For": "10.1.2.3",
+            "User-Agent": "tester/1",
+        },
     )
     seen = (await resp.json())["headers"]
     for dropped in ("X-Private", "Keep-Alive", "TE", "Proxy-Authorization"):
@@ -240,7 +262,8 @@ async def test_refused_connection_is_502(aiohttp_client: Any) -> None:
     from tests.conftest import free_port
 
     client, _ = await start_gateway(
-        aiohttp_client, {"/gone": "gone"}, {"gone": [Endpoint("127.0.0.1", free_port())]})
+        aiohttp_client, {"/gone": "gone"}, {"gone": [Endpoint("127.0.0.1", free_port())]}
+    )
     resp = await client.get("/gone")
     assert resp.status == 502
     assert resp.headers["X-OpenFaaS-Internal"] == "proxy"
@@ -255,8 +278,9 @@ async def test_slow_function_is_504(aiohttp_server: Factory, aiohttp_client: Any
         return web.Response()
 
     server = await aiohttp_server(backend_app({"/hang": hang}))
-    client, _ = await start_gateway(aiohttp_client, {"/h": "h"}, {"h": [endpoint_of(server)]},
-                                    timeout=0.3)
+    client, _ = await start_gateway(
+        aiohttp_client, {"/h": "h"}, {"h": [endpoint_of(server)]}, timeout=0.3
+    )
     resp = await client.get("/h/hang")
     assert resp.status == 504
     assert "timeout" in (await resp.json())["error"]
@@ -273,14 +297,16 @@ async def test_least_inflight_balancing(aiohttp_server: Factory, aiohttp_client:
             if request.path == "/slow":
                 await asyncio.wait_for(gate.wait(), 10)
             return web.Response(text=name)
+
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", handler)
         return app
 
     a = await aiohttp_server(make("a"))
     b = await aiohttp_server(make("b"))
-    client, state = await start_gateway(aiohttp_client, {"/f": "f"},
-                                        {"f": [endpoint_of(a), endpoint_of(b)]})
+    client, state = await start_gateway(
+        aiohttp_client, {"/f": "f"}, {"f": [endpoint_of(a), endpoint_of(b)]}
+    )
     slow = asyncio.create_task(client.get("/f/slow"))
     pool = state.pools.get("f")
     # poll with a deadline until the slow request is in flight

@@ -4,8 +4,10 @@ import pytest
 
 from faaso.routing import Match, RouteTable
 
-TABLE = RouteTable({"/sum": "sum", "/api/v1": "api", "/api": "apiroot", "/mul": "mul"},
-                   {"sum", "mul", "api", "apiroot", "hello"})
+TABLE = RouteTable(
+    {"/sum": "sum", "/api/v1": "api", "/api": "apiroot", "/mul": "mul"},
+    {"sum", "mul", "api", "apiroot", "hello"},
+)
 
 
 @pytest.mark.parametrize(

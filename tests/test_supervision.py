@@ -21,12 +21,15 @@ from faaso.app import SUPERVISOR, create_app, owner_id
 from faaso.config import load_config
 from tests.conftest import ROOT
 
-pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("require_docker"),
-              pytest.mark.timeout(300)]
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.usefixtures("require_docker"),
+    pytest.mark.timeout(300),
+]
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
-CRASHER = '''
+CRASHER = """
 import os, threading
 
 def _die():
@@ -36,7 +39,7 @@ threading.Timer(float(os.environ.get("DIE_AFTER", "0.5")), _die).start()
 
 def handle(event, context):
     return "alive"
-'''
+"""
 
 
 @dataclass
@@ -55,8 +58,14 @@ class Site:
                 return resp.status, text
 
     def containers(self, function: str | None = None, running: bool = True) -> list[str]:
-        argv = ["docker", "ps", "--format", "{{.Names}}", "--filter",
-                f"label=faaso.owner={owner_id(self.state)}"]
+        argv = [
+            "docker",
+            "ps",
+            "--format",
+            "{{.Names}}",
+            "--filter",
+            f"label=faaso.owner={owner_id(self.state)}",
+        ]
         if not running:
             argv.insert(2, "-a")
         if function:
@@ -80,8 +89,9 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what:
         await asyncio.sleep(0.05)  # poll with a deadline
 
 
-def write_config(path: Path, functions: dict[str, str], routes: dict[str, str],
-                 extra: str = "") -> None:
+def write_config(
+    path: Path, functions: dict[str, str], routes: dict[str, str], extra: str = ""
+) -> None:
     lines = ["functions:"]
     for name, source in functions.items():
         lines.append(f"  {name}: {{source: {source}, runtime: python{extra}}}")
@@ -108,8 +118,9 @@ async def site_factory(
 ) -> AsyncIterator[Callable[..., Awaitable[Site]]]:
     sites: list[Site] = []
 
-    async def make(functions: dict[str, str], routes: dict[str, str], extra: str = "",
-                   wait_ready: bool = True) -> Site:
+    async def make(
+        functions: dict[str, str], routes: dict[str, str], extra: str = "", wait_ready: bool = True
+    ) -> Site:
         config = workdir / "routes.yml"
         write_config(config, functions, routes, extra)
         state = workdir / "state"
@@ -155,9 +166,11 @@ async def test_killed_container_is_replaced_and_requests_are_held(site_factory: 
 
 async def test_unhealthy_container_is_replaced(site_factory: Any) -> None:
     """Failing probes (here: a paused container) take an instance out and replace it."""
-    site = await site_factory({"sum": "sum"}, {"/sum": "sum"},
-                              extra=", health_interval: 0.2, health_timeout: 0.2, "
-                                    "health_failures: 2")
+    site = await site_factory(
+        {"sum": "sum"},
+        {"/sum": "sum"},
+        extra=", health_interval: 0.2, health_timeout: 0.2, health_failures: 2",
+    )
     (old,) = site.containers("sum")
     subprocess.run(["docker", "pause", old], check=True, capture_output=True)
 
@@ -232,8 +245,9 @@ async def test_zero_failed_requests_during_reload_and_rolling_update(
 
     await eventually(rolled, 120, "sum to roll over")
     # 2. a reload that adds a route and a function, leaving the others alone
-    write_config(site.config, {"sum": "sum", "mul": "mul"},
-                 {"/sum": "sum", "/mul": "mul", "/add": "sum"})
+    write_config(
+        site.config, {"sum": "sum", "mul": "mul"}, {"/sum": "sum", "/mul": "mul", "/add": "sum"}
+    )
 
     async def added() -> bool:
         return (await site.get("/add?a=5&b=5")) == (200, 10)
@@ -297,9 +311,9 @@ async def test_reload_adds_removes_changes_and_survives_bad_config(
 
     async def mul_gone() -> bool:
         status, _ = await site.get("/times?a=3&b=4")
-        return status == 404 and site.containers("mul") == []
+        _, health = await site.get("/healthz")
+        reloaded = health.get("reload", {}).get("ok") is True
+        return status == 404 and reloaded and site.containers("mul") == []
 
     await eventually(mul_gone, 60, "the removed function to go")
-    _, body = await site.get("/healthz")
-    assert body["reload"]["ok"] is True
     assert await site.get("/sum?a=1&b=1") == (200, 2)
