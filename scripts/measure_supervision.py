@@ -7,7 +7,9 @@
 
 It runs its own `faaso serve` on a copy of conf/functions/sum in a temporary folder (loopback
 only), does a bounded number of rounds, prints each figure and the median, and stops its server
-and containers. Kills are spaced so that faaso's crash-loop backoff does not apply. Usage: .venv/bin/python scripts/measure_supervision.py [--rounds 5]
+and containers. Kills are spaced so that faaso's crash-loop backoff does not apply.
+
+Usage: .venv/bin/python scripts/measure_supervision.py [--rounds 5]
 """
 
 from __future__ import annotations
@@ -136,7 +138,7 @@ def main() -> int:
             t0 = time.monotonic()
             wait_for(lambda: get(port, "/sum?a=2&b=3") == (200, b"5"), 60, "/sum after a kill")
             results["kill-to-serving"].append(time.monotonic() - t0)
-            wait_for(lambda c=cid: cid not in containers(owner), 30, "the old container to go")
+            wait_for(lambda c=cid: c not in containers(owner), 30, "the old container to go")
             # Instances that die young in a row are restarted with backoff (a crash loop).
             # Let the new one become stable so each kill is measured as an isolated failure.
             time.sleep(STABLE_AFTER + 0.5)
