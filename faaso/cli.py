@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from faaso import __version__
@@ -12,6 +14,10 @@ from faaso.errors import ConfigError, FaasoError
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+
+# Modules with a ``register(subparsers)`` function that adds their commands; each command sets
+# ``handler`` (a function of the parsed arguments returning the exit code) with set_defaults.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _add_logging(parser: argparse.ArgumentParser) -> None:
@@ -59,10 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="an extra folder of runtimes (may be repeated)",
     )
     _add_logging(serve)
+    serve.set_defaults(handler=_serve)
 
     check = sub.add_parser("check", help="validate a routes file and print what it defines")
     check.add_argument("config", type=Path)
     check.add_argument("--runtimes", type=Path, action="append", default=[])
+    check.set_defaults(handler=_check)
 
     boot = sub.add_parser(
         "bootstrap",
@@ -70,18 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     boot.add_argument("--no-pull", action="store_true", help="do not try a registry first")
     _add_logging(boot)
+    boot.set_defaults(handler=_bootstrap)
+
+    # Command groups that live in their own modules register themselves here.
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "serve":
-            return _serve(args)
-        if args.command == "check":
-            return _check(args)
-        if args.command == "bootstrap":
-            return _bootstrap(args)
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
     except ConfigError as exc:
         print(f"faaso: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -90,7 +99,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
-    return EXIT_USAGE
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
