@@ -44,6 +44,9 @@ class InstanceSpec:
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     limits: Limits = field(default_factory=Limits)
+    # (host file, path in the instance), mounted read-only
+    mounts: tuple[tuple[str, str], ...] = ()
+    read_only_root: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,7 @@ class Instance:
     endpoint: Endpoint | None
     running: bool = True
     exit_code: int | None = None
+    created: str | None = None  # RFC 3339, as the engine reports it
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +98,12 @@ class Backend(Protocol):
 
     async def logs_tail(self, instance_id: str, lines: int = 20) -> list[str]:
         """The last lines an instance printed (stdout and stderr)."""
+
+    def logs(
+        self, instance_id: str, *, follow: bool, since: float | None, tail: int | None
+    ) -> AsyncIterator[tuple[str, str]]:
+        """(RFC 3339 timestamp, text) for each line an instance printed, oldest first;
+        with ``follow``, new lines as they come, until the instance stops."""
 
     async def close(self) -> None:
         """Release the connection to the engine (instances keep running)."""

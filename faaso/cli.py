@@ -64,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="an extra folder of runtimes (may be repeated)",
     )
+    serve.add_argument(
+        "--no-auth", action="store_true", help="leave the /system API open (local use only)"
+    )
+    serve.add_argument(
+        "--no-watch",
+        action="store_true",
+        help="do not watch the routes file and sources (SIGHUP still reloads)",
+    )
     _add_logging(serve)
     serve.set_defaults(handler=_serve)
 
@@ -120,7 +128,14 @@ def _serve(args: argparse.Namespace) -> int:
     options = ServerOptions(host=args.host, port=args.port, drain_timeout=args.drain_timeout)
 
     async def main() -> None:
-        await serve(create_app(config, state_dir), options)
+        app = create_app(
+            config,
+            state_dir,
+            extra_runtime_dirs=tuple(args.runtimes),
+            watch=not args.no_watch,
+            auth=not args.no_auth,
+        )
+        await serve(app, options)
 
     run(main)
     return EXIT_OK

@@ -26,6 +26,8 @@ FUNCTION_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]*$")
 ROUTE_SEGMENT_RE = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@%-]+$")
+# OpenFaaS's rule for secret names, minus anything that could leave the secrets folder.
+SECRET_NAME_RE = re.compile(r"^[-a-zA-Z_0-9.]{1,253}$")
 # Paths faaso itself answers; user routes may not shadow them.
 RESERVED_PREFIXES = ("/function", "/system", "/healthz", "/metrics", "/_")
 
@@ -64,6 +66,9 @@ FUNCTION_KEYS = frozenset(
         "health_timeout",
         "health_failures",
         "limits",
+        "secrets",
+        "read_only_root",
+        "annotations",
     }
 )
 LIMIT_KEYS = frozenset({"memory", "cpus"})
@@ -103,6 +108,12 @@ class FunctionSpec:
     health_timeout: float = DEFAULT_HEALTH_TIMEOUT
     health_failures: int = DEFAULT_HEALTH_FAILURES
     limits: Limits = field(default_factory=Limits)
+    secrets: tuple[str, ...] = ()
+    read_only_root: bool = False
+    annotations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    env_process: str | None = None  # OpenFaaS's fprocess, passed as the env var of that name
+    origin: str = "file"  # "file": from the routes file; "api": deployed through the API
+    created_at: float | None = None  # API deployments: when they were first deployed
 
     @property
     def built(self) -> bool:
@@ -120,6 +131,9 @@ class FunctionSpec:
             "labels": dict(sorted(self.labels.items())),
             "health_path": self.health_path,
             "limits": [self.limits.memory, self.limits.cpus],
+            "secrets": sorted(self.secrets),
+            "read_only_root": self.read_only_root,
+            "env_process": self.env_process,
         }
         raw = json.dumps(doc, sort_keys=True).encode()
         return hashlib.sha256(raw).hexdigest()[:16]
@@ -156,6 +170,11 @@ _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
     _construct_unique_mapping,
 )
+
+
+def valid_secret_name(name: str) -> bool:
+    """``[-a-zA-Z_0-9.]+``, and never ``.``, ``..`` or anything with a path separator."""
+    return bool(SECRET_NAME_RE.match(name)) and name not in (".", "..") and ".." not in name
 
 
 def normalise_route(prefix: str) -> str:
@@ -409,6 +428,16 @@ def _parse_function(
     if limits_doc.get("cpus") is not None:
         cpus = check.number(f"{key}.limits.cpus", limits_doc["cpus"], 0.0, 1024.0)
 
+    secrets = doc.get("secrets", [])
+    if not isinstance(secrets, list) or not all(isinstance(x, str) for x in secrets):
+        raise check.fail(f"{key}.secrets", secrets, "must be a list of secret names")
+    for secret in secrets:
+        if not valid_secret_name(secret):
+            raise check.fail(f"{key}.secrets", secret, "is not a valid secret name")
+    read_only_root = doc.get("read_only_root", False)
+    if not isinstance(read_only_root, bool):
+        raise check.fail(f"{key}.read_only_root", read_only_root, "must be true or false")
+
     return FunctionSpec(
         name=name,
         source=source,
@@ -436,6 +465,9 @@ def _parse_function(
         ),
         health_failures=health_failures,
         limits=Limits(memory=memory, cpus=cpus),
+        secrets=tuple(dict.fromkeys(secrets)),
+        read_only_root=read_only_root,
+        annotations=check.str_map(f"{key}.annotations", doc.get("annotations"), LABEL_KEY_RE),
     )
 
 

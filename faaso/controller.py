@@ -30,6 +30,7 @@ from faaso.backend import Backend, BackendEvent, Instance, InstanceSpec
 from faaso.config import FunctionSpec
 from faaso.errors import BackendError, FaasoError
 from faaso.pool import FunctionPool, drain
+from faaso.secrets import SecretStore
 
 STOP_TIMEOUT = 10.0
 DRAIN_TIMEOUT = 30.0
@@ -54,8 +55,10 @@ class RestartPolicy:
     crash_loop_after: int = 3  # this many young deaths in a row is a crash loop
 
 
-def instance_fingerprint(image: str, spec: FunctionSpec) -> str:
-    raw = f"{image}\0{spec.run_fingerprint()}".encode()
+def instance_fingerprint(image: str, spec: FunctionSpec, secrets: SecretStore | None) -> str:
+    """Whether a running instance still matches: image, run settings and secret values."""
+    secret_digest = secrets.digest(spec.secrets) if secrets is not None and spec.secrets else ""
+    raw = f"{image}\0{spec.run_fingerprint()}\0{secret_digest}".encode()
     return hashlib.sha256(raw).hexdigest()[:24]
 
 
@@ -96,10 +99,12 @@ class FunctionController:
         prober: Prober,
         log: FilteringBoundLogger,
         policy: RestartPolicy | None = None,
+        secrets: SecretStore | None = None,
     ) -> None:
+        self._secrets = secrets
         self.spec = spec
         self.image = image
-        self.fingerprint = instance_fingerprint(image, spec)
+        self.fingerprint = instance_fingerprint(image, spec, secrets)
         self._backend = backend
         self._pool = pool
         self._prober = prober
@@ -188,7 +193,7 @@ class FunctionController:
         """New desired state: the loop rolls instances over if the fingerprint changed."""
         self.spec = spec
         self.image = image
-        self.fingerprint = instance_fingerprint(image, spec)
+        self.fingerprint = instance_fingerprint(image, spec, self._secrets)
         self._pool.holding = spec.replicas > 0
         self._converged.clear()
         self._young_deaths = 0
@@ -347,15 +352,31 @@ class FunctionController:
         else:
             self.phase = Phase.STARTING
 
+    def fingerprint_for(self, spec: FunctionSpec, image: str) -> str:
+        return instance_fingerprint(image, spec, self._secrets)
+
     async def _launch(self) -> None:
         spec = self.spec
+        env = dict(spec.env)
+        if spec.env_process:
+            env["fprocess"] = spec.env_process
+        mounts: tuple[tuple[str, str], ...] = ()
+        if spec.secrets:
+            if self._secrets is None:
+                raise BackendError(f"function {spec.name} needs secrets, but none are configured")
+            try:
+                mounts = self._secrets.mounts(spec.secrets)
+            except FaasoError as exc:
+                raise BackendError(f"function {spec.name}: {exc}") from exc
         instance_spec = InstanceSpec(
             function=spec.name,
             image=self.image,
             fingerprint=self.fingerprint,
-            env=spec.env,
+            env=env,
             labels=spec.labels,
             limits=spec.limits,
+            mounts=mounts,
+            read_only_root=spec.read_only_root,
         )
         instance = await self._backend.start(instance_spec)
         tracked = Tracked(instance)

@@ -28,6 +28,11 @@ from faaso.errors import BackendError
 PUBLISH_HOST = "127.0.0.1"
 
 
+def _split_timestamp(line: str) -> tuple[str, str]:
+    stamp, _, text = line.partition(" ")
+    return stamp, text.rstrip("\r")
+
+
 def _message(exc: aiodocker.DockerError) -> str:
     return str(exc.message).strip()
 
@@ -57,6 +62,14 @@ class DockerBackend:
             host_config["Memory"] = spec.limits.memory
         if spec.limits.cpus:
             host_config["NanoCpus"] = int(spec.limits.cpus * 1e9)
+        if spec.mounts:
+            host_config["Mounts"] = [
+                {"Type": "bind", "Source": src, "Target": dst, "ReadOnly": True}
+                for src, dst in spec.mounts
+            ]
+        if spec.read_only_root:
+            host_config["ReadonlyRootfs"] = True
+            host_config["Tmpfs"] = {"/tmp": "rw,size=64m"}
         config: dict[str, Any] = {
             "Image": spec.image,
             "Env": [f"{k}={v}" for k, v in sorted(spec.env.items())],
@@ -176,6 +189,39 @@ class DockerBackend:
             return []
         return "".join(chunks).splitlines()[-lines:]
 
+    async def logs(
+        self, instance_id: str, *, follow: bool, since: float | None, tail: int | None
+    ) -> AsyncIterator[tuple[str, str]]:
+        container = self._docker.containers.container(instance_id)
+        params: dict[str, Any] = {"timestamps": True}
+        if since is not None:
+            params["since"] = f"{since:.9f}"
+        if tail is not None:
+            params["tail"] = str(tail)
+        try:
+            if follow:
+                chunks: AsyncIterator[str] = container.log(
+                    stdout=True, stderr=True, follow=True, **params
+                )
+                pending = ""
+                async for chunk in chunks:
+                    pending += chunk
+                    *lines, pending = pending.split("\n")
+                    for line in lines:
+                        yield _split_timestamp(line)
+                if pending:
+                    yield _split_timestamp(pending)
+            else:
+                listed = await container.log(stdout=True, stderr=True, **params)
+                for line in "".join(listed).splitlines():
+                    yield _split_timestamp(line)
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return
+            raise BackendError(
+                f"cannot read the logs of {instance_id[:12]}: {_message(exc)}"
+            ) from exc
+
     async def close(self) -> None:
         await self._docker.close()
 
@@ -199,4 +245,5 @@ class DockerBackend:
             endpoint=endpoint,
             running=running,
             exit_code=None if running or exit_code is None else int(exit_code),
+            created=str(info["Created"]) if info.get("Created") else None,
         )

@@ -68,6 +68,16 @@ class FunctionPool:
                     break
         return best
 
+    def pick_other(self, tried: set[str]) -> Member | None:
+        """The least busy member not in ``tried`` (a retry after a refused connection)."""
+        best: Member | None = None
+        for member in self._members.values():
+            if member.instance_id in tried:
+                continue
+            if best is None or member.inflight < best.inflight:
+                best = member
+        return best
+
     async def wait_member(self, timeout: float) -> Member | None:
         """Wait up to ``timeout`` seconds for a member (while ``holding``)."""
         deadline = time.monotonic() + timeout

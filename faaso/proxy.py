@@ -9,6 +9,7 @@ is never held in memory); small responses with a known length take a shorter pat
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Mapping
 
 import aiohttp
@@ -16,6 +17,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
+from faaso.metrics import Metrics
 from faaso.pool import Pools
 from faaso.routing import Match, RouteTable
 
@@ -35,6 +37,9 @@ HOP_BY_HOP = frozenset(
     )
 )
 INTERNAL_HEADER = "X-OpenFaaS-Internal"
+CALL_ID = "X-Call-Id"
+START_TIME = "X-Start-Time"
+DURATION = "X-Duration-Seconds"
 SMALL_BODY = 64 * 1024
 CHUNK = 64 * 1024
 SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
@@ -96,7 +101,9 @@ class Proxy:
         pools: Pools,
         routes: Callable[[], RouteTable],
         timeout_of: Callable[[str], float],
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._session = session
         self._pools = pools
         self._routes = routes
@@ -112,66 +119,97 @@ class Proxy:
     async def forward(
         self, request: web.Request, match: Match, raw_query: str = ""
     ) -> web.StreamResponse:
+        metrics = self._metrics
+        if metrics is None:
+            return await self._forward(request, match, raw_query)
+        started = time.monotonic()
+        metrics.started(match.function)
+        status = 500
+        try:
+            response = await self._forward(request, match, raw_query)
+            status = response.status
+            return response
+        finally:
+            metrics.finished(match.function, status, time.monotonic() - started)
+
+    async def _forward(
+        self, request: web.Request, match: Match, raw_query: str
+    ) -> web.StreamResponse:
+        started = time.monotonic()
         pool = self._pools.get(match.function)
         budget = self._timeout_of(match.function)
         member = pool.pick()
         if member is None and pool.holding:
             # Its instance died and a replacement is on its way: hold, within the timeout.
-            started = time.monotonic()
             member = await pool.wait_member(budget)
             budget -= time.monotonic() - started
         if member is None or budget <= 0:
             return json_error(
                 503, f"function {match.function!r} has no ready instance", function=match.function
             )
-        # Still percent-encoded as the client sent it: the function sees the same bytes.
-        url = URL(
-            member.base_url + match.path + ("?" + raw_query if raw_query else ""), encoded=True
-        )
+        headers = upstream_headers(request)
+        call_id = headers.get(CALL_ID) or uuid.uuid4().hex
+        headers[CALL_ID] = call_id
+        headers[START_TIME] = str(time.time_ns())
         data = request.content if request.body_exists else None
         timeout = aiohttp.ClientTimeout(total=budget)
-        member.inflight += 1
-        try:
-            async with self._session.request(
-                request.method,
-                url,
-                headers=upstream_headers(request),
-                data=data,
-                allow_redirects=False,
-                timeout=timeout,
-                skip_auto_headers=SKIP_AUTO_HEADERS,
-            ) as upstream:
-                return await self._respond(request, upstream)
-        except TimeoutError:
-            return json_error(
-                504,
-                f"function {match.function!r} did not answer within its timeout",
-                function=match.function,
+        tried: set[str] = set()
+        while True:
+            # Still percent-encoded as the client sent it: the function sees the same bytes.
+            url = URL(
+                member.base_url + match.path + ("?" + raw_query if raw_query else ""), encoded=True
             )
-        except aiohttp.ClientConnectorError as exc:
-            return json_error(
-                502,
-                f"cannot connect to function {match.function!r}: {exc.os_error.strerror or exc}",
-                function=match.function,
-            )
-        except (
-            aiohttp.ServerDisconnectedError,
-            aiohttp.ClientOSError,
-            aiohttp.ClientPayloadError,
-        ) as exc:
-            return json_error(
-                502,
-                f"function {match.function!r} closed the connection: {exc.__class__.__name__}",
-                function=match.function,
-            )
-        finally:
-            member.inflight -= 1
+            tried.add(member.instance_id)
+            member.inflight += 1
+            try:
+                async with self._session.request(
+                    request.method,
+                    url,
+                    headers=headers,
+                    data=data,
+                    allow_redirects=False,
+                    timeout=timeout,
+                    skip_auto_headers=SKIP_AUTO_HEADERS,
+                ) as upstream:
+                    extra = {CALL_ID: call_id, DURATION: f"{time.monotonic() - started:.6f}"}
+                    return await self._respond(request, upstream, extra)
+            except aiohttp.ClientConnectorError as exc:
+                refused = exc
+            except TimeoutError:
+                return json_error(
+                    504,
+                    f"function {match.function!r} did not answer within its timeout",
+                    function=match.function,
+                )
+            except (
+                aiohttp.ServerDisconnectedError,
+                aiohttp.ClientOSError,
+                aiohttp.ClientPayloadError,
+            ) as exc:
+                return json_error(
+                    502,
+                    f"function {match.function!r} closed the connection: {exc.__class__.__name__}",
+                    function=match.function,
+                )
+            finally:
+                member.inflight -= 1
+            # Nothing was sent: any method may go to another instance, if there is one.
+            other = pool.pick_other(tried)
+            if other is None:
+                reason = refused.os_error.strerror or str(refused)
+                return json_error(
+                    502,
+                    f"cannot connect to function {match.function!r}: {reason}",
+                    function=match.function,
+                )
+            member = other
 
     @staticmethod
     async def _respond(
-        request: web.Request, upstream: aiohttp.ClientResponse
+        request: web.Request, upstream: aiohttp.ClientResponse, extra: dict[str, str]
     ) -> web.StreamResponse:
         headers = downstream_headers(upstream.headers)
+        headers.update(extra)
         length = upstream.content_length
         if length is not None and length <= SMALL_BODY:
             body = await upstream.read()

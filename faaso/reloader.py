@@ -41,6 +41,8 @@ class Reloader:
         self._trigger = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.generation = 0  # how many reloads were attempted
+        self.reloads_ok = 0
+        self.reloads_failed = 0
         self.last: dict[str, object] = {"ok": True, "error": None, "at": None}
 
     def trigger(self) -> None:
@@ -120,10 +122,12 @@ class Reloader:
             new = await asyncio.to_thread(load_config, self._config.path, self._extra_runtime_dirs)
             result = await self._apply(new)
         except FaasoError as exc:
+            self.reloads_failed += 1
             self.last = {"ok": False, "error": str(exc), "at": time.time()}
             self._log.error("reload.failed", error=str(exc), keeping="the running configuration")
             return
         self._config = new
+        self.reloads_ok += 1
         self.last = {"ok": True, "error": None, "at": time.time()}
         self._log.info(
             "reload.applied", seconds=round(time.monotonic() - started, 3), result=result

@@ -31,6 +31,7 @@ from faaso.controller import (
 )
 from faaso.errors import BackendError, FaasoError
 from faaso.pool import Pools
+from faaso.secrets import SecretStore
 
 RECONNECT_MAX = 10.0
 
@@ -74,7 +75,9 @@ class Supervisor:
         *,
         on_config: Callable[[Config], None] = lambda _config: None,
         policy: RestartPolicy | None = None,
+        secrets: SecretStore | None = None,
     ) -> None:
+        self._secrets = secrets
         self._backend = backend
         self._images = images
         self._pools = pools
@@ -178,6 +181,7 @@ class Supervisor:
             prober=self._prober,
             log=self._log,
             policy=self._policy,
+            secrets=self._secrets,
         )
         self._controllers[spec.name] = controller
         rest = await controller.adopt(self._leftovers.pop(spec.name, []))
@@ -260,7 +264,12 @@ class Supervisor:
         controller = self._controllers.get(name)
         if controller is None:  # its first build had failed: (re)start it
             return True
-        return controller.spec != new.functions[name] or controller.image != images[name]
+        spec, image = new.functions[name], images[name]
+        return (
+            controller.spec != spec
+            or controller.image != image
+            or controller.fingerprint != controller.fingerprint_for(spec, image)
+        )
 
     async def _roll_back(
         self, fresh: list[FunctionController], previous: dict[str, tuple[FunctionSpec, str]]
