@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient
 
 from faaso.app import SUPERVISOR, create_app, owner_id
 from faaso.config import load_config
-from tests.conftest import ROOT
+from tests.conftest import ROOT, eventually
 
 pytestmark = [
     pytest.mark.docker,
@@ -76,17 +76,6 @@ class Site:
     def status(self, function: str) -> dict[str, Any]:
         supervisor = self.client.server.app[SUPERVISOR]  # type: ignore[union-attr]
         return next(s for s in supervisor.statuses() if s["function"] == function)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    """Poll ``check`` until it holds or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if await check():
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)  # poll with a deadline
 
 
 def write_config(
