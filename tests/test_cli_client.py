@@ -16,7 +16,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -50,26 +52,25 @@ def _env(**extra: str) -> dict[str, str]:
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
 
 
-def _healthy(url: str) -> bool:
-    import urllib.error
-    import urllib.request
-
+def _healthz(url: str) -> int | None:
+    """The status /healthz answers (200 ready, 503 not yet), None while nothing listens."""
     try:
         with urllib.request.urlopen(f"{url}/healthz", timeout=5) as resp:
-            return bool(resp.status == 200)
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
     except (urllib.error.URLError, OSError):
-        return False
+        return None
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("cli-client")
+def _healthy(url: str) -> bool:
+    return _healthz(url) == 200
+
+
+def start_server(tmp: Path, routes: str) -> Server:
+    """``faaso serve`` on a free 127.0.0.1 port, with its own config and state directory."""
     config = tmp / "routes.yml"
-    config.write_text(
-        "functions:\n"
-        f"  sum: {{source: {ROOT / 'conf' / 'functions' / 'sum'}, runtime: python}}\n"
-        "routes:\n  /sum: sum\n"
-    )
+    config.write_text(routes)
     workdir = tmp / "work"
     workdir.mkdir()
     port = free_port()
@@ -95,26 +96,44 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             env=_env(),
             cwd=ROOT,
         )
-    s = Server(f"http://127.0.0.1:{port}", proc, tmp / "state", workdir, log)
+    return Server(f"http://127.0.0.1:{port}", proc, tmp / "state", workdir, log)
+
+
+def wait_listening(s: Server, until: Callable[[Server], bool], deadline: float) -> None:
+    end = time.monotonic() + deadline
+    while not until(s):
+        if s.proc.poll() is not None:
+            pytest.fail(f"faaso serve exited with {s.proc.returncode}:\n{s.log_tail()}")
+        if time.monotonic() > end:
+            pytest.fail(f"faaso serve not ready after {deadline} s:\n{s.log_tail()}")
+        time.sleep(0.2)  # poll with a deadline
+
+
+def stop_server(s: Server) -> None:
+    if s.proc.poll() is None:
+        s.proc.send_signal(signal.SIGTERM)
     try:
-        deadline = time.monotonic() + READY_DEADLINE
-        while not _healthy(s.url):
-            if proc.poll() is not None:
-                pytest.fail(f"faaso serve exited with {proc.returncode}:\n{s.log_tail()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"faaso serve not ready after {READY_DEADLINE} s:\n{s.log_tail()}")
-            time.sleep(0.2)  # poll with a deadline
+        code = s.proc.wait(60)
+    except subprocess.TimeoutExpired:
+        s.proc.kill()
+        s.proc.wait()
+        raise
+    assert code == 0, f"faaso serve exited with {code} on SIGTERM:\n{s.log_tail()}"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    s = start_server(
+        tmp_path_factory.mktemp("cli-client"),
+        "functions:\n"
+        f"  sum: {{source: {ROOT / 'conf' / 'functions' / 'sum'}, runtime: python}}\n"
+        "routes:\n  /sum: sum\n",
+    )
+    try:
+        wait_listening(s, lambda s: _healthy(s.url), READY_DEADLINE)
         yield s
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise
-        assert code == 0, f"faaso serve exited with {code} on SIGTERM:\n{s.log_tail()}"
+        stop_server(s)
 
 
 def faaso(
@@ -527,3 +546,27 @@ def test_gateway_down(server: Server) -> None:
         assert result.stdout == ""
     err = failed(faaso(server, "list", gateway="not-a-url"))
     assert err.startswith("faaso: the gateway URL 'not-a-url' is not valid")
+
+
+def test_status_of_a_function_that_cannot_start(tmp_path: Path) -> None:
+    """A second server whose one function's image can never be had: status says so, exits 1."""
+    image = "registry.invalid/faaso/none:1"  # .invalid never resolves: the pull fails at once
+    s = start_server(tmp_path, f"functions:\n  broken: {{image: {image}}}\nroutes: {{}}\n")
+    try:
+        wait_listening(s, lambda s: _healthz(s.url) is not None, 60)
+
+        def failed_once(s: Server) -> bool:
+            doc = json.loads(faaso(s, "status", "--json").stdout)
+            return any(f.get("error") for f in doc["health"].get("not_ready", []))
+
+        wait_listening(s, failed_once, 60)
+        result = faaso(s, "status")
+        assert failed(result) == "faaso: not every function is ready\n"
+        assert re.search(r"^status:\s+starting$", result.stdout, re.M), result.stdout
+        rows = [line for line in result.stdout.splitlines() if line.startswith("broken ")]
+        assert len(rows) == 1 and image in rows[0], result.stdout
+        assert rows[0].split()[1:4] == ["failed", "1", "0"], rows
+        out = faaso(s, "describe", "broken").stdout
+        assert re.search(r"^Status:\s+not ready \(0 of 1 available\)$", out, re.M), out
+    finally:
+        stop_server(s)
