@@ -17,7 +17,7 @@ EXIT_USAGE = 2
 
 # Modules with a ``register(subparsers)`` function that adds their commands; each command sets
 # ``handler`` (a function of the parsed arguments returning the exit code) with set_defaults.
-COMMAND_MODULES: tuple[str, ...] = ("faaso.cli_client",)
+COMMAND_MODULES: tuple[str, ...] = ("faaso.cli_client", "faaso.cli_dev")
 
 
 def _add_logging(parser: argparse.ArgumentParser) -> None:

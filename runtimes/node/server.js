@@ -1,0 +1,278 @@
+// faaso node runtime: the HTTP server inside each function's container.
+//
+// It loads handler.js from FAASO_FUNCTION_DIR (module.exports = async (event, context) => ...,
+// or exports.handle; an ES module's default export works too) and calls it for every request,
+// with the same event and response shapes as faaso's python runtime.
+//
+// event:   body (Buffer), headers (object, lower-case names), method ("GET"...), path (what the
+//          function sees, percent-decoded: "/", "/x"), query (object: the first value of each
+//          parameter), queryAll (URLSearchParams with every value: event.queryAll.getAll("a")).
+// context: hostname (the container's host name).
+//
+// What the handler returns (or resolves to) becomes the response:
+// - an object with statusCode: that status, its optional headers (an array value repeats the
+//   header) and optional body: string (text/plain), Buffer/Uint8Array
+//   (application/octet-stream), anything else JSON-encoded (application/json); a Content-Type
+//   in headers wins;
+// - a string: text/plain; charset=utf-8 -- a Buffer: application/octet-stream;
+// - any other object, an array, a number or a boolean: JSON (NaN and Infinity are refused);
+// - null or undefined: 200 with an empty body.
+// A thrown error (or a value that cannot be sent) becomes a 500 with the JSON body
+// {"error": "<message>", "type": "<error name>"} and the stack on stderr; the server keeps
+// serving. /_/health answers 200 {"status":"ok"} without calling the handler. SIGTERM or
+// SIGINT: stop accepting, give in-flight requests the shutdown grace to finish, exit 0.
+//
+// Environment: PORT (8080), FAASO_HOST (0.0.0.0), FAASO_FUNCTION_DIR (/app/function),
+// FAASO_MAX_BODY (largest request body in bytes, 64 MiB), FAASO_SHUTDOWN_GRACE (seconds, 9),
+// FAASO_ACCESS_LOG (1 prints one line per request to stdout).
+"use strict";
+
+const fs = require("fs");
+const http = require("http");
+const os = require("os");
+const path = require("path");
+const { pathToFileURL } = require("url");
+
+const PREFIX = "faaso node runtime:";
+const HEALTH_PATH = "/_/health";
+const HEALTH_BODY = Buffer.from('{"status":"ok"}');
+const JSON_TYPE = "application/json";
+const TEXT_TYPE = "text/plain; charset=utf-8";
+const BINARY_TYPE = "application/octet-stream";
+
+function fail(message) {
+  process.stderr.write(`${PREFIX} ${message}\n`);
+  process.exit(1);
+}
+
+function envNumber(name, fallback) {
+  const raw = process.env[name];
+  if (raw === undefined || raw === "") return fallback;
+  const value = Number(raw);
+  if (!(value > 0) || !Number.isFinite(value)) fail(`${name}=${JSON.stringify(raw)} must be a positive number`);
+  return value;
+}
+
+async function loadHandler(functionDir) {
+  const file = path.join(functionDir, "handler.js");
+  if (!fs.existsSync(file)) fail(`no handler.js in ${functionDir} (set FAASO_FUNCTION_DIR)`);
+  let mod;
+  try {
+    mod = require(file);
+  } catch (err) {
+    if (err && err.code === "ERR_REQUIRE_ESM") {
+      try {
+        mod = await import(pathToFileURL(file).href);
+      } catch (inner) {
+        console.error(inner);
+        fail(`loading ${file} failed: ${describe(inner)}`);
+      }
+    } else {
+      console.error(err);
+      fail(`loading ${file} failed: ${describe(err)}`);
+    }
+  }
+  const candidates = [mod, mod && mod.handle, mod && mod.default, mod && mod.default && mod.default.handle];
+  const handle = candidates.find((c) => typeof c === "function");
+  if (!handle) fail(`${file} exports no function: use module.exports = async (event, context) => ...`);
+  return handle;
+}
+
+function describe(err) {
+  if (err instanceof Error) return `${err.name}: ${err.message}`;
+  return String(err);
+}
+
+function encodeJson(value) {
+  const text = JSON.stringify(value, (key, item) => {
+    if (typeof item === "number" && !Number.isFinite(item)) {
+      throw new TypeError(`${item} is not a JSON number`);
+    }
+    return item;
+  });
+  if (text === undefined) throw new TypeError(`the handler returned a ${typeof value}, which faaso cannot send`);
+  return Buffer.from(text);
+}
+
+function isBinary(value) {
+  return Buffer.isBuffer(value) || value instanceof Uint8Array;
+}
+
+// -> [status, headers as [name, value] pairs, body Buffer]
+function toResponse(result) {
+  if (result !== null && typeof result === "object" && !isBinary(result) && !Array.isArray(result) && "statusCode" in result) {
+    return explicitResponse(result);
+  }
+  if (result === null || result === undefined) return [200, [], Buffer.alloc(0)];
+  if (typeof result === "string") return [200, [["Content-Type", TEXT_TYPE]], Buffer.from(result)];
+  if (isBinary(result)) return [200, [["Content-Type", BINARY_TYPE]], Buffer.from(result)];
+  if (typeof result === "object" || typeof result === "number" || typeof result === "boolean") {
+    return [200, [["Content-Type", JSON_TYPE]], encodeJson(result)];
+  }
+  throw new TypeError(`the handler returned a ${typeof result}, which faaso cannot send`);
+}
+
+function explicitResponse(result) {
+  const status = result.statusCode;
+  if (!Number.isInteger(status) || status < 100 || status > 599) {
+    throw new TypeError(`statusCode must be an HTTP status number, not ${JSON.stringify(status)}`);
+  }
+  const headers = [];
+  for (const [name, value] of Object.entries(result.headers || {})) {
+    for (const item of Array.isArray(value) ? value : [value]) headers.push([String(name), String(item)]);
+  }
+  const body = result.body;
+  let data;
+  let defaultType = null;
+  if (body === null || body === undefined) {
+    data = Buffer.alloc(0);
+  } else if (typeof body === "string") {
+    [data, defaultType] = [Buffer.from(body), TEXT_TYPE];
+  } else if (isBinary(body)) {
+    [data, defaultType] = [Buffer.from(body), BINARY_TYPE];
+  } else {
+    [data, defaultType] = [encodeJson(body), JSON_TYPE];
+  }
+  if (defaultType && !headers.some(([name]) => name.toLowerCase() === "content-type")) {
+    headers.push(["Content-Type", defaultType]);
+  }
+  return [status, headers, data];
+}
+
+function errorResponse(err) {
+  const payload = {
+    error: (err instanceof Error ? err.message : String(err)) || (err && err.name) || "Error",
+    type: err instanceof Error ? err.name : typeof err,
+  };
+  return [500, [["Content-Type", JSON_TYPE]], Buffer.from(JSON.stringify(payload))];
+}
+
+function readBody(req, limit) {
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    let size = 0;
+    req.on("data", (chunk) => {
+      size += chunk.length;
+      if (size > limit) {
+        reject(Object.assign(new Error("request body too large"), { tooLarge: true }));
+        req.destroy();
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.on("end", () => resolve(Buffer.concat(chunks)));
+    req.on("error", reject);
+  });
+}
+
+function makeEvent(req, body) {
+  const url = new URL(req.url, "http://function.invalid");
+  let pathname = url.pathname;
+  try {
+    pathname = decodeURIComponent(pathname);
+  } catch {
+    // a malformed escape: leave the path as it came
+  }
+  const query = {};
+  for (const [key, value] of url.searchParams) {
+    if (!(key in query)) query[key] = value;
+  }
+  return { body, headers: req.headers, method: req.method, path: pathname, query, queryAll: url.searchParams };
+}
+
+function send(res, status, headers, body, closing) {
+  for (const [name, value] of headers) {
+    const existing = res.getHeader(name);
+    res.setHeader(name, existing === undefined ? value : [].concat(existing, value));
+  }
+  if (closing) res.setHeader("Connection", "close");
+  res.setHeader("Content-Length", body.length);
+  res.writeHead(status);
+  res.end(body);
+}
+
+async function main() {
+  const functionDir = path.resolve(process.env.FAASO_FUNCTION_DIR || "/app/function");
+  const host = process.env.FAASO_HOST || "0.0.0.0";
+  const port = Math.trunc(envNumber("PORT", 8080));
+  const maxBody = Math.trunc(envNumber("FAASO_MAX_BODY", 64 * 1024 * 1024));
+  const grace = envNumber("FAASO_SHUTDOWN_GRACE", 9) * 1000;
+  const accessLog = process.env.FAASO_ACCESS_LOG === "1";
+  const handle = await loadHandler(functionDir);
+  const context = Object.freeze({ hostname: os.hostname() });
+
+  let stopping = false;
+  let inFlight = 0;
+  let onIdle = null;
+
+  const server = http.createServer(async (req, res) => {
+    inFlight += 1;
+    let status = 500;
+    // Counted until the response is flushed (or the client went away), so a shutdown never
+    // exits with a response half written.
+    res.on("close", () => {
+      if (accessLog) process.stdout.write(`${req.method} ${req.url} ${status}\n`);
+      inFlight -= 1;
+      if (inFlight === 0 && onIdle) onIdle();
+    });
+    {
+      if (req.url === HEALTH_PATH || req.url.startsWith(HEALTH_PATH + "?")) {
+        req.resume();
+        status = 200;
+        send(res, 200, [["Content-Type", JSON_TYPE]], HEALTH_BODY, stopping);
+        return;
+      }
+      let body;
+      try {
+        body = await readBody(req, maxBody);
+      } catch (err) {
+        if (err.tooLarge) {
+          status = 413;
+          send(res, 413, [["Content-Type", TEXT_TYPE]], Buffer.from("request body too large"), true);
+        }
+        return;
+      }
+      let response;
+      try {
+        response = toResponse(await handle(makeEvent(req, body), context));
+      } catch (err) {
+        process.stderr.write(`${PREFIX} ${req.method} ${req.url} failed:\n${err && err.stack ? err.stack : describe(err)}\n`);
+        response = errorResponse(err);
+      }
+      status = response[0];
+      send(res, ...response, stopping);
+    }
+  });
+  // Longer than any client pool's idle time, as the python runtime's aiohttp server does.
+  server.keepAliveTimeout = 75 * 1000;
+  server.headersTimeout = 80 * 1000;
+
+  function shutdown() {
+    if (stopping) return;
+    stopping = true;
+    server.close();
+    if (server.closeIdleConnections) server.closeIdleConnections();
+    const timer = setTimeout(() => {
+      process.stderr.write(`${PREFIX} requests still running after the shutdown grace; exiting anyway\n`);
+      process.exit(0);
+    }, grace);
+    timer.unref();
+    onIdle = () => {
+      if (server.closeAllConnections) server.closeAllConnections();
+      process.exit(0);
+    };
+    if (inFlight === 0) onIdle();
+  }
+  process.on("SIGTERM", shutdown);
+  process.on("SIGINT", shutdown);
+
+  server.on("error", (err) => fail(`cannot listen on ${host}:${port}: ${describe(err)}`));
+  server.listen({ host, port, backlog: 2048 }, () => {
+    process.stdout.write(`${PREFIX} serving ${path.join(functionDir, "handler.js")} on ${host}:${port} with node ${process.version}\n`);
+  });
+}
+
+main().catch((err) => {
+  console.error(err);
+  fail(describe(err));
+});
