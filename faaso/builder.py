@@ -222,20 +222,19 @@ async def check_sources(build_plan: BuildPlan) -> None:
     runtime, source = build_plan.runtime, build_plan.source
     if runtime is None or source is None or runtime.check is None:
         return
+    for package_json in build_plan.npm_sets:  # node reads it too: first
+        data = _content(build_plan.files.get(package_json))
+        if data is not None:
+            try:
+                dependencies(data, "package.json")
+            except NpmError as exc:
+                raise SourceError(source / "package.json", str(exc).split(": ", 1)[-1]) from exc
     if runtime.check == "python":
         await asyncio.to_thread(_check_python, source)
     elif runtime.check == "node":
         await _check_node(source)
     elif runtime.check == "dockerfile":
         _check_dockerfile(source, runtime, build_plan.options, build_plan.own_dockerfile)
-    for package_json in build_plan.npm_sets:
-        content = build_plan.files.get(package_json)
-        if content is not None:
-            data = content if isinstance(content, bytes) else content.read_bytes()
-            try:
-                dependencies(data, str(source / "package.json"))
-            except NpmError as exc:
-                raise SourceError(source / "package.json", str(exc).split(": ", 1)[-1]) from exc
 
 
 def _source_files(source: Path, suffixes: tuple[str, ...]) -> list[Path]:

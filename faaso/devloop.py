@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -459,24 +460,51 @@ class DevRun:
     _docker: aiodocker.Docker | None = field(default=None, repr=False)
 
     async def run(self) -> None:
-        """Build, serve, then rebuild and restart on every change until cancelled."""
+        """Build, serve, then rebuild and restart on every change until cancelled (Ctrl-C) or
+        sent SIGTERM; the container is removed either way."""
+        changed = asyncio.Event()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGTERM, stop.set)
         async with _engine() as docker, _session() as session:
             self._docker = docker
             builder = Builder(docker, self.catalog, self.log)
+            # Watch before the first build, so that no change made meanwhile goes unseen.
+            watcher = asyncio.create_task(self._watch(changed))
+            await asyncio.sleep(0)  # let the watcher set up its watches
             try:
                 await self._refresh(builder, session)
-                async for changes in watchfiles.awatch(
-                    *self._watched(),
-                    watch_filter=self._relevant,
-                    debounce=WATCH_DEBOUNCE_MS,
-                    step=50,
-                    recursive=True,
-                ):
-                    files = sorted({Path(p).name for _, p in changes})[:5]
-                    self.log.info("run.change", files=files)
-                    await self._refresh(builder, session)
+                while not stop.is_set():
+                    waiters = [asyncio.ensure_future(e.wait()) for e in (changed, stop)]
+                    await asyncio.wait([*waiters, watcher], return_when=asyncio.FIRST_COMPLETED)
+                    for waiter in waiters:
+                        waiter.cancel()
+                    if watcher.done():
+                        watcher.result()  # a watcher that died says why
+                        return
+                    if changed.is_set() and not stop.is_set():
+                        changed.clear()
+                        await self._refresh(builder, session)
             finally:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
                 await self._stop()
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.remove_signal_handler(signal.SIGTERM)
+
+    async def _watch(self, changed: asyncio.Event) -> None:
+        async for changes in watchfiles.awatch(
+            *self._watched(),
+            watch_filter=self._relevant,
+            debounce=WATCH_DEBOUNCE_MS,
+            step=50,
+            recursive=True,
+        ):
+            files = sorted({Path(p).name for _, p in changes})[:5]
+            self.log.info("run.change", files=files)
+            changed.set()
 
     def _watched(self) -> list[Path]:
         return [self.fdir.source, self.fdir.runtime.path]
