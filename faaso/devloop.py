@@ -208,6 +208,8 @@ class LocalContainer:
                 problem = f"port {port} on 127.0.0.1 is taken; choose another with --port"
             raise DevError(f"cannot start a container of {image}: {problem}") from exc
         bindings = (info["NetworkSettings"]["Ports"] or {}).get(f"{FUNCTION_PORT}/tcp") or []
+        if not bindings and not info["State"].get("Running"):
+            return cls(docker, container.id, name, 0, image)  # exited already: wait_healthy says
         if not bindings:
             with contextlib.suppress(aiodocker.DockerError):
                 await container.delete(force=True)
