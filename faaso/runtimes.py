@@ -20,6 +20,7 @@ from faaso.errors import ConfigError, FaasoError
 
 RUNTIME_FILE = "runtime.yml"
 STARTER_DIR = "template"
+README = "README.md"  # documents the runtime; not part of any image
 RUNTIME_KEYS = frozenset(
     {"description", "required_files", "options", "wheels", "npm", "check", "own_dockerfile"}
 )
@@ -66,7 +67,7 @@ class Runtime:
         out: list[Path] = []
         for item in sorted(self.path.rglob("*")):
             rel = item.relative_to(self.path)
-            if rel.parts[0] in (RUNTIME_FILE, STARTER_DIR) or "__pycache__" in rel.parts:
+            if rel.parts[0] in (RUNTIME_FILE, STARTER_DIR, README) or "__pycache__" in rel.parts:
                 continue
             if item.is_file():
                 out.append(rel)

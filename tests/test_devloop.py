@@ -300,7 +300,7 @@ def test_dockerfile_runtime_builds_the_functions_own_dockerfile(tmp_path: Path) 
         Dockerfile="""
         FROM faaso/debian:bookworm
         RUN apt-get update && apt-get install -y --no-install-recommends busybox \\
-         && rm -rf /var/lib/apt/lists/*
+         && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
         COPY www /www
         EXPOSE 8080
         CMD ["busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]
