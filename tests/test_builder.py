@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +17,7 @@ from faaso.builder import plan
 from faaso.config import FunctionSpec
 from faaso.errors import ConfigError
 from faaso.runtimes import RuntimeCatalog
+from tests.conftest import free_port
 
 BASE = "sha256:" + "0" * 64
 
@@ -123,3 +130,77 @@ def test_python_runtime_plan(tmp_path: Path) -> None:
     dockerfile = plan(spec, RuntimeCatalog(), BASE).files["Dockerfile"]
     assert isinstance(dockerfile, bytes)
     assert b"COPY function/requirements.txt" in dockerfile
+
+
+# --------------------------------------------------------------------------- served, for real
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(600)
+def test_serve_keeps_serving_beside_a_failing_build(require_docker: None, tmp_path: Path) -> None:
+    """Builds at start-up run side by side; the one that fails is reported on /healthz with
+    its function's name and its build log tail, and the others are served all the same."""
+    root = Path(__file__).resolve().parent.parent
+    shutil.copytree(root / "conf" / "functions" / "shout", tmp_path / "loud")
+    bad = tmp_path / "bad-apt"
+    bad.mkdir()
+    (bad / "function.yml").write_text(
+        "runtime: dockerfile\noptions: {command: cat, apt_packages: [faaso-no-such-package]}\n"
+    )
+    config = tmp_path / "routes.yml"
+    config.write_text(
+        "functions:\n"
+        "  loud: {source: loud, runtime: dockerfile}\n"
+        "  bad-apt: {source: bad-apt, runtime: dockerfile}\n"
+        "routes: {/loud: loud, /bad: bad-apt}\n"
+    )
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "faaso", "serve", str(config), "--port", str(port)),
+                *("--no-auth", "--no-watch", "--state-dir", str(tmp_path / "state")),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=root,
+        )
+    try:
+        deadline = time.monotonic() + 540
+        failed: dict[str, object] | None = None
+        while failed is None:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            status, body = _get(port, "/healthz")
+            if status:
+                doc = json.loads(body)
+                failed = next((f for f in doc.get("not_ready", []) if f["phase"] == "failed"), None)
+            if failed is None:
+                time.sleep(0.2)  # poll with a deadline
+        assert failed["function"] == "bad-apt"
+        error = str(failed["error"])
+        assert error.startswith("build of function 'bad-apt' failed:")
+        assert "Unable to locate package faaso-no-such-package" in error  # the log tail
+        while _get(port, "/loud")[0] != 200:  # the other function serves regardless
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)  # poll with a deadline
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", "/loud", body=b"still here")
+        assert conn.getresponse().read() == b"STILL HERE"
+        conn.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    except OSError:
+        return 0, b""
+    finally:
+        conn.close()
