@@ -537,6 +537,8 @@ class DevRun:
         try:
             container = await LocalContainer.start(self._docker, tag, self.fdir.name, self.port)
         except DevError as exc:
+            if self.rebuilds == 0:
+                raise  # e.g. the port is taken: nothing to wait for
             self.log.error("run.start_failed", error=str(exc))
             return
         self.container = container
