@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -417,3 +418,295 @@ def test_json_equality_is_json_s() -> None:
     assert json_equal(5, 5.0) and json_equal({"a": [1, None]}, {"a": [1.0, None]})
     assert not json_equal(True, 1) and not json_equal([1], [True]) and not json_equal(0, False)
     assert not json_equal({"a": 1}, {"a": 1, "b": 2}) and not json_equal("1", 1)
+
+
+# --------------------------------------------------------------------------- in-image servers
+# The node runtime's server.js and the dockerfile runtime's watchdog, run on the host (node and
+# a C compiler are there), like tests/test_runtime_python.py runs the python server.
+
+NODE_SERVER = ROOT / "runtimes" / "node" / "server.js"
+WATCHDOG_C = ROOT / "runtimes" / "dockerfile" / "watchdog.c"
+
+NODE_HANDLER = """
+const fs = require("fs");
+const path = require("path");
+const VALUES = {
+  str: "héllo", buf: Buffer.from([0, 1, 255]), obj: { a: 1, b: [true, null] }, list: [1, "x"],
+  num: 42, bool: true, none: null,
+  status: { statusCode: 201, body: "made",
+            headers: { "X-Made": "yes", "Set-Cookie": ["a=1", "b=2"] } },
+  statusJson: { statusCode: 422, body: { why: "bad" } },
+  typed: { statusCode: 200, body: Buffer.from("PNG"), headers: { "content-type": "image/png" } },
+  nan: NaN, badStatus: { statusCode: "200" }, fn: () => 1,
+};
+module.exports = async (event, context) => {
+  const kind = event.query.kind;
+  if (kind === "event") {
+    return { method: event.method, path: event.path, query: event.query,
+             all: event.queryAll.getAll("a"), header: event.headers["x-test"],
+             size: event.body.length, first: event.body[0], host: context.hostname.length > 0 };
+  }
+  if (kind === "throw") throw new RangeError("boom");
+  if (kind === "slow") {
+    fs.writeFileSync(path.join(__dirname, "started"), "");
+    while (!fs.existsSync(path.join(__dirname, "release"))) {
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    return "done";
+  }
+  return VALUES[kind];
+};
+"""
+
+
+def _request(
+    port: int, method: str, path: str, body: bytes | None = None, **headers: str
+) -> tuple[int, dict[str, str], bytes]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        got: dict[str, str] = {}
+        for name, value in resp.getheaders():
+            key = name.lower()
+            got[key] = f"{got[key]}, {value}" if key in got else value
+        return resp.status, got, resp.read()
+    finally:
+        conn.close()
+
+
+def _serving(proc: subprocess.Popen[bytes], port: int) -> None:
+    import time
+
+    end = time.monotonic() + 10
+    while True:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            if _request(port, "GET", "/_/health")[0] == 200:
+                return
+        except OSError:
+            pass
+        assert time.monotonic() < end, "the server never answered /_/health"
+        time.sleep(0.01)  # poll with a deadline
+
+
+def _refuses(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
+Spawn = Callable[..., tuple[subprocess.Popen[bytes], int]]
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Spawn]:
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(argv: list[str], **env: str) -> tuple[subprocess.Popen[bytes], int]:
+        from tests.conftest import free_port
+
+        port = free_port()
+        base = {k: v for k, v in os.environ.items() if not k.startswith("FAASO_")}
+        proc = subprocess.Popen(
+            argv,
+            env={**base, "PORT": str(port), "FAASO_HOST": "127.0.0.1", **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=tmp_path,
+        )
+        procs.append(proc)
+        return proc, port
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node on the host")
+def test_node_server_contract(spawn: Spawn, tmp_path: Path) -> None:
+    import json
+    import signal
+    import threading
+    import time
+
+    folder = write(tmp_path / "fn", handler__js=NODE_HANDLER)
+    proc, port = spawn(
+        ["node", str(NODE_SERVER)], FAASO_FUNCTION_DIR=str(folder), FAASO_MAX_BODY="100000"
+    )
+    _serving(proc, port)
+    text, js = "text/plain; charset=utf-8", "application/json"
+    cases = [
+        ("str", 200, text, "héllo".encode()),
+        ("buf", 200, "application/octet-stream", b"\x00\x01\xff"),
+        ("obj", 200, js, b'{"a":1,"b":[true,null]}'),
+        ("list", 200, js, b'[1,"x"]'),
+        ("num", 200, js, b"42"),
+        ("bool", 200, js, b"true"),
+        ("none", 200, None, b""),
+        ("status", 201, text, b"made"),
+        ("statusJson", 422, js, b'{"why":"bad"}'),
+        ("typed", 200, "image/png", b"PNG"),
+    ]
+    for kind, status, ctype, body in cases:
+        got_status, headers, got = _request(port, "GET", f"/?kind={kind}")
+        assert (got_status, got) == (status, body), kind
+        assert headers.get("content-type") == ctype, kind
+    headers = _request(port, "GET", "/?kind=status")[1]
+    assert headers["x-made"] == "yes" and headers["set-cookie"] == "a=1, b=2"
+    for kind, error_type in [
+        ("throw", "RangeError"),
+        ("nan", "TypeError"),
+        ("badStatus", "TypeError"),
+        ("fn", "TypeError"),
+    ]:
+        status, headers, body = _request(port, "GET", f"/?kind={kind}")
+        assert (status, json.loads(body)["type"]) == (500, error_type), kind
+    assert json.loads(_request(port, "GET", "/?kind=throw")[2])["error"] == "boom"
+
+    status, _, body = _request(
+        port, "POST", "/a/b%20c?kind=event&a=1&a=2", b"\x07" * 5000, **{"X-Test": "yes"}
+    )
+    assert status == 200
+    assert json.loads(body) == {
+        "method": "POST",
+        "path": "/a/b c",
+        "query": {"kind": "event", "a": "1"},
+        "all": ["1", "2"],
+        "header": "yes",
+        "size": 5000,
+        "first": 7,
+        "host": True,
+    }
+    assert _request(port, "POST", "/?kind=str", b"x" * 100001)[0] == 413
+
+    # SIGTERM: stop listening, finish the request in flight, exit 0.
+    result: dict[str, object] = {}
+    slow = threading.Thread(target=lambda: result.update(r=_request(port, "GET", "/?kind=slow")))
+    slow.start()
+    end = time.monotonic() + 10
+    while not (folder / "started").exists():
+        assert time.monotonic() < end
+        time.sleep(0.01)  # poll with a deadline
+    proc.send_signal(signal.SIGTERM)
+    while not _refuses(port):
+        assert time.monotonic() < end
+        time.sleep(0.01)  # poll with a deadline
+    assert proc.poll() is None  # still finishing the slow request
+    (folder / "release").touch()
+    slow.join(10)
+    status, _, body = result["r"]  # type: ignore[misc]
+    assert (status, body) == (200, b"done")
+    assert proc.wait(10) == 0
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node on the host")
+@pytest.mark.parametrize(
+    ("handler", "message"),
+    [
+        (None, "no handler.js in"),
+        ("module.exports = {;\n", "failed: SyntaxError"),
+        ("throw new Error('no config');\n", "failed: Error: no config"),
+        ("module.exports = { handler: () => 1 };\n", "exports no function"),
+    ],
+)
+def test_node_server_refuses_a_broken_handler(
+    tmp_path: Path, handler: str | None, message: str
+) -> None:
+    folder = tmp_path / "fn"
+    folder.mkdir()
+    if handler is not None:
+        (folder / "handler.js").write_text(handler)
+    done = subprocess.run(
+        ["node", str(NODE_SERVER)],
+        env={**os.environ, "FAASO_FUNCTION_DIR": str(folder), "PORT": "1"},
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert done.returncode != 0
+    assert "faaso node runtime:" in done.stderr and message in done.stderr, done.stderr
+
+
+@pytest.fixture(scope="module")
+def watchdog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc on the host")
+    out = tmp_path_factory.mktemp("watchdog") / "watchdog"
+    subprocess.run(
+        ["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(out), str(WATCHDOG_C)],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+WATCHDOG_COMMAND = """case "$Http_Query" in
+  slow) : > started; while [ ! -e release ]; do sleep 0.01; done; echo slow done ;;
+  hang) sleep 30 ;;
+  *) tr a-z A-Z ;;
+esac"""
+
+
+def test_watchdog_contract(spawn: Spawn, watchdog: Path, tmp_path: Path) -> None:
+    import signal
+    import socket
+    import threading
+    import time
+
+    proc, port = spawn(
+        [str(watchdog)],
+        fprocess=WATCHDOG_COMMAND,
+        FAASO_EXEC_TIMEOUT="1",
+        FAASO_MAX_BODY="1000",
+    )
+    _serving(proc, port)
+    # keep-alive, a chunked body and Expect: 100-continue on one connection
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+        sock.sendall(
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Expect: 100-continue\r\n\r\n2\r\nde\r\n1\r\nf\r\n0\r\n\r\n"
+        )
+        sock.sendall(b"GET /_/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.count(b"HTTP/1.1 200 OK") == 3 and b"HTTP/1.1 100 Continue" in data
+    assert b"\r\n\r\nABC" in data and b"\r\n\r\nDEF" in data and data.endswith(b'{"status":"ok"}')
+
+    assert _request(port, "POST", "/", b"x" * 1001)[0] == 413
+    status, _, body = _request(port, "GET", "/?hang")
+    assert (status, body) == (504, b"the function ran longer than 1 s and was stopped\n")
+
+    # SIGTERM: stop listening, finish the request in flight, exit 0.
+    result: dict[str, object] = {}
+    slow = threading.Thread(target=lambda: result.update(r=_request(port, "GET", "/?slow")))
+    slow.start()
+    end = time.monotonic() + 10
+    while not (tmp_path / "started").exists():
+        assert time.monotonic() < end
+        time.sleep(0.01)  # poll with a deadline
+    proc.send_signal(signal.SIGTERM)
+    while not _refuses(port):
+        assert time.monotonic() < end
+        time.sleep(0.01)  # poll with a deadline
+    assert proc.poll() is None
+    (tmp_path / "release").touch()
+    slow.join(10)
+    status, headers, body = result["r"]  # type: ignore[misc]
+    assert (status, body, headers["connection"]) == (200, b"slow done\n", "close")
+    assert proc.wait(10) == 0
+
+
+def test_watchdog_needs_a_command(watchdog: Path) -> None:
+    done = subprocess.run([str(watchdog)], env={}, capture_output=True, text=True, timeout=10)
+    assert done.returncode == 2 and "set fprocess" in done.stderr

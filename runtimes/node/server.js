@@ -153,14 +153,12 @@ function readBody(req, limit) {
     let size = 0;
     req.on("data", (chunk) => {
       size += chunk.length;
-      if (size > limit) {
-        reject(Object.assign(new Error("request body too large"), { tooLarge: true }));
-        req.destroy();
-        return;
-      }
-      chunks.push(chunk);
+      if (size <= limit) chunks.push(chunk); // past the limit: drained, then answered 413
     });
-    req.on("end", () => resolve(Buffer.concat(chunks)));
+    req.on("end", () => {
+      if (size > limit) reject(Object.assign(new Error("request body too large"), { tooLarge: true }));
+      else resolve(Buffer.concat(chunks));
+    });
     req.on("error", reject);
   });
 }
