@@ -16,6 +16,7 @@ import contextlib
 import datetime as dt
 import json
 import platform
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from faaso import __version__
 from faaso.backend import Backend, Instance
 from faaso.desired import ConflictError, DesiredState
 from faaso.errors import FaasoError
+from faaso.logs import get_logger
 from faaso.metrics import Metrics
 from faaso.openfaas import (
     NAMESPACE,
@@ -38,6 +40,7 @@ from faaso.secrets import SecretError, SecretStore
 from faaso.supervisor import ReloadError, Supervisor
 
 MAX_BODY = 1024 * 1024
+SLOW_CALL = 1.0  # seconds: a management call slower than this is logged
 
 
 @dataclass(slots=True)
@@ -71,7 +74,8 @@ def error(status: int, message: str) -> web.Response:
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn faaso's exceptions into 4xx JSON answers."""
+    """Turn faaso's exceptions into 4xx JSON answers; log slow calls."""
+    started = time.monotonic()
     try:
         return await handler(request)
     except InvalidRequest as exc:
@@ -84,6 +88,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status >= 400 and exc.content_type != "application/json":
             return error(exc.status, exc.reason)
         raise
+    finally:
+        elapsed = time.monotonic() - started
+        if elapsed > SLOW_CALL and request.path != "/system/logs":
+            get_logger("faaso.api").warning(
+                "api.slow", method=request.method, path=request.path, seconds=round(elapsed, 3)
+            )
 
 
 async def read_json(request: web.Request) -> Any:

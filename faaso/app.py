@@ -138,6 +138,7 @@ def create_app(
     extra_runtime_dirs: tuple[Path, ...] = (),
     watch: bool = True,
     auth: bool = True,
+    pull: bool = True,
 ) -> web.Application:
     """The whole server for one config: gateway, API, Docker, builder, supervisor, reloader."""
     log = get_logger("faaso")
@@ -167,7 +168,9 @@ def create_app(
     async def supervisor_ctx(app: web.Application) -> AsyncIterator[None]:
         docker = await docker_client.connect()
         backend = DockerBackend(docker, owner_id(state_dir))
-        builder = Builder(docker, RuntimeCatalog(config.runtime_dirs), get_logger("faaso.build"))
+        builder = Builder(
+            docker, RuntimeCatalog(config.runtime_dirs), get_logger("faaso.build"), allow_pull=pull
+        )
         probe_session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         supervisor = Supervisor(
             backend,

@@ -397,7 +397,10 @@ class Builder:
         catalog: RuntimeCatalog,
         log: FilteringBoundLogger,
         concurrency: int = 2,
+        *,
+        allow_pull: bool = True,
     ) -> None:
+        self._allow_pull = allow_pull
         self._docker = docker
         self._catalog = catalog
         self._log = log
@@ -440,6 +443,8 @@ class Builder:
         found = await image_id(self._docker, image)
         if found:
             return found
+        if not self._allow_pull:
+            raise BackendError(f"image {image} is not on this host, and pulling is turned off")
         log = self._log.bind(image=image)
         log.info("image.pull")
         try:

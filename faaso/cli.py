@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-auth", action="store_true", help="leave the /system API open (local use only)"
     )
     serve.add_argument(
+        "--no-pull",
+        action="store_true",
+        help="never pull images from a registry: run only images this host has",
+    )
+    serve.add_argument(
         "--no-watch",
         action="store_true",
         help="do not watch the routes file and sources (SIGHUP still reloads)",
@@ -134,6 +139,7 @@ def _serve(args: argparse.Namespace) -> int:
             extra_runtime_dirs=tuple(args.runtimes),
             watch=not args.no_watch,
             auth=not args.no_auth,
+            pull=not args.no_pull,
         )
         await serve(app, options)
 

@@ -105,7 +105,7 @@ async def start_api(
 
     async def start() -> Api:
         state = tmp_path / "state"
-        client = await aiohttp_client(create_app(load_config(config_file), state))
+        client = await aiohttp_client(create_app(load_config(config_file), state, pull=False))
         password = password_path(state).read_text().strip()
         api = Api(client, state, basic("admin", password))
         started.append(api)

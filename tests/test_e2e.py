@@ -77,7 +77,7 @@ def wait_ready(served: Served, deadline: float) -> None:
     )
 
 
-def start_serve(config: Path, state_dir: Path, log: Path) -> Served:
+def start_serve(config: Path, state_dir: Path, log: Path, *extra: str) -> Served:
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log.open("wb") as out:
@@ -94,6 +94,7 @@ def start_serve(config: Path, state_dir: Path, log: Path) -> Served:
                 str(state_dir),
                 "--log-format",
                 "json",
+                *extra,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,

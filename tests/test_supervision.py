@@ -113,7 +113,7 @@ async def site_factory(
         config = workdir / "routes.yml"
         write_config(config, functions, routes, extra)
         state = workdir / "state"
-        app = create_app(load_config(config), state)
+        app = create_app(load_config(config), state, pull=False)
         client = await aiohttp_client(app)
         site = Site(workdir, config, state, client)
         sites.append(site)
