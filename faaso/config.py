@@ -69,6 +69,7 @@ FUNCTION_KEYS = frozenset(
         "secrets",
         "read_only_root",
         "annotations",
+        "max_inflight",
     }
 )
 LIMIT_KEYS = frozenset({"memory", "cpus"})
@@ -112,6 +113,7 @@ class FunctionSpec:
     read_only_root: bool = False
     annotations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     env_process: str | None = None  # OpenFaaS's fprocess, passed as the env var of that name
+    max_inflight: int | None = None  # requests in flight to the function, over all replicas
     origin: str = "file"  # "file": from the routes file; "api": deployed through the API
     created_at: float | None = None  # API deployments: when they were first deployed
 
@@ -434,6 +436,11 @@ def _parse_function(
     for secret in secrets:
         if not valid_secret_name(secret):
             raise check.fail(f"{key}.secrets", secret, "is not a valid secret name")
+    max_inflight = doc.get("max_inflight")
+    if max_inflight is not None and (
+        isinstance(max_inflight, bool) or not isinstance(max_inflight, int) or max_inflight < 1
+    ):
+        raise check.fail(f"{key}.max_inflight", max_inflight, "must be a whole number, 1 or more")
     read_only_root = doc.get("read_only_root", False)
     if not isinstance(read_only_root, bool):
         raise check.fail(f"{key}.read_only_root", read_only_root, "must be true or false")
@@ -467,6 +474,7 @@ def _parse_function(
         limits=Limits(memory=memory, cpus=cpus),
         secrets=tuple(dict.fromkeys(secrets)),
         read_only_root=read_only_root,
+        max_inflight=max_inflight,
         annotations=check.str_map(f"{key}.annotations", doc.get("annotations"), LABEL_KEY_RE),
     )
 
