@@ -147,7 +147,15 @@ def _trim_rootfs(root: Path) -> None:
         for item in root.glob(pattern):
             if item.is_file():
                 item.unlink()
-    # Keep images small and builds quiet, as Debian's official image does.
+    # Keep images small and builds quiet, as Debian's official image does: no recommends, no
+    # docs, and apt's downloaded packages and caches removed after every install.
+    (root / "etc/apt/apt.conf.d/docker-clean").write_text(
+        'DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb '
+        '/var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };\n'
+        'APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb '
+        '/var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };\n'
+        'Dir::Cache::pkgcache ""; Dir::Cache::srcpkgcache "";\n'
+    )
     (root / "etc/apt/apt.conf.d/docker-no-recommends").write_text(
         'APT::Install-Recommends "false";\nAPT::Install-Suggests "false";\n'
     )

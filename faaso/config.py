@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from faaso.errors import ConfigError
-from faaso.runtimes import RuntimeCatalog
+from faaso.runtimes import RuntimeCatalog, load_function_file
 
 # DNS-1123 label, as OpenFaaS requires; also a valid Docker repository component.
 FUNCTION_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -372,7 +372,10 @@ def _parse_function(
         source = (base / raw_source).resolve()
         if not source.is_dir():
             raise check.fail(f"{key}.source", raw_source, f"is not a directory ({source})")
-        runtime = check.string(f"{key}.runtime", doc.get("runtime", "python"))
+        if "runtime" in doc:
+            runtime = check.string(f"{key}.runtime", doc["runtime"])
+        else:  # the function's own function.yml may say; else python
+            runtime = load_function_file(source).runtime or "python"
         found = catalog.find(runtime)
         if found is None:
             raise check.fail(

@@ -210,3 +210,16 @@ def test_parse_memory(value: object, expected: int) -> None:
 def test_parse_memory_rejects(value: object) -> None:
     with pytest.raises(ValueError, match=r"not a size|unknown unit"):
         parse_memory(value)
+
+
+def test_runtime_falls_back_to_function_yml(tmp_path: Path) -> None:
+    fn = tmp_path / "functions" / "greet"
+    fn.mkdir(parents=True)
+    (fn / "handler.js").write_text("module.exports = async () => 'hi'\n")
+    (fn / "function.yml").write_text("runtime: node\n")
+    path = tmp_path / "routes.yml"
+    path.write_text("functions:\n  greet: {source: functions/greet}\n")
+    assert load_config(path).functions["greet"].runtime == "node"
+    path.write_text("functions:\n  greet: {source: functions/greet, runtime: python}\n")
+    with pytest.raises(ConfigError, match=r"handler\.py"):
+        load_config(path)
