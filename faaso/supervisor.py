@@ -305,10 +305,13 @@ class Supervisor:
             delay = min(delay * 2, RECONNECT_MAX)
 
     async def _resync(self) -> None:
-        """After a gap in the event stream, find instances that died meanwhile."""
+        """After a gap in the event stream, find instances that died meanwhile.
+
+        Raises :class:`BackendError` while the engine is still away."""
+        alive = {i.id: i for i in await self._backend.list_instances()}
         for controller in list(self._controllers.values()):
             for instance in controller.instances():
-                current = await self._backend.inspect(instance.id)
+                current = alive.get(instance.id)
                 if current is None or not current.running:
                     controller.on_event(
                         BackendEvent(
