@@ -28,6 +28,7 @@ from faaso.docker_client import image_id, stream_build
 from faaso.errors import BackendError, BootstrapError
 from faaso.mirror import debian_mirror
 from faaso.paths import cache_dir
+from faaso.proc import indent_tail, run_streaming
 
 SUITE = "bookworm"
 BASE_IMAGE = f"faaso/debian:{SUITE}"
@@ -182,22 +183,6 @@ def _write_import_context(context: Path, rootfs_tar: Path) -> None:
 
 async def _run_logged(argv: list[str], log: FilteringBoundLogger, event: str) -> None:
     """Run a command, logging each line it prints; raise BootstrapError with the tail on failure."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        stdin=asyncio.subprocess.DEVNULL,
-    )
-    assert proc.stdout is not None
-    tail: list[str] = []
-    async for raw in proc.stdout:
-        line = raw.decode(errors="replace").rstrip()
-        if not line:
-            continue
-        tail = [*tail[-19:], line]
-        log.info(event, line=line)
-    code = await proc.wait()
+    code, tail = await run_streaming(argv, lambda line: log.info(event, line=line))
     if code != 0:
-        raise BootstrapError(
-            f"{argv[0]} exited with {code}:\n" + "\n".join("  | " + t for t in tail)
-        )
+        raise BootstrapError(f"{argv[0]} exited with {code}:\n{indent_tail(tail)}")

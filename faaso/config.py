@@ -20,6 +20,7 @@ import yaml
 
 from faaso.errors import ConfigError
 from faaso.runtimes import RuntimeCatalog, load_function_file
+from faaso.yamlutil import load_strict
 
 # DNS-1123 label, as OpenFaaS requires; also a valid Docker repository component.
 FUNCTION_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -151,29 +152,6 @@ class Config:
     runtime_dirs: tuple[Path, ...] = ()
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe loader that refuses duplicate mapping keys instead of keeping the last one."""
-
-
-def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if key in seen:
-            mark = key_node.start_mark
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
-            )
-        seen[key] = loader.construct_object(value_node, deep=True)
-    return seen
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_unique_mapping,
-)
-
-
 def valid_secret_name(name: str) -> bool:
     """``[-a-zA-Z_0-9.]+``, and never ``.``, ``..`` or anything with a path separator."""
     return bool(SECRET_NAME_RE.match(name)) and name not in (".", "..") and ".." not in name
@@ -266,7 +244,7 @@ def load_config(path: Path | str, extra_runtime_dirs: tuple[Path, ...] = ()) -> 
     except UnicodeDecodeError as exc:
         raise ConfigError(path, "", str(path), "the file is not UTF-8") from exc
     try:
-        doc = yaml.load(text, Loader=_UniqueKeyLoader)
+        doc = load_strict(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"

@@ -21,6 +21,7 @@ from structlog.typing import FilteringBoundLogger
 
 from faaso.errors import FaasoError
 from faaso.paths import cache_dir
+from faaso.proc import indent_tail, run_streaming
 
 CACHE_VERSION = "npm-1"
 
@@ -116,24 +117,12 @@ async def _install(
             str(cache_dir() / "npm-cache"),
         ]
         log.info("npm.install", dependencies=sorted(dependencies(package_json, "package.json")))
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=work,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            stdin=asyncio.subprocess.DEVNULL,
+        code, tail = await run_streaming(
+            argv, lambda line: log.debug("npm.output", line=line), cwd=work, keep=15
         )
-        assert proc.stdout is not None
-        tail: list[str] = []
-        async for raw in proc.stdout:
-            line = raw.decode(errors="replace").rstrip()
-            if line:
-                tail = [*tail[-14:], line]
-                log.debug("npm.output", line=line)
-        if await proc.wait() != 0:
+        if code != 0:
             raise NpmError(
-                "npm could not install the dependencies of package.json:\n"
-                + "\n".join("  | " + t for t in tail)
+                "npm could not install the dependencies of package.json:\n" + indent_tail(tail)
             )
         modules = work / "node_modules"
         modules.mkdir(exist_ok=True)

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from faaso.errors import ConfigError, FaasoError
+from faaso.yamlutil import load_strict
 
 RUNTIME_FILE = "runtime.yml"
 STARTER_DIR = "template"
@@ -165,26 +166,6 @@ EXPECT_KEYS = frozenset({"status", "body", "json", "headers"})
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe loader that refuses duplicate mapping keys instead of keeping the last one."""
-
-
-def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    out: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if key in out:
-            mark = key_node.start_mark
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
-            )
-        out[key] = loader.construct_object(value_node, deep=True)
-    return out
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
-
-
 @dataclass(frozen=True, slots=True)
 class TestCase:
     """One entry of ``tests:`` in function.yml: a request and what its response must be."""
@@ -312,7 +293,7 @@ def load_function_file(source: Path) -> FunctionFile:
     if not spec_file.is_file():
         return FunctionFile(path=spec_file)
     try:
-        doc = yaml.load(spec_file.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+        doc = load_strict(spec_file.read_text(encoding="utf-8")) or {}
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(spec_file, "", str(spec_file), f"cannot read: {exc}") from exc
     except yaml.YAMLError as exc:

@@ -8,7 +8,6 @@ offline once the cache holds them.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import platform
@@ -21,6 +20,7 @@ from structlog.typing import FilteringBoundLogger
 
 from faaso.errors import FaasoError
 from faaso.paths import cache_dir
+from faaso.proc import indent_tail, run_streaming
 
 TARGET_PYTHON = "3.11"
 TARGET_ABI = "cp311"
@@ -92,26 +92,17 @@ async def _download(requirements: bytes, cached: Path, log: FilteringBoundLogger
             argv += ["--platform", tag]
         argv += ["-d", str(out), "-r", str(req_file)]
         log.info("wheels.download", requirements=requirements.decode(errors="replace").split())
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            stdin=asyncio.subprocess.DEVNULL,
-        )
-        assert proc.stdout is not None
-        tail: list[str] = []
-        async for raw in proc.stdout:
-            line = raw.decode(errors="replace").rstrip()
-            if not line:
-                continue
-            tail = [*tail[-14:], line]
+
+        def progress(line: str) -> None:
             if line.startswith(("Collecting", "Saved", "Successfully")):
                 log.info("wheels.progress", line=line)
-        if await proc.wait() != 0:
+
+        code, tail = await run_streaming(argv, progress, keep=15)
+        if code != 0:
             raise WheelError(
                 "pip could not fetch binary wheels for CPython "
                 f"{TARGET_PYTHON} on Linux (a package with no wheel needs building first):\n"
-                + "\n".join("  | " + t for t in tail)
+                + indent_tail(tail)
             )
         (out / ".complete").write_text("ok\n")
         if cached.exists():
