@@ -40,6 +40,7 @@ from faaso.secrets import SecretError, SecretStore
 from faaso.supervisor import ReloadError, Supervisor
 
 MAX_BODY = 1024 * 1024
+FOLLOW_RESCAN = 1.0  # seconds: how often a followed log looks for new instances
 SLOW_CALL = 1.0  # seconds: a management call slower than this is logged
 
 
@@ -334,32 +335,51 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
         await response.write_eof()
         return response
 
-    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=1024)
+    # Follow: one pump per instance, and instances that start later (a scale-up, a replacement)
+    # are picked up too. The stream lasts until the client goes away.
+    queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1024)
+    pumps: dict[str, asyncio.Task[None]] = {}
 
-    async def pump(inst: Instance) -> None:
-        try:
-            async for stamp, text in ctx.backend.logs(inst.id, follow=True, since=since, tail=tail):
+    async def pump(inst: Instance, since_: float | None, tail_: int | None) -> None:
+        with contextlib.suppress(FaasoError):
+            async for stamp, text in ctx.backend.logs(
+                inst.id, follow=True, since=since_, tail=tail_
+            ):
                 await queue.put(entry(inst, stamp, text))
-        except FaasoError:
-            pass
-        finally:
-            await queue.put(None)
 
-    pumps = [asyncio.create_task(pump(inst)) for inst in instances]
-    open_streams = len(pumps)
+    def attach(found: list[Instance], since_: float | None, tail_: int | None) -> None:
+        for inst in found:
+            if inst.id not in pumps:
+                pumps[inst.id] = asyncio.create_task(pump(inst, since_, tail_))
+
+    def current() -> list[Instance]:
+        live = ctx.supervisor.controller(name)
+        found = live.instances() if live else []
+        return [i for i in found if not instance or instance in (i.name, i.id, i.id[:12])]
+
+    attach(instances, since, tail)
+    last_scan = time.monotonic()
     try:
-        while open_streams:
-            item = await queue.get()
-            if item is None:
-                open_streams -= 1
-                continue
-            await response.write(item)  # raises once the client has gone away
+        while True:
+            try:
+                item: bytes | None = await asyncio.wait_for(queue.get(), FOLLOW_RESCAN)
+            except TimeoutError:
+                item = None
+            if item is not None:
+                await response.write(item)  # raises once the client has gone away
+            now = time.monotonic()
+            if now - last_scan >= FOLLOW_RESCAN:
+                last_scan = now
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    break  # the client left while nothing was being written
+                attach(current(), None, None)  # a new instance: everything it printed
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
-        for task in pumps:
+        for task in pumps.values():
             task.cancel()
-        await asyncio.gather(*pumps, return_exceptions=True)
+        await asyncio.gather(*pumps.values(), return_exceptions=True)
     with contextlib.suppress(ConnectionResetError):
         await response.write_eof()
     return response

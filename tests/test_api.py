@@ -423,3 +423,20 @@ async def test_metrics_count_invocations(api: Api) -> None:
     assert any(line.startswith("faaso_function_restarts_total{") for line in lines)
     _, fn, _ = await api.call("GET", "/system/function/sum")
     assert fn["invocationCount"] == 6
+
+
+async def test_logs_follow_picks_up_new_instances(api: Api) -> None:
+    url = api.client.make_url("/system/logs?name=sum&follow=true&tail=1")
+    async with api.client.session.get(url, headers=api.auth) as resp:
+        assert resp.status == 200
+        first = json.loads(await asyncio.wait_for(resp.content.readline(), 20))
+        status, _, _ = await api.call("POST", "/system/scale-function/sum", {"replicas": 2})
+        assert status == 202
+        # the new instance's startup line arrives on the same stream
+        async with asyncio.timeout(30):
+            while True:
+                entry = json.loads(await resp.content.readline())
+                if entry["instance"] != first["instance"]:
+                    break
+        assert entry["instance"] in api.containers("sum")
+        assert "serving" in entry["text"]
