@@ -91,7 +91,7 @@ async def until(check: Callable[[], Awaitable[bool]] | Callable[[], bool], what:
             return
         if time.monotonic() > end:
             pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # poll with a deadline
 
 
 def write_function(folder: Path, handler: str, **siblings: str) -> Path:
@@ -482,7 +482,7 @@ GATED_HANDLER = """
         while not (HERE / "release").exists():
             if time.monotonic() > deadline:
                 raise TimeoutError("never released")
-            time.sleep(0.005)
+            time.sleep(0.005)  # poll with a deadline (inside the slow handler under test)
         return f"done {name}"
 """
 
@@ -530,7 +530,7 @@ async def test_signal_stops_listening_and_lets_in_flight_requests_finish(
     await until(lambda: refuses_connections(runtime.port), "the server to stop listening")
     # The one deliberate wait: hold the request a while to show the server waits for it (its
     # grace is 9 s) instead of dropping it and exiting at once.
-    await asyncio.sleep(HOLD)
+    await asyncio.sleep(HOLD)  # not a readiness wait: the server's deadline must outlast it
     assert runtime.proc.poll() is None
     assert not in_flight.done()
     (folder / "release").touch()
