@@ -53,6 +53,7 @@ class GatewayState:
         self.metrics = metrics or Metrics()
         self.not_ready: Callable[[], list[dict[str, object]]] = list
         self.timeout_of: Callable[[str], float] = lambda _name: DEFAULT_TIMEOUT
+        self.max_inflight_of: Callable[[str], int | None] = lambda _name: None
         self.reload_status: Callable[[], dict[str, object]] = dict
 
 
@@ -107,6 +108,7 @@ async def _proxy_ctx(app: web.Application) -> AsyncIterator[None]:
             lambda: state.routes,
             lambda name: state.timeout_of(name),
             metrics=state.metrics,
+            max_inflight_of=lambda name: state.max_inflight_of(name),
         )
         yield
 
@@ -194,6 +196,7 @@ def create_app(
         app[DESIRED] = desired
         state.not_ready = supervisor.not_ready
         state.timeout_of = supervisor.timeout_of
+        state.max_inflight_of = supervisor.max_inflight_of
         state.reload_status = lambda: reloader.last
         state.metrics.add_collector(lambda: _live_metrics(supervisor, state.pools, reloader))
         holder.ctx = ApiContext(desired, supervisor, secrets, state.metrics, backend)

@@ -55,6 +55,10 @@ class FunctionPool:
     def __contains__(self, instance_id: object) -> bool:
         return instance_id in self._members
 
+    def inflight(self) -> int:
+        """Requests in flight to this function, over all its members."""
+        return sum(m.inflight for m in self._members.values())
+
     def members(self) -> list[Member]:
         return list(self._members.values())
 

@@ -102,7 +102,9 @@ class Proxy:
         routes: Callable[[], RouteTable],
         timeout_of: Callable[[str], float],
         metrics: Metrics | None = None,
+        max_inflight_of: Callable[[str], int | None] = lambda _name: None,
     ) -> None:
+        self._max_inflight_of = max_inflight_of
         self._metrics = metrics
         self._session = session
         self._pools = pools
@@ -138,6 +140,14 @@ class Proxy:
         started = time.monotonic()
         pool = self._pools.get(match.function)
         budget = self._timeout_of(match.function)
+        limit = self._max_inflight_of(match.function)
+        if limit is not None and pool.inflight() >= limit:
+            return json_error(
+                429,
+                f"function {match.function!r} already has {limit} requests in flight "
+                "(its max_inflight); try again later",
+                function=match.function,
+            )
         member = pool.pick()
         if member is None and pool.holding:
             # Its instance died and a replacement is on its way: hold, within the timeout.

@@ -105,6 +105,10 @@ class Supervisor:
     def controller(self, name: str) -> FunctionController | None:
         return self._controllers.get(name)
 
+    def max_inflight_of(self, function: str) -> int | None:
+        controller = self._controllers.get(function)
+        return controller.spec.max_inflight if controller is not None else None
+
     def timeout_of(self, function: str) -> float:
         controller = self._controllers.get(function)
         if controller is not None:

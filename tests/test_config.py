@@ -136,6 +136,11 @@ routes:
             "faaso's own",
         ),
         ("functions: {}\n", "functions", "at least one function"),
+        (
+            "functions:\n  sum: {source: functions/sum, max_inflight: 0}\n",
+            "functions.sum.max_inflight",
+            "1 or more",
+        ),
         ("functions: [sum]\n", "functions", "mapping"),
     ],
 )

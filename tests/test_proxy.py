@@ -312,7 +312,7 @@ async def test_least_inflight_balancing(aiohttp_server: Factory, aiohttp_client:
     # poll with a deadline until the slow request is in flight
     async with asyncio.timeout(5):
         while sum(m.inflight for m in pool.members()) < 1:
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # poll with a deadline
     busy = next(m for m in pool.members() if m.inflight == 1)
     answers = set()
     for _ in range(5):
@@ -379,3 +379,30 @@ async def test_connector_reuses_connections(aiohttp_server: Factory, aiohttp_cli
         resp = await client.get("/w/who")
         assert await resp.text() == "ok"
     assert len(peers) == 1
+
+
+async def test_max_inflight_answers_429_at_once(
+    aiohttp_server: Factory, aiohttp_client: Any
+) -> None:
+    gate = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.wait_for(gate.wait(), 10)
+        return web.Response(text="done")
+
+    server = await aiohttp_server(backend_app({"/slow": slow}))
+    client, state = await start_gateway(aiohttp_client, {"/f": "f"}, {"f": [endpoint_of(server)]})
+    state.max_inflight_of = lambda name: 1 if name == "f" else None
+    first = asyncio.create_task(client.get("/f/slow"))
+    pool = state.pools.get("f")
+    async with asyncio.timeout(5):
+        while pool.inflight() < 1:
+            await asyncio.sleep(0.005)  # poll with a deadline until the first is in flight
+    resp = await client.get("/f/other")
+    assert resp.status == 429
+    assert resp.headers["X-OpenFaaS-Internal"] == "proxy"
+    assert "max_inflight" in (await resp.json())["error"]
+    gate.set()
+    assert (await first).status == 200
+    resp = await client.get("/f/other")
+    assert resp.status == 200
