@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Side-by-side proxy benchmark on loopback: direct vs nginx vs faaso's proxy, and the runtime.
+
+Started by scripts/bench. Everything it starts (a hello backend, nginx, faaso's gateway, the
+python runtime server) listens on 127.0.0.1 and is stopped by PID at the end. wrk runs are
+bounded (DURATION seconds each). Prints a table of req/s and p50/p99 with ratios.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DURATION = int(os.environ.get("BENCH_SECONDS", "5"))
+RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+
+HELLO = """
+import sys
+from aiohttp import web
+import uvloop
+async def hello(request):
+    return web.Response(text="hello")
+app = web.Application()
+app.router.add_get("/{tail:.*}", hello)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None,
+            backlog=2048, loop=uvloop.new_event_loop())
+"""
+
+GATEWAY = """
+import asyncio, sys
+from faaso.app import GatewayState, gateway_app
+from faaso.backend import Endpoint
+from faaso.routing import RouteTable
+from faaso.server import ServerOptions, run, serve
+state = GatewayState(RouteTable({"/hello": "hello"}, {"hello"}))
+state.pools.get("hello").add("one", Endpoint("127.0.0.1", int(sys.argv[2])))
+async def main():
+    await serve(gateway_app(state), ServerOptions(port=int(sys.argv[1])))
+run(main)
+"""
+
+NGINX = """
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  upstream backend {{ server 127.0.0.1:{backend}; keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, deadline: float = 30.0) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:  # loopback only
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)  # poll with a deadline
+    raise SystemExit(f"{url} did not answer within {deadline} s")
+
+
+def wrk(url: str, connections: int) -> tuple[float, float, float]:
+    """Median over RUNS of (req/s, p50 µs, p99 µs)."""
+    rates, p50s, p99s = [], [], []
+    for _ in range(RUNS):
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{DURATION}s", "--latency", url],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=DURATION + 30,
+        ).stdout
+        rates.append(float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)))  # type: ignore[union-attr]
+        p50s.append(_micros(re.search(r"50%\s+([\d.]+\w+)", out).group(1)))  # type: ignore[union-attr]
+        p99s.append(_micros(re.search(r"99%\s+([\d.]+\w+)", out).group(1)))  # type: ignore[union-attr]
+    return statistics.median(rates), statistics.median(p50s), statistics.median(p99s)
+
+
+def _micros(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 1, "ms": 1000, "s": 1_000_000}[unit]
+
+
+def main() -> int:
+    for tool in ("wrk", "nginx"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is missing: run scripts/bench, which installs it")
+    tmp = Path(tempfile.mkdtemp(prefix="faaso-bench-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    try:
+        backend, gateway, nginx_port, runtime = free_port(), free_port(), free_port(), free_port()
+        procs.append(subprocess.Popen([sys.executable, "-c", HELLO, str(backend)], env=env))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", GATEWAY, str(gateway), str(backend)],
+                env=env,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        (tmp / "nginx.conf").write_text(NGINX.format(tmp=tmp, backend=backend, port=nginx_port))
+        procs.append(
+            subprocess.Popen(["nginx", "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"])
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(ROOT / "runtimes/python/server.py")],
+                env={
+                    **env,
+                    "FAASO_HOST": "127.0.0.1",
+                    "PORT": str(runtime),
+                    "FAASO_FUNCTION_DIR": str(ROOT / "conf/functions/sum"),
+                },
+                stdout=subprocess.DEVNULL,
+            )
+        )
+        targets = {
+            "direct": f"http://127.0.0.1:{backend}/hello",
+            "nginx": f"http://127.0.0.1:{nginx_port}/hello",
+            "faaso": f"http://127.0.0.1:{gateway}/hello",
+        }
+        for url in [*targets.values(), f"http://127.0.0.1:{runtime}/_/health"]:
+            wait_http(url)
+        results = {}
+        for name, url in targets.items():
+            for c in (1, 64):
+                results[(name, c)] = wrk(url, c)
+        runtime_64 = wrk(f"http://127.0.0.1:{runtime}/?a=2&b=3", 64)
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"wrk -t1, {DURATION} s per run, median of {RUNS}; hello backend = aiohttp + uvloop")
+    print(
+        f"{'path':<8} {'c=1 req/s':>10} {'p50 us':>8} {'c=64 req/s':>11} {'p50 us':>8} "
+        f"{'p99 us':>9}"
+    )
+    for name in targets:
+        r1, p50_1, _ = results[(name, 1)]
+        r64, p50_64, p99_64 = results[(name, 64)]
+        print(f"{name:<8} {r1:>10.0f} {p50_1:>8.0f} {r64:>11.0f} {p50_64:>8.0f} {p99_64:>9.0f}")
+    ratio = results[("faaso", 64)][0] / results[("nginx", 64)][0]
+    added = results[("faaso", 1)][1] - results[("direct", 1)][1]
+    added_nginx = results[("nginx", 1)][1] - results[("direct", 1)][1]
+    print(f"faaso/nginx throughput at c=64: {ratio:.2f}x (goal >= 0.5)")
+    print(
+        f"added p50 latency at c=1: faaso {added:.0f} us (goal <= 150), nginx {added_nginx:.0f} us"
+    )
+    print(
+        f"python runtime, trivial sum handler, c=64: {runtime_64[0]:.0f} req/s, "
+        f"p50 {runtime_64[1]:.0f} us, p99 {runtime_64[2]:.0f} us (goal >= 5000 req/s)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
