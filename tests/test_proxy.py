@@ -406,3 +406,19 @@ async def test_max_inflight_answers_429_at_once(
     assert (await first).status == 200
     resp = await client.get("/f/other")
     assert resp.status == 200
+
+
+async def test_refused_connection_is_retried_on_another_replica(
+    aiohttp_client: Any, backend: TestServer
+) -> None:
+    from tests.conftest import free_port
+
+    dead = Endpoint("127.0.0.1", free_port())
+    client, state = await start_gateway(
+        aiohttp_client, {"/f": "f"}, {"f": [dead, endpoint_of(backend)]}
+    )
+    assert state.pools.get("f").pick().endpoint == dead  # type: ignore[union-attr]
+    for _ in range(3):  # POST too: nothing was sent to the refusing one
+        resp = await client.post("/f/x", data=b"payload")
+        assert resp.status == 200
+        assert (await resp.json())["length"] == 7
