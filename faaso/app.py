@@ -114,10 +114,26 @@ async def _proxy_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def gateway_app(
-    state: GatewayState, mount: Callable[[web.Application], None] | None = None
+    state: GatewayState,
+    mount: Callable[[web.Application], None] | None = None,
+    *,
+    header_timeout: float = 15.0,
 ) -> web.Application:
-    """The HTTP side: /healthz, /metrics, whatever ``mount`` adds, and the proxy for the rest."""
-    app = web.Application(handler_args={"max_field_size": 16384, "max_line_size": 16384})
+    """The HTTP side: /healthz, /metrics, whatever ``mount`` adds, and the proxy for the rest.
+
+    ``header_timeout`` bounds both the wait for a request's headers (all of them, however
+    slowly they dribble in: a slowloris client is cut off) and an idle keep-alive connection.
+    A slow request body is bounded by the function's timeout instead.
+    """
+    app = web.Application(
+        handler_args={
+            "max_field_size": 16384,
+            "max_line_size": 16384,
+            # aiohttp arms this timer when a connection opens and after each response; data
+            # arriving does not push it back, so it is a deadline for the next request's headers.
+            "keepalive_timeout": header_timeout,
+        }
+    )
     app[STATE] = state
     app.cleanup_ctx.append(_proxy_ctx)
     app.router.add_get("/healthz", healthz)

@@ -8,6 +8,7 @@ is never held in memory); small responses with a known length take a shorter pat
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -18,7 +19,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
 from faaso.metrics import Metrics
-from faaso.pool import Pools
+from faaso.pool import Member, Pools
 from faaso.routing import Match, RouteTable
 
 # RFC 9110 7.6.1: meaningful for one connection only, never forwarded.
@@ -43,6 +44,14 @@ DURATION = "X-Duration-Seconds"
 SMALL_BODY = 64 * 1024
 CHUNK = 64 * 1024
 SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
+# The client side of aiohttp makes its own handshake: these are not copied from the client's.
+WS_HANDSHAKE = (
+    "Sec-WebSocket-Key",
+    "Sec-WebSocket-Version",
+    "Sec-WebSocket-Extensions",
+    "Sec-WebSocket-Protocol",
+    "Sec-WebSocket-Accept",
+)
 
 
 def json_error(status: int, message: str, **extra: object) -> web.Response:
@@ -161,6 +170,11 @@ class Proxy:
         call_id = headers.get(CALL_ID) or uuid.uuid4().hex
         headers[CALL_ID] = call_id
         headers[START_TIME] = str(time.time_ns())
+        if _is_websocket(request):
+            url = URL(
+                member.base_url + match.path + ("?" + raw_query if raw_query else ""), encoded=True
+            )
+            return await self._websocket(request, match.function, member, url, headers, budget)
         data = request.content if request.body_exists else None
         timeout = aiohttp.ClientTimeout(total=budget)
         tried: set[str] = set()
@@ -214,6 +228,65 @@ class Proxy:
                 )
             member = other
 
+    async def _websocket(
+        self,
+        request: web.Request,
+        function: str,
+        member: Member,
+        url: URL,
+        headers: CIMultiDict[str],
+        budget: float,
+    ) -> web.StreamResponse:
+        """An upgraded connection: a websocket to the instance, relayed message by message.
+
+        The function's timeout bounds the handshake only; the connection then lives as long as
+        both ends keep it open, and counts as one request in flight for its whole life.
+        """
+        protocols = [
+            p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+        ]
+        for name in WS_HANDSHAKE:
+            headers.popall(name, None)
+        member.inflight += 1
+        try:
+            try:
+                async with asyncio.timeout(budget):
+                    upstream = await self._session.ws_connect(
+                        url,
+                        headers=headers,
+                        protocols=[p for p in protocols if p],
+                        max_msg_size=WS_MAX_MESSAGE,
+                    )
+            except TimeoutError:
+                return json_error(
+                    504,
+                    f"function {function!r} did not accept the websocket within its timeout",
+                    function=function,
+                )
+            except aiohttp.WSServerHandshakeError as exc:
+                return json_error(
+                    502,
+                    f"function {function!r} refused the websocket upgrade ({exc.status})",
+                    function=function,
+                )
+            except aiohttp.ClientError as exc:
+                return json_error(
+                    502,
+                    f"cannot open a websocket to function {function!r}: {exc.__class__.__name__}",
+                    function=function,
+                )
+            async with upstream:
+                downstream = web.WebSocketResponse(
+                    protocols=(upstream.protocol,) if upstream.protocol else (),
+                    max_msg_size=WS_MAX_MESSAGE,
+                )
+                downstream.headers[CALL_ID] = headers[CALL_ID]
+                await downstream.prepare(request)
+                await _relay_both(downstream, upstream)
+            return downstream
+        finally:
+            member.inflight -= 1
+
     @staticmethod
     async def _respond(
         request: web.Request, upstream: aiohttp.ClientResponse, extra: dict[str, str]
@@ -242,3 +315,42 @@ class Proxy:
             return response
         await response.write_eof()
         return response
+
+
+WS_MAX_MESSAGE = 16 * 2**20
+
+_WS = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
+def _is_websocket(request: web.Request) -> bool:
+    upgrade = request.headers.get("Upgrade")
+    return upgrade is not None and upgrade.lower() == "websocket" and request.method == "GET"
+
+
+async def _relay(source: _WS, sink: _WS) -> None:
+    """Copies messages from ``source`` to ``sink`` until ``source`` closes, then closes ``sink``
+    with the same code."""
+    async for message in source:
+        if message.type is aiohttp.WSMsgType.TEXT:
+            await sink.send_str(message.data)
+        elif message.type is aiohttp.WSMsgType.BINARY:
+            await sink.send_bytes(message.data)
+        elif message.type is aiohttp.WSMsgType.ERROR:
+            break
+    await sink.close(code=source.close_code or aiohttp.WSCloseCode.OK)
+
+
+async def _relay_both(
+    client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse
+) -> None:
+    """Both directions at once; when either side closes, the other is closed with its code."""
+    tasks = (
+        asyncio.create_task(_relay(client, upstream)),
+        asyncio.create_task(_relay(upstream, client)),
+    )
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

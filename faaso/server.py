@@ -58,6 +58,9 @@ async def serve(
         handle_signals=False,
         access_log=None,
         shutdown_timeout=options.drain_timeout,
+        # A client that goes away cancels its handler: the proxy then drops the request to the
+        # function instead of waiting for an answer nobody will read.
+        handler_cancellation=True,
     )
     try:
         await runner.setup()

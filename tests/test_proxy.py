@@ -8,6 +8,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -15,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from faaso.app import GatewayState, gateway_app
 from faaso.backend import Endpoint
 from faaso.routing import RouteTable
+from tests.conftest import eventually
 
 Factory = Callable[..., Awaitable[TestServer]]
 
@@ -73,13 +75,14 @@ async def start_gateway(
     routes: dict[str, str],
     endpoints: dict[str, list[Endpoint]],
     timeout: float = 30.0,
+    header_timeout: float = 15.0,
 ) -> tuple[TestClient[Any, Any], GatewayState]:
     state = GatewayState(RouteTable(routes, set(endpoints)))
     for name, eps in endpoints.items():
         for i, ep in enumerate(eps):
             state.pools.get(name).add(f"{name}-{i}", ep)
     state.timeout_of = lambda _name: timeout
-    client = await aiohttp_client(gateway_app(state))
+    client = await aiohttp_client(gateway_app(state, header_timeout=header_timeout))
     return client, state
 
 
@@ -422,3 +425,134 @@ async def test_refused_connection_is_retried_on_another_replica(
         resp = await client.post("/f/x", data=b"payload")
         assert resp.status == 200
         assert (await resp.json())["length"] == 7
+
+
+async def test_call_id_generated_passed_and_returned(gateway: TestClient[Any, Any]) -> None:
+    resp = await gateway.get("/sum/h")
+    seen = (await resp.json())["headers"]
+    generated = resp.headers["X-Call-Id"]
+    assert generated and seen["X-Call-Id"] == generated
+    assert int(seen["X-Start-Time"]) > 0
+    assert float(resp.headers["X-Duration-Seconds"]) >= 0
+    resp = await gateway.get("/sum/h", headers={"X-Call-Id": "abc-123"})
+    assert (await resp.json())["headers"]["X-Call-Id"] == "abc-123"
+    assert resp.headers["X-Call-Id"] == "abc-123"
+
+
+async def ws_echo(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(protocols=("chat", "other"))
+    await ws.prepare(request)
+    async for message in ws:
+        if message.type is aiohttp.WSMsgType.TEXT:
+            if message.data == "bye":
+                await ws.close(code=4001, message=b"bye")
+                break
+            await ws.send_str("echo:" + message.data)
+        elif message.type is aiohttp.WSMsgType.BINARY:
+            await ws.send_bytes(message.data[::-1])
+    return ws
+
+
+async def test_websocket_proxied_both_ways(aiohttp_server: Factory, aiohttp_client: Any) -> None:
+    server = await aiohttp_server(backend_app({"/ws": ws_echo}))
+    client, state = await start_gateway(aiohttp_client, {"/f": "f"}, {"f": [endpoint_of(server)]})
+    async with client.ws_connect("/f/ws", protocols=("chat",)) as ws:
+        assert ws.protocol == "chat"
+        await ws.send_str("hello")
+        assert await ws.receive_str(timeout=5) == "echo:hello"
+        await ws.send_bytes(b"\x01\x02\x03")
+        assert await ws.receive_bytes(timeout=5) == b"\x03\x02\x01"
+        assert state.pools.get("f").inflight() == 1  # an open websocket counts as in flight
+        await ws.send_str("bye")  # the function closes: the client sees its close code
+        message = await ws.receive(timeout=5)
+        assert message.type is aiohttp.WSMsgType.CLOSE
+        assert ws.close_code == 4001
+
+    async def idle() -> bool:
+        return state.pools.get("f").inflight() == 0
+
+    await eventually(idle, 5, "the websocket to leave the in-flight count")
+    # and a client that closes first closes the function's side too
+    async with client.ws_connect("/f/ws") as ws:
+        await ws.send_str("x")
+        assert await ws.receive_str(timeout=5) == "echo:x"
+    await eventually(idle, 5, "the websocket to leave the in-flight count")
+
+
+async def test_websocket_to_a_plain_handler_is_502(gateway: TestClient[Any, Any]) -> None:
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await gateway.ws_connect("/sum/not-a-websocket")
+    assert info.value.status == 502
+    assert info.value.headers is not None
+    assert info.value.headers["X-OpenFaaS-Internal"] == "proxy"
+
+
+async def test_client_gone_cancels_the_upstream_request(
+    aiohttp_server: Factory, aiohttp_client: Any
+) -> None:
+    entered = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        entered.set()
+        try:
+            await asyncio.sleep(30)  # held until the proxy drops the connection
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return web.Response(text="too late")
+
+    server = await aiohttp_server(backend_app({"/hang": hang}))
+    client, state = await start_gateway(aiohttp_client, {"/h": "h"}, {"h": [endpoint_of(server)]})
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(b"GET /h/hang HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    await asyncio.wait_for(entered.wait(), 5)
+    writer.close()
+    await writer.wait_closed()
+    await asyncio.wait_for(cancelled.wait(), 5)
+
+    async def released() -> bool:
+        return state.pools.get("h").inflight() == 0
+
+    await eventually(released, 5, "the in-flight count to drop")
+
+
+async def test_slow_headers_are_cut_off_while_others_are_served(
+    aiohttp_client: Any, backend: TestServer
+) -> None:
+    """A client dribbling its headers is closed within the header timeout; others go on."""
+    client, _ = await start_gateway(
+        aiohttp_client, {"/f": "f"}, {"f": [endpoint_of(backend)]}, header_timeout=0.5
+    )
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    request = b"GET /f/slow HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: y\r\n" * 1000
+    closed = False
+    served = 0
+    try:
+        async with asyncio.timeout(10):  # a deadline, far above the 0.5 s header timeout
+            for byte in request:
+                try:
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                except ConnectionError:
+                    closed = True
+                    break
+                if reader.at_eof():
+                    closed = True
+                    break
+                try:  # wait a little for the server to speak (it only ever closes)
+                    data = await asyncio.wait_for(reader.read(1), 0.02)
+                except TimeoutError:
+                    data = None
+                if data == b"":
+                    closed = True
+                    break
+                if served < 3:
+                    resp = await client.get("/f/ok")
+                    assert resp.status == 200
+                    served += 1
+    finally:
+        writer.close()
+    assert closed, "the server never closed a connection that sent headers too slowly"
+    assert served == 3
