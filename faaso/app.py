@@ -95,6 +95,8 @@ def _new_client_session() -> aiohttp.ClientSession:
         connector=connector,
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
+        # The proxy adds no headers of its own (set once here, not per request).
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         timeout=aiohttp.ClientTimeout(total=None),
     )
 

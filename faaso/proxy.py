@@ -9,8 +9,9 @@ is never held in memory); small responses with a known length take a shorter pat
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import time
-import uuid
 from collections.abc import Callable, Mapping
 
 import aiohttp
@@ -43,7 +44,6 @@ START_TIME = "X-Start-Time"
 DURATION = "X-Duration-Seconds"
 SMALL_BODY = 64 * 1024
 CHUNK = 64 * 1024
-SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
 # The client side of aiohttp makes its own handshake: these are not copied from the client's.
 WS_HANDSHAKE = (
     "Sec-WebSocket-Key",
@@ -52,6 +52,16 @@ WS_HANDSHAKE = (
     "Sec-WebSocket-Protocol",
     "Sec-WebSocket-Accept",
 )
+
+
+# Call ids: a random prefix per process and a counter, as unique as uuid4 without a system call
+# per request.
+_CALL_PREFIX = os.urandom(8).hex()
+_CALL_COUNTER = itertools.count(1)
+
+
+def new_call_id() -> str:
+    return f"{_CALL_PREFIX}{next(_CALL_COUNTER):016x}"
 
 
 def json_error(status: int, message: str, **extra: object) -> web.Response:
@@ -119,6 +129,7 @@ class Proxy:
         self._pools = pools
         self._routes = routes
         self._timeout_of = timeout_of
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw_path, _, query = request.raw_path.partition("?")
@@ -167,7 +178,7 @@ class Proxy:
                 503, f"function {match.function!r} has no ready instance", function=match.function
             )
         headers = upstream_headers(request)
-        call_id = headers.get(CALL_ID) or uuid.uuid4().hex
+        call_id = headers.get(CALL_ID) or new_call_id()
         headers[CALL_ID] = call_id
         headers[START_TIME] = str(time.time_ns())
         if _is_websocket(request):
@@ -176,7 +187,11 @@ class Proxy:
             )
             return await self._websocket(request, match.function, member, url, headers, budget)
         data = request.content if request.body_exists else None
-        timeout = aiohttp.ClientTimeout(total=budget)
+        timeout = self._timeouts.get(budget)
+        if timeout is None:
+            if len(self._timeouts) > 1024:  # budgets cut by a wait are all different
+                self._timeouts.clear()
+            timeout = self._timeouts[budget] = aiohttp.ClientTimeout(total=budget)
         tried: set[str] = set()
         while True:
             # Still percent-encoded as the client sent it: the function sees the same bytes.
@@ -193,7 +208,6 @@ class Proxy:
                     data=data,
                     allow_redirects=False,
                     timeout=timeout,
-                    skip_auto_headers=SKIP_AUTO_HEADERS,
                 ) as upstream:
                     extra = {CALL_ID: call_id, DURATION: f"{time.monotonic() - started:.6f}"}
                     return await self._respond(request, upstream, extra)
