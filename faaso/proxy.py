@@ -16,16 +16,17 @@ from collections.abc import Callable, Mapping
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy, istr
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from faaso.metrics import Metrics
 from faaso.pool import Member, Pools
 from faaso.routing import Match, RouteTable
 
-# RFC 9110 7.6.1: meaningful for one connection only, never forwarded.
+# RFC 9110 7.6.1: meaningful for one connection only, never forwarded. Compared lowercased:
+# header names are case-insensitive and clients do send "connection" or "te".
 HOP_BY_HOP = frozenset(
-    istr(h)
+    h.lower()
     for h in (
         "Connection",
         "Keep-Alive",
@@ -71,40 +72,33 @@ def json_error(status: int, message: str, **extra: object) -> web.Response:
     )
 
 
-def _connection_tokens(headers: Mapping[str, str]) -> set[str]:
-    value = headers.get("Connection")
-    if not value:
-        return set()
-    return {token.strip().lower() for token in value.split(",") if token.strip()}
+def _end_to_end(headers: Mapping[str, str]) -> CIMultiDict[str]:
+    """A copy of ``headers`` without hop-by-hop ones, nor those named in ``Connection``."""
+    named = headers.get("Connection")
+    drop = HOP_BY_HOP
+    if named:
+        drop = drop | {token.strip().lower() for token in named.split(",")}
+    return CIMultiDict([(k, v) for k, v in headers.items() if k.lower() not in drop])
 
 
 def upstream_headers(request: web.Request) -> CIMultiDict[str]:
     """The request's headers minus hop-by-hop ones, plus X-Forwarded-For/Host/Proto."""
     incoming = request.headers
-    named = _connection_tokens(incoming)
-    out: CIMultiDict[str] = CIMultiDict()
-    for key, value in incoming.items():
-        if key in HOP_BY_HOP or key.lower() in named:
-            continue
-        out.add(key, value)
+    out = _end_to_end(incoming)
     peer = request.remote or ""
     previous = incoming.get("X-Forwarded-For")
     out["X-Forwarded-For"] = f"{previous}, {peer}" if previous else peer
-    if "X-Forwarded-Host" not in incoming and "Host" in incoming:
-        out["X-Forwarded-Host"] = incoming["Host"]
+    if "X-Forwarded-Host" not in incoming:
+        host = incoming.get("Host")
+        if host is not None:
+            out["X-Forwarded-Host"] = host
     if "X-Forwarded-Proto" not in incoming:
         out["X-Forwarded-Proto"] = request.scheme
     return out
 
 
 def downstream_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    named = _connection_tokens(headers)
-    out: CIMultiDict[str] = CIMultiDict()
-    for key, value in headers.items():
-        if key in HOP_BY_HOP or key.lower() in named:
-            continue
-        out.add(key, value)
-    return out
+    return _end_to_end(headers)
 
 
 class Proxy:

@@ -556,3 +556,21 @@ async def test_slow_headers_are_cut_off_while_others_are_served(
         writer.close()
     assert closed, "the server never closed a connection that sent headers too slowly"
     assert served == 3
+
+
+async def test_hop_by_hop_in_any_case(gateway: TestClient[Any, Any]) -> None:
+    resp = await gateway.get(
+        "/sum/h",
+        headers={
+            "connection": "keep-alive, x-private",
+            "X-PRIVATE": "drop me",
+            "keep-alive": "timeout=5",
+            "te": "trailers",
+            "proxy-authorization": "Basic x",
+            "x-kept": "yes",
+        },
+    )
+    seen = {k.lower(): v for k, v in (await resp.json())["headers"].items()}
+    for dropped in ("x-private", "keep-alive", "te", "proxy-authorization"):
+        assert dropped not in seen, dropped
+    assert seen["x-kept"] == "yes"
