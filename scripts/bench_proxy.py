@@ -8,6 +8,7 @@ bounded (DURATION seconds each). Prints a table of req/s and p50/p99 with ratios
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -31,8 +32,14 @@ from aiohttp import web
 import uvloop
 async def hello(request):
     return web.Response(text="hello")
-app = web.Application()
+async def sink(request):
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+    return web.Response(text=str(size))
+app = web.Application(client_max_size=2**31)
 app.router.add_get("/{tail:.*}", hello)
+app.router.add_post("/{tail:.*}", sink)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None,
             backlog=2048, loop=uvloop.new_event_loop())
 """
@@ -111,6 +118,45 @@ def _micros(text: str) -> float:
     return float(value) * {"us": 1, "ms": 1000, "s": 1_000_000}[unit]
 
 
+UPLOADS = 10
+UPLOAD_MIB = 50
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def _uploads(url: str, pid: int) -> tuple[float, float, float]:
+    """Ten 50 MiB uploads through the proxy at once: (RSS before, peak RSS, seconds)."""
+    import aiohttp
+
+    chunk = b"x" * 2**20
+
+    async def body() -> object:
+        for _ in range(UPLOAD_MIB):
+            yield chunk
+
+    before = rss_mib(pid)
+    peak = before
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as session:
+
+        async def one() -> None:
+            async with session.post(url, data=body()) as resp:
+                assert resp.status == 200, resp.status
+                assert int(await resp.text()) == UPLOAD_MIB * 2**20
+
+        task = asyncio.gather(*(one() for _ in range(UPLOADS)))
+        while not task.done():
+            peak = max(peak, rss_mib(pid))
+            await asyncio.sleep(0.02)  # sampling interval
+        await task
+    return before, peak, time.monotonic() - started
+
+
 def main() -> int:
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None:
@@ -121,13 +167,12 @@ def main() -> int:
     try:
         backend, gateway, nginx_port, runtime = free_port(), free_port(), free_port(), free_port()
         procs.append(subprocess.Popen([sys.executable, "-c", HELLO, str(backend)], env=env))
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", GATEWAY, str(gateway), str(backend)],
-                env=env,
-                stderr=subprocess.DEVNULL,
-            )
+        gateway_proc = subprocess.Popen(
+            [sys.executable, "-c", GATEWAY, str(gateway), str(backend)],
+            env=env,
+            stderr=subprocess.DEVNULL,
         )
+        procs.append(gateway_proc)
         (tmp / "nginx.conf").write_text(NGINX.format(tmp=tmp, backend=backend, port=nginx_port))
         procs.append(
             subprocess.Popen(["nginx", "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"])
@@ -156,6 +201,7 @@ def main() -> int:
             for c in (1, 64):
                 results[(name, c)] = wrk(url, c)
         runtime_64 = wrk(f"http://127.0.0.1:{runtime}/?a=2&b=3", 64)
+        uploads = asyncio.run(asyncio.wait_for(_uploads(targets["faaso"], gateway_proc.pid), 120))
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -184,6 +230,11 @@ def main() -> int:
     print(
         f"python runtime, trivial sum handler, c=64: {runtime_64[0]:.0f} req/s, "
         f"p50 {runtime_64[1]:.0f} us, p99 {runtime_64[2]:.0f} us (goal >= 5000 req/s)"
+    )
+    before, peak, seconds = uploads
+    print(
+        f"faaso RSS, {UPLOADS} x {UPLOAD_MIB} MiB uploads at once: {before:.0f} MiB before, "
+        f"peak {peak:.0f} MiB (+{peak - before:.0f}, goal <= 20), {seconds:.1f} s"
     )
     return 0
 
