@@ -51,7 +51,8 @@ from faaso.backend import Endpoint
 from faaso.routing import RouteTable
 from faaso.server import ServerOptions, run, serve
 state = GatewayState(RouteTable({"/hello": "hello"}, {"hello"}))
-state.pools.get("hello").add("one", Endpoint("127.0.0.1", int(sys.argv[2])))
+host, _, port = sys.argv[2].rpartition(":")
+state.pools.get("hello").add("one", Endpoint(host or "127.0.0.1", int(port)))
 async def main():
     await serve(gateway_app(state), ServerOptions(port=int(sys.argv[1])))
 run(main)
@@ -157,12 +158,76 @@ async def _uploads(url: str, pid: int) -> tuple[float, float, float]:
     return before, peak, time.monotonic() - started
 
 
+def sum_image() -> str | None:
+    """The newest built image of conf/functions/sum, if Docker answers and one exists."""
+    if shutil.which("docker") is None:
+        return None
+    try:
+        out = subprocess.run(
+            ["docker", "images", "faaso/sum", "--format", "{{.Repository}}:{{.Tag}}"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout.split()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out[0] if out else None
+
+
+def container_bench(
+    image: str, env: dict[str, str], procs: list[subprocess.Popen[bytes]], containers: list[str]
+) -> dict[tuple[str, int], tuple[float, float, float]]:
+    """(v): /sum in a container, hit at its published port, at its bridge address, and through
+    faaso's proxy to each."""
+    cid = subprocess.run(
+        ["docker", "run", "-d", "--rm", "-p", "127.0.0.1::8080", image],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
+    containers.append(cid)
+    fmt = (
+        "{{.NetworkSettings.IPAddress}} "
+        '{{(index (index .NetworkSettings.Ports "8080/tcp") 0).HostPort}}'
+    )
+    ip, published = subprocess.run(
+        ["docker", "inspect", "-f", fmt, cid],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=20,
+    ).stdout.split()
+    via_published, via_bridge = free_port(), free_port()
+    for port, upstream in ((via_published, f"127.0.0.1:{published}"), (via_bridge, f"{ip}:8080")):
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", GATEWAY, str(port), upstream],
+                env=env,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    query = "/?a=2&b=3"
+    targets = {
+        "published port": f"http://127.0.0.1:{published}{query}",
+        "bridge address": f"http://{ip}:8080{query}",
+        "faaso->published": f"http://127.0.0.1:{via_published}/hello?a=2&b=3",
+        "faaso->bridge": f"http://127.0.0.1:{via_bridge}/hello?a=2&b=3",
+    }
+    for url in targets.values():
+        wait_http(url)
+    return {(name, c): wrk(url, c) for name, url in targets.items() for c in (1, 64)}
+
+
 def main() -> int:
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is missing: run scripts/bench, which installs it")
     tmp = Path(tempfile.mkdtemp(prefix="faaso-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
+    containers: list[str] = []
+    in_container: dict[tuple[str, int], tuple[float, float, float]] = {}
+    image = sum_image()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     try:
         backend, gateway, nginx_port, runtime = free_port(), free_port(), free_port(), free_port()
@@ -202,7 +267,11 @@ def main() -> int:
                 results[(name, c)] = wrk(url, c)
         runtime_64 = wrk(f"http://127.0.0.1:{runtime}/?a=2&b=3", 64)
         uploads = asyncio.run(asyncio.wait_for(_uploads(targets["faaso"], gateway_proc.pid), 120))
+        if image is not None:
+            in_container = container_bench(image, env, procs, containers)
     finally:
+        for cid in containers:
+            subprocess.run(["docker", "stop", "-t", "1", cid], capture_output=True, timeout=60)
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
         for proc in procs:
@@ -236,6 +305,18 @@ def main() -> int:
         f"faaso RSS, {UPLOADS} x {UPLOAD_MIB} MiB uploads at once: {before:.0f} MiB before, "
         f"peak {peak:.0f} MiB (+{peak - before:.0f}, goal <= 20), {seconds:.1f} s"
     )
+    if not in_container:
+        print("(v) skipped: no Docker engine or no faaso/sum image (faaso build conf first)")
+        return 0
+    print(f"/sum in a container ({image}), GET /?a=2&b=3")
+    print(
+        f"{'path':<17} {'c=1 req/s':>10} {'p50 us':>8} {'c=64 req/s':>11} {'p50 us':>8} "
+        f"{'p99 us':>9}"
+    )
+    for name in dict.fromkeys(n for n, _ in in_container):
+        r1, p50_1, _ = in_container[(name, 1)]
+        r64, p50_64, p99_64 = in_container[(name, 64)]
+        print(f"{name:<17} {r1:>10.0f} {p50_1:>8.0f} {r64:>11.0f} {p50_64:>8.0f} {p99_64:>9.0f}")
     return 0
 
 
