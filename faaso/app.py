@@ -187,7 +187,7 @@ def create_app(
 
     async def supervisor_ctx(app: web.Application) -> AsyncIterator[None]:
         docker = await docker_client.connect()
-        backend = DockerBackend(docker, owner_id(state_dir))
+        backend = DockerBackend(docker, owner_id(state_dir), state_dir / "sockets")
         builder = Builder(
             docker, RuntimeCatalog(config.runtime_dirs), get_logger("faaso.build"), allow_pull=pull
         )

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
+import os
+import stat
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -26,7 +29,7 @@ from enum import StrEnum
 import aiohttp
 from structlog.typing import FilteringBoundLogger
 
-from faaso.backend import Backend, BackendEvent, Instance, InstanceSpec
+from faaso.backend import Backend, BackendEvent, Endpoint, Instance, InstanceSpec
 from faaso.config import FunctionSpec
 from faaso.errors import BackendError, FaasoError
 from faaso.pool import FunctionPool, drain
@@ -60,6 +63,22 @@ def instance_fingerprint(image: str, spec: FunctionSpec, secrets: SecretStore | 
     secret_digest = secrets.digest(spec.secrets) if secrets is not None and spec.secrets else ""
     raw = f"{image}\0{spec.run_fingerprint()}\0{secret_digest}".encode()
     return hashlib.sha256(raw).hexdigest()[:24]
+
+
+def pool_endpoint(endpoint: Endpoint) -> Endpoint:
+    """What the pool gets for a healthy instance: its Unix socket only if it made one.
+
+    Called when the instance is first found healthy. A runtime that honours ``FAASO_SOCKET``
+    listens there before it answers on TCP, so the socket exists by then; one that ignores it
+    (say, a user's own Dockerfile) is reached over TCP alone.
+    """
+    if endpoint.unix is None:
+        return endpoint
+    try:
+        is_socket = stat.S_ISSOCK(os.stat(endpoint.unix).st_mode)
+    except OSError:
+        is_socket = False
+    return endpoint if is_socket else dataclasses.replace(endpoint, unix=None)
 
 
 @dataclass(slots=True, eq=False)
@@ -167,9 +186,13 @@ class FunctionController:
                 )
             ):
                 self._tracked[instance.id] = Tracked(instance, ready=True)
-                self._pool.add(instance.id, instance.endpoint)
+                endpoint = pool_endpoint(instance.endpoint)
+                self._pool.add(instance.id, endpoint)
                 self._log.info(
-                    "instance.adopted", container=instance.name, endpoint=instance.endpoint.base_url
+                    "instance.adopted",
+                    container=instance.name,
+                    endpoint=endpoint.base_url,
+                    unix=endpoint.unix,
                 )
             else:
                 rest.append(instance)
@@ -397,11 +420,13 @@ class FunctionController:
             raise BackendError(f"container {instance.name} died right after its health check")
         tracked.ready = True
         assert instance.endpoint is not None
-        self._pool.add(instance.id, instance.endpoint)
+        endpoint = pool_endpoint(instance.endpoint)
+        self._pool.add(instance.id, endpoint)
         self._log.info(
             "instance.ready",
             container=instance.name,
             seconds=round(time.monotonic() - tracked.started_at, 3),
+            unix=endpoint.unix,
         )
 
     async def _wait_healthy(self, tracked: Tracked) -> None:

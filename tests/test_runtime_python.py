@@ -600,3 +600,34 @@ def test_a_broken_handler_stops_startup_with_a_clear_message(
     assert message in done.stderr, done.stderr
     assert "faaso python runtime:" in done.stderr
     assert "serving" not in done.stdout
+
+
+# --------------------------------------------------------------------------- FAASO_SOCKET
+
+
+async def test_faaso_socket_serves_the_same_app_beside_tcp_and_is_removed_on_exit(
+    start: Callable[..., Awaitable[Runtime]], http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    sock = tmp_path / "fn.sock"
+    sock.write_text("stale")  # left by an earlier run: replaced, not an error
+    runtime = await start(FUNCTIONS / "sum", FAASO_SOCKET=str(sock))
+    assert sock.is_socket() and sock.stat().st_mode & 0o777 == 0o666
+    connector = aiohttp.UnixConnector(path=str(sock))
+    async with aiohttp.ClientSession(connector=connector) as unix:
+        async with unix.get("http://function/?a=2&b=3") as resp:
+            assert (resp.status, await resp.read()) == (200, b"5")
+        async with unix.get("http://function/_/health") as resp:
+            assert resp.status == 200
+    assert (await call(http, runtime, "GET", "/?a=1&b=1")).body == b"2"  # TCP still serves
+    assert f"and {sock} with" in runtime.output()[0]
+    assert await runtime.stop() == 0
+    assert not sock.exists()
+
+
+async def test_a_faaso_socket_that_cannot_be_made_leaves_tcp_serving(
+    start: Callable[..., Awaitable[Runtime]], http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    runtime = await start(FUNCTIONS / "sum", FAASO_SOCKET=str(tmp_path / "no-such-dir" / "s"))
+    assert (await call(http, runtime, "GET", "/?a=1&b=2")).body == b"3"
+    assert "cannot listen on FAASO_SOCKET=" in runtime.output()[1]
+    assert await runtime.stop() == 0

@@ -31,12 +31,17 @@ shutdown grace to finish, exit 0.
 Environment: ``PORT`` (8080), ``FAASO_HOST`` (0.0.0.0), ``FAASO_FUNCTION_DIR`` (/app/function),
 ``FAASO_MAX_BODY`` (largest request body in bytes, 64 MiB), ``FAASO_THREADS`` (sync handler
 threads, 32), ``FAASO_SHUTDOWN_GRACE`` (seconds, 9: just under Docker's 10 s stop timeout),
-``FAASO_ACCESS_LOG`` (``1`` prints one line per request to stdout).
+``FAASO_ACCESS_LOG`` (``1`` prints one line per request to stdout), ``FAASO_SOCKET`` (unset: TCP
+only; a path, which faaso sets to ``/run/faaso/function.sock``: the same app is also served on
+that Unix socket, made mode 0666 after a stale file there is removed, listening before the TCP
+port so it is ready whenever a health check passes, and removed again on exit; if it cannot be
+made, a warning goes to stderr and TCP serves alone).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import inspect
 import json
@@ -232,6 +237,35 @@ def finish_threads(runtime: Runtime, wait: float) -> None:
                 os._exit(0)  # worker threads are joined at exit, which would hang forever
 
 
+def unix_listener(path: str) -> tuple[socket.socket, int] | None:
+    """A listening Unix socket at ``path`` (a stale file there removed first) and the inode of
+    its file, or None if it cannot be made."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        if os.path.lexists(path) and not os.path.isdir(path):
+            os.unlink(path)  # left by an earlier run: bind() would fail with EADDRINUSE
+        sock.bind(path)
+        os.chmod(path, 0o666)  # faaso, on the host, may be another uid than ours
+        sock.listen(LISTEN_BACKLOG)
+        inode = os.stat(path).st_ino
+    except OSError as exc:
+        sock.close()
+        print(
+            f"{PREFIX} cannot listen on FAASO_SOCKET={path}: {exc}; serving TCP only",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+    return sock, inode
+
+
+def remove_socket(path: str, inode: int) -> None:
+    """Remove our socket file, unless something else has replaced it meanwhile."""
+    with contextlib.suppress(OSError):
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
+
+
 def new_event_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
@@ -257,26 +291,37 @@ def main() -> None:
     app.router.add_route("*", "/{path:.*}", runtime.serve)
 
     loop = new_event_loop()
+    # Bound and listening before run_app starts the TCP port: whoever finds the TCP port
+    # healthy finds the socket there too (connections wait in its backlog until we serve).
+    socket_path = os.environ.get("FAASO_SOCKET") or None
+    unix = unix_listener(socket_path) if socket_path else None
     kind = "async" if runtime.is_async else f"sync, {threads} threads"
+    where = f"{host}:{port}" + (f" and {socket_path}" if unix is not None else "")
     print(
-        f"{PREFIX} serving {function_dir / 'handler.py'} ({kind}) on {host}:{port} "
+        f"{PREFIX} serving {function_dir / 'handler.py'} ({kind}) on {where} "
         f"with {type(loop).__module__.split('.')[0]}",
         flush=True,
     )
     # run_app installs SIGTERM/SIGINT handlers (we are PID 1 in the container: without them
     # SIGTERM would be ignored), stops listening on either, waits up to ``grace`` for in-flight
     # requests, then returns.
-    web.run_app(
-        app,
-        host=host,
-        port=port,
-        backlog=LISTEN_BACKLOG,
-        shutdown_timeout=grace,
-        access_log=None,
-        print=None,
-        handle_signals=True,
-        loop=loop,
-    )
+    try:
+        web.run_app(
+            app,
+            host=host,
+            port=port,
+            sock=unix[0] if unix is not None else None,
+            backlog=LISTEN_BACKLOG,
+            shutdown_timeout=grace,
+            access_log=None,
+            print=None,
+            handle_signals=True,
+            loop=loop,
+        )
+    finally:
+        if unix is not None and socket_path is not None:
+            remove_socket(socket_path, unix[1])
+            unix[0].close()
     finish_threads(runtime, wait=1.0)
 
 
