@@ -148,6 +148,19 @@ async def test_an_instance_answers_on_its_unix_socket_and_its_directory_goes_wit
     assert await backend.inspect(instance.id) is None
 
 
+async def test_a_node_instance_answers_on_its_unix_socket_too(backend: DockerBackend) -> None:
+    image = await build(FUNCTIONS / "greet")
+    instance = await backend.start(InstanceSpec("sock-greet", image, "f1", read_only_root=True))
+    endpoint = instance.endpoint
+    assert endpoint is not None and endpoint.unix is not None
+    await eventually(lambda: answers_tcp(endpoint), 60, "the node instance to answer on TCP")
+    assert Path(endpoint.unix).is_socket()
+    assert Path(endpoint.unix).stat().st_mode & 0o777 == 0o666
+    assert await get_unix(endpoint.unix, "/?name=Ada") == (200, b'{"greeting":"hello Ada"}')
+    await backend.stop(instance.id, timeout=5)
+    assert not Path(endpoint.unix).parent.exists()
+
+
 async def test_an_instance_without_socket_root_is_tcp_only(sum_image: str) -> None:
     docker = await docker_client.connect()
     backend = DockerBackend(docker, f"test-{secrets.token_hex(4)}")

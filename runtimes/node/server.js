@@ -24,7 +24,11 @@
 //
 // Environment: PORT (8080), FAASO_HOST (0.0.0.0), FAASO_FUNCTION_DIR (/app/function),
 // FAASO_MAX_BODY (largest request body in bytes, 64 MiB), FAASO_SHUTDOWN_GRACE (seconds, 9),
-// FAASO_ACCESS_LOG (1 prints one line per request to stdout).
+// FAASO_ACCESS_LOG (1 prints one line per request to stdout), FAASO_SOCKET (unset: TCP only; a
+// path, which faaso sets to /run/faaso/function.sock: the same handler is also served on that
+// Unix socket, made mode 0666 after a stale file there is removed, listening before the TCP port
+// so it is ready whenever a health check passes, and removed again on exit; if it cannot be
+// made, a warning goes to stderr and TCP serves alone).
 "use strict";
 
 const fs = require("fs");
@@ -196,6 +200,7 @@ async function main() {
   const maxBody = Math.trunc(envNumber("FAASO_MAX_BODY", 64 * 1024 * 1024));
   const grace = envNumber("FAASO_SHUTDOWN_GRACE", 9) * 1000;
   const accessLog = process.env.FAASO_ACCESS_LOG === "1";
+  const socketPath = process.env.FAASO_SOCKET || "";
   const handle = await loadHandler(functionDir);
   const context = Object.freeze({ hostname: os.hostname() });
 
@@ -203,7 +208,7 @@ async function main() {
   let inFlight = 0;
   let onIdle = null;
 
-  const server = http.createServer(async (req, res) => {
+  const serve = async (req, res) => {
     inFlight += 1;
     let status = 500;
     // Counted until the response is flushed (or the client went away), so a shutdown never
@@ -240,23 +245,44 @@ async function main() {
       status = response[0];
       send(res, ...response, stopping);
     }
-  });
-  // Longer than any client pool's idle time, as the python runtime's aiohttp server does.
-  server.keepAliveTimeout = 75 * 1000;
-  server.headersTimeout = 80 * 1000;
+  };
+  function newServer() {
+    const made = http.createServer(serve);
+    // Longer than any client pool's idle time, as the python runtime's aiohttp server does.
+    made.keepAliveTimeout = 75 * 1000;
+    made.headersTimeout = 80 * 1000;
+    return made;
+  }
+  const server = newServer(); // TCP
+  let unixServer = null; // FAASO_SOCKET, the same handler
+  let socketInode = null;
+
+  function removeSocket() {
+    // Ours only: never a file that something else has put there meanwhile.
+    try {
+      if (socketInode !== null && fs.statSync(socketPath).ino === socketInode) fs.unlinkSync(socketPath);
+    } catch {
+      // already gone
+    }
+  }
 
   function shutdown() {
     if (stopping) return;
     stopping = true;
-    server.close();
-    if (server.closeIdleConnections) server.closeIdleConnections();
+    const servers = unixServer ? [server, unixServer] : [server];
+    for (const s of servers) {
+      s.close();
+      if (s.closeIdleConnections) s.closeIdleConnections();
+    }
     const timer = setTimeout(() => {
       process.stderr.write(`${PREFIX} requests still running after the shutdown grace; exiting anyway\n`);
+      removeSocket();
       process.exit(0);
     }, grace);
     timer.unref();
     onIdle = () => {
-      if (server.closeAllConnections) server.closeAllConnections();
+      for (const s of servers) if (s.closeAllConnections) s.closeAllConnections();
+      removeSocket();
       process.exit(0);
     };
     if (inFlight === 0) onIdle();
@@ -264,9 +290,41 @@ async function main() {
   process.on("SIGTERM", shutdown);
   process.on("SIGINT", shutdown);
 
-  server.on("error", (err) => fail(`cannot listen on ${host}:${port}: ${describe(err)}`));
-  server.listen({ host, port, backlog: 2048 }, () => {
-    process.stdout.write(`${PREFIX} serving ${path.join(functionDir, "handler.js")} on ${host}:${port} with node ${process.version}\n`);
+  // The Unix socket first, so that it listens by the time the TCP port answers a health check.
+  function listenUnix(then) {
+    if (!socketPath) return then();
+    const giveUp = (err) => {
+      process.stderr.write(`${PREFIX} cannot listen on FAASO_SOCKET=${socketPath}: ${describe(err)}; serving TCP only\n`);
+      unixServer = null;
+      then();
+    };
+    try {
+      if (!fs.lstatSync(socketPath).isDirectory()) fs.unlinkSync(socketPath); // a stale one
+    } catch (err) {
+      if (!err || err.code !== "ENOENT") return giveUp(err);
+    }
+    unixServer = newServer();
+    unixServer.once("error", giveUp);
+    unixServer.listen({ path: socketPath, backlog: 2048 }, () => {
+      unixServer.removeListener("error", giveUp);
+      unixServer.on("error", (err) => process.stderr.write(`${PREFIX} ${socketPath}: ${describe(err)}\n`));
+      try {
+        fs.chmodSync(socketPath, 0o666); // faaso, on the host, may be another uid than ours
+        socketInode = fs.statSync(socketPath).ino;
+      } catch (err) {
+        unixServer.close();
+        return giveUp(err);
+      }
+      then();
+    });
+  }
+
+  listenUnix(() => {
+    server.on("error", (err) => fail(`cannot listen on ${host}:${port}: ${describe(err)}`));
+    server.listen({ host, port, backlog: 2048 }, () => {
+      const where = `${host}:${port}${unixServer ? ` and ${socketPath}` : ""}`;
+      process.stdout.write(`${PREFIX} serving ${path.join(functionDir, "handler.js")} on ${where} with node ${process.version}\n`);
+    });
   });
 }
 
