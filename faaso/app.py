@@ -27,6 +27,7 @@ from faaso.config import Config
 from faaso.controller import Prober
 from faaso.desired import DesiredState
 from faaso.docker_backend import DockerBackend
+from faaso.fastpath import FAST_PATH, FastPath
 from faaso.fsutil import private_dir
 from faaso.logs import get_logger
 from faaso.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -142,7 +143,19 @@ def gateway_app(
     app.router.add_get("/metrics", metrics_handler)
     if mount is not None:
         mount(app)
+    # What the app serves itself; the fast path hands those requests to it.
+    reserved = [r.canonical for r in app.router.resources()]
     app.router.add_route("*", "/{tail:.*}", proxy_handler)
+    fast = FastPath(
+        state.pools,
+        lambda: state.routes,
+        lambda name: state.timeout_of(name),
+        lambda name: state.max_inflight_of(name),
+        state.metrics,
+        header_timeout=header_timeout,
+    )
+    fast.reserve(reserved)
+    app[FAST_PATH] = fast
     return app
 
 

@@ -14,19 +14,19 @@ registry, so two servers in one process (tests) never share counts.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
-    generate_latest,
+from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from faaso.openfaas import NAMESPACE
 
@@ -38,37 +38,40 @@ def label(function: str) -> str:
     return f"{function}.{NAMESPACE}"
 
 
+# The Prometheus client's default buckets, as the OpenFaaS gateway uses them.
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
+
+_BOUNDS = (*map(floatToGoString, BUCKETS), "+Inf")
+
+
+class _Histogram:
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+
 class Metrics:
+    """Counts kept in plain dicts on the request path (a few hundred nanoseconds per request,
+    no locks: everything runs on the event loop) and turned into metric families at scrape
+    time."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._invocations = Counter(
-            "gateway_function_invocation",
-            "Function invocations by status code",
-            ["function_name", "code"],
-            registry=self.registry,
-        )
-        self._seconds = Histogram(
-            "gateway_functions_seconds",
-            "Function call duration, end to end through faaso",
-            ["function_name", "code"],
-            registry=self.registry,
-        )
-        self._started = Gauge(
-            "gateway_function_invocation_started",
-            "Function invocations started",
-            ["function_name"],
-            registry=self.registry,
-        )
+        self._started: defaultdict[str, int] = defaultdict(int)
+        self._finished: defaultdict[tuple[str, int], _Histogram] = defaultdict(_Histogram)
         self._counts: defaultdict[str, int] = defaultdict(int)
+        self.registry.register(_Callback(self._collect))
 
     def started(self, function: str) -> None:
-        self._started.labels(label(function)).inc()
+        self._started[function] += 1
 
     def finished(self, function: str, status: int, seconds: float) -> None:
-        name = label(function)
-        code = str(status)
-        self._invocations.labels(name, code).inc()
-        self._seconds.labels(name, code).observe(seconds)
+        histogram = self._finished[(function, status)]
+        histogram.counts[bisect_left(BUCKETS, seconds)] += 1
+        histogram.total += seconds
         self._counts[function] += 1
 
     def invocations(self, function: str) -> int:
@@ -80,6 +83,36 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def _collect(self) -> list[Metric]:
+        invocations = CounterMetricFamily(
+            "gateway_function_invocation",
+            "Function invocations by status code",
+            labels=["function_name", "code"],
+        )
+        seconds = HistogramMetricFamily(
+            "gateway_functions_seconds",
+            "Function call duration, end to end through faaso",
+            labels=["function_name", "code"],
+        )
+        for (function, status), histogram in sorted(self._finished.items()):
+            labels = [label(function), str(status)]
+            count = sum(histogram.counts)
+            invocations.add_metric(labels, count)
+            cumulative = 0
+            buckets: list[tuple[str, float]] = []
+            for bound, n in zip(_BOUNDS, histogram.counts, strict=True):
+                cumulative += n
+                buckets.append((bound, cumulative))
+            seconds.add_metric(labels, buckets, histogram.total)
+        started = GaugeMetricFamily(
+            "gateway_function_invocation_started",
+            "Function invocations started",
+            labels=["function_name"],
+        )
+        for function, n in sorted(self._started.items()):
+            started.add_metric([label(function)], n)
+        return [invocations, seconds, started]
 
 
 class _Callback(Collector):

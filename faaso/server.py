@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from faaso.fastpath import FAST_PATH, FastSite
 from faaso.logs import get_logger
 
 
@@ -25,6 +26,8 @@ class ServerOptions:
     port: int = 8080
     drain_timeout: float = 15.0
     backlog: int = 2048
+    # Relay plain small requests without aiohttp (faaso.fastpath); off: aiohttp serves all.
+    fast_path: bool = True
 
 
 async def serve(
@@ -64,11 +67,23 @@ async def serve(
     )
     try:
         await runner.setup()
-        site = web.TCPSite(
-            runner, options.host, options.port, backlog=options.backlog, reuse_address=True
-        )
+        fast = app.get(FAST_PATH) if options.fast_path else None
+        site: web.TCPSite
+        if fast is not None:
+            site = FastSite(
+                runner,
+                fast,
+                options.host,
+                options.port,
+                backlog=options.backlog,
+                drain_timeout=options.drain_timeout,
+            )
+        else:
+            site = web.TCPSite(
+                runner, options.host, options.port, backlog=options.backlog, reuse_address=True
+            )
         await site.start()
-        port = _bound_port(runner) or options.port
+        port = site.port
         log.info("server.listening", url=f"http://{options.host}:{port}")
         if on_listening is not None:
             on_listening(port)
@@ -80,13 +95,6 @@ async def serve(
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
         log.info("server.stopped")
-
-
-def _bound_port(runner: web.AppRunner) -> int | None:
-    for address in runner.addresses:
-        if isinstance(address, tuple) and len(address) >= 2:
-            return int(address[1])
-    return None
 
 
 T = TypeVar("T")

@@ -8,8 +8,13 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestServer
+from yarl import URL
+
+from faaso.fastpath import FAST_PATH, FastSite
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,3 +51,21 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.05)  # poll with a deadline
+
+
+class FastTestServer(TestServer):
+    """An aiohttp test server listening the way ``faaso serve`` does: through the fast path,
+    which hands what it does not relay itself to the app."""
+
+    async def start_server(
+        self, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any
+    ) -> None:
+        if self.runner:
+            return
+        self.runner = await self._make_runner(handler_cancellation=True, **kwargs)
+        await self.runner.setup()
+        site = FastSite(self.runner, self.app[FAST_PATH], self.host, 0, drain_timeout=2.0)
+        await site.start()
+        self.port = site.port
+        self.scheme = "http"
+        self._root = URL(f"http://{self.host}:{self.port}")

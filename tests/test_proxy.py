@@ -16,9 +16,24 @@ from aiohttp.test_utils import TestClient, TestServer
 from faaso.app import GatewayState, gateway_app
 from faaso.backend import Endpoint
 from faaso.routing import RouteTable
-from tests.conftest import eventually
+from tests.conftest import FastTestServer, eventually
 
 Factory = Callable[..., Awaitable[TestServer]]
+
+
+@pytest.fixture(params=["fast", "aiohttp"])
+async def aiohttp_client(
+    request: pytest.FixtureRequest, aiohttp_client: Any
+) -> Callable[..., Awaitable[TestClient[Any, Any]]]:
+    """Every gateway test runs twice: as ``faaso serve`` listens (the fast path first, aiohttp
+    for the rest), and with aiohttp's server alone (``--no-fast-path``)."""
+
+    async def make(app: web.Application | TestServer, **kwargs: Any) -> TestClient[Any, Any]:
+        if request.param == "fast" and isinstance(app, web.Application):
+            return await aiohttp_client(FastTestServer(app), **kwargs)  # type: ignore[no-any-return]
+        return await aiohttp_client(app, **kwargs)  # type: ignore[no-any-return]
+
+    return make
 
 
 async def echo(request: web.Request) -> web.Response:
