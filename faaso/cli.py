@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="never pull images from a registry: run only images this host has",
     )
     serve.add_argument(
+        "--no-fast-path",
+        action="store_true",
+        help="serve every request with aiohttp (slower; for comparison and debugging)",
+    )
+    serve.add_argument(
         "--no-watch",
         action="store_true",
         help="do not watch the routes file and sources (SIGHUP still reloads)",
@@ -130,7 +135,12 @@ def _serve(args: argparse.Namespace) -> int:
     _configure_logging(args)
     config = load_config(args.config, tuple(args.runtimes))
     state_dir = args.state_dir or default_state_dir(config.path)
-    options = ServerOptions(host=args.host, port=args.port, drain_timeout=args.drain_timeout)
+    options = ServerOptions(
+        host=args.host,
+        port=args.port,
+        drain_timeout=args.drain_timeout,
+        fast_path=not args.no_fast_path,
+    )
 
     async def main() -> None:
         app = create_app(

@@ -61,8 +61,7 @@ def member_keys(member: Member) -> list[Key]:
     """Where to connect to reach ``member``: its Unix socket first when it has one."""
     endpoint = member.endpoint
     tcp = (endpoint.host, endpoint.port)
-    unix: str | None = getattr(endpoint, "unix", None)
-    return [unix, tcp] if unix else [tcp]
+    return [endpoint.unix, tcp] if endpoint.unix else [tcp]
 
 
 def error_response(status: int, message: str, function: str | None, keep_alive: bool) -> bytes:

@@ -32,12 +32,22 @@ from aiohttp import web
 import uvloop
 async def hello(request):
     return web.Response(text="hello")
+async def download(request):
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    response.content_length = int(request.match_info["mib"]) * 2**20
+    await response.prepare(request)
+    chunk = b"x" * 2**20
+    for _ in range(int(request.match_info["mib"])):
+        await response.write(chunk)
+    await response.write_eof()
+    return response
 async def sink(request):
     size = 0
     async for chunk in request.content.iter_any():
         size += len(chunk)
     return web.Response(text=str(size))
 app = web.Application(client_max_size=2**31)
+app.router.add_get("/download/{mib}", download)
 app.router.add_get("/{tail:.*}", hello)
 app.router.add_post("/{tail:.*}", sink)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None,
@@ -51,10 +61,16 @@ from faaso.backend import Endpoint
 from faaso.routing import RouteTable
 from faaso.server import ServerOptions, run, serve
 state = GatewayState(RouteTable({"/hello": "hello"}, {"hello"}))
-host, _, port = sys.argv[2].rpartition(":")
-state.pools.get("hello").add("one", Endpoint(host or "127.0.0.1", int(port)))
+unix = None
+address = sys.argv[2]
+if address.startswith("unix:"):
+    unix, _, address = address[5:].partition(",")
+host, _, port = address.rpartition(":")
+state.pools.get("hello").add("one", Endpoint(host, int(port), unix=unix))
 async def main():
-    await serve(gateway_app(state), ServerOptions(port=int(sys.argv[1])))
+    await serve(
+        gateway_app(state), ServerOptions(port=int(sys.argv[1]), fast_path=sys.argv[3] == "fast")
+    )
 run(main)
 """
 
@@ -97,10 +113,23 @@ def wait_http(url: str, deadline: float = 30.0) -> None:
     raise SystemExit(f"{url} did not answer within {deadline} s")
 
 
-def wrk(url: str, connections: int) -> tuple[float, float, float]:
-    """Median over RUNS of (req/s, p50 µs, p99 µs)."""
-    rates, p50s, p99s = [], [], []
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (from /proc)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+Result = tuple[float, float, float, float]  # req/s, p50 us, p99 us, proxy CPU us per request
+
+
+def wrk(url: str, connections: int, proxy_pids: list[int] | None = None) -> Result:
+    """Median over RUNS of (req/s, p50 µs, p99 µs, CPU µs per request of ``proxy_pids``)."""
+    rates, p50s, p99s, cpus = [], [], [], []
     for _ in range(RUNS):
+        before = cpu_seconds(proxy_pids) if proxy_pids else 0.0
         out = subprocess.run(
             ["wrk", "-t1", f"-c{connections}", f"-d{DURATION}s", "--latency", url],
             capture_output=True,
@@ -108,10 +137,20 @@ def wrk(url: str, connections: int) -> tuple[float, float, float]:
             check=True,
             timeout=DURATION + 30,
         ).stdout
+        used = cpu_seconds(proxy_pids) - before if proxy_pids else 0.0
+        if "Non-2xx" in out or "Socket errors" in out:
+            raise SystemExit(f"wrk saw errors on {url}:\n{out}")
+        requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
         rates.append(float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)))  # type: ignore[union-attr]
         p50s.append(_micros(re.search(r"50%\s+([\d.]+\w+)", out).group(1)))  # type: ignore[union-attr]
         p99s.append(_micros(re.search(r"99%\s+([\d.]+\w+)", out).group(1)))  # type: ignore[union-attr]
-    return statistics.median(rates), statistics.median(p50s), statistics.median(p99s)
+        cpus.append(used * 1e6 / max(requests, 1))
+    return (
+        statistics.median(rates),
+        statistics.median(p50s),
+        statistics.median(p99s),
+        statistics.median(cpus),
+    )
 
 
 def _micros(text: str) -> float:
@@ -119,8 +158,8 @@ def _micros(text: str) -> float:
     return float(value) * {"us": 1, "ms": 1000, "s": 1_000_000}[unit]
 
 
-UPLOADS = 10
-UPLOAD_MIB = 50
+STREAMS = 10
+STREAM_MIB = 50
 
 
 def rss_mib(pid: int) -> float:
@@ -130,14 +169,14 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-async def _uploads(url: str, pid: int) -> tuple[float, float, float]:
-    """Ten 50 MiB uploads through the proxy at once: (RSS before, peak RSS, seconds)."""
+async def _streams(base: str, pid: int, upload: bool) -> tuple[float, float, float]:
+    """Ten 50 MiB uploads (or downloads) through the proxy at once: (RSS before, peak, s)."""
     import aiohttp
 
     chunk = b"x" * 2**20
 
     async def body() -> object:
-        for _ in range(UPLOAD_MIB):
+        for _ in range(STREAM_MIB):
             yield chunk
 
     before = rss_mib(pid)
@@ -146,11 +185,19 @@ async def _uploads(url: str, pid: int) -> tuple[float, float, float]:
     async with aiohttp.ClientSession() as session:
 
         async def one() -> None:
-            async with session.post(url, data=body()) as resp:
+            if upload:
+                async with session.post(f"{base}/hello/sink", data=body()) as resp:
+                    assert resp.status == 200, resp.status
+                    assert int(await resp.text()) == STREAM_MIB * 2**20
+                return
+            size = 0
+            async with session.get(f"{base}/hello/download/{STREAM_MIB}") as resp:
                 assert resp.status == 200, resp.status
-                assert int(await resp.text()) == UPLOAD_MIB * 2**20
+                async for piece in resp.content.iter_any():
+                    size += len(piece)
+            assert size == STREAM_MIB * 2**20, size
 
-        task = asyncio.gather(*(one() for _ in range(UPLOADS)))
+        task = asyncio.gather(*(one() for _ in range(STREAMS)))
         while not task.done():
             peak = max(peak, rss_mib(pid))
             await asyncio.sleep(0.02)  # sampling interval
@@ -158,65 +205,110 @@ async def _uploads(url: str, pid: int) -> tuple[float, float, float]:
     return before, peak, time.monotonic() - started
 
 
-def sum_image() -> str | None:
-    """The newest built image of conf/functions/sum, if Docker answers and one exists."""
+def sum_image(env: dict[str, str]) -> str | None:
+    """conf/functions/sum built as faaso builds it (cached after the first time), if Docker
+    answers."""
     if shutil.which("docker") is None:
         return None
     try:
+        if subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode:
+            return None
         out = subprocess.run(
-            ["docker", "images", "faaso/sum", "--format", "{{.Repository}}:{{.Tag}}"],
+            [sys.executable, "-m", "faaso", "build", str(ROOT / "conf/functions/sum")],
             capture_output=True,
             text=True,
-            timeout=20,
-        ).stdout.split()
+            timeout=600,
+            env=env,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out[0] if out else None
+    lines = out.stdout.split()
+    return lines[-1] if out.returncode == 0 and lines else None
+
+
+def start_gateway(
+    upstream: str, env: dict[str, str], procs: list[subprocess.Popen[bytes]], mode: str = "fast"
+) -> tuple[int, subprocess.Popen[bytes]]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", GATEWAY, str(port), upstream, mode],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+    procs.append(proc)
+    return port, proc
 
 
 def container_bench(
-    image: str, env: dict[str, str], procs: list[subprocess.Popen[bytes]], containers: list[str]
-) -> dict[tuple[str, int], tuple[float, float, float]]:
-    """(v): /sum in a container, hit at its published port, at its bridge address, and through
-    faaso's proxy to each."""
+    image: str,
+    env: dict[str, str],
+    procs: list[subprocess.Popen[bytes]],
+    containers: list[str],
+    tmp: Path,
+) -> dict[tuple[str, int], Result]:
+    """/sum in a container: at its published port (through docker-proxy), on the host network,
+    and through faaso's proxy to the published port and to the container's Unix socket."""
+    sockets = tmp / "sockets"
+    sockets.mkdir()
+    sockets.chmod(0o777)  # the function runs as an unprivileged user of the image
     cid = subprocess.run(
-        ["docker", "run", "-d", "--rm", "-p", "127.0.0.1::8080", image],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout.strip()
+        [
+            "docker", "run", "-d", "--rm", "-p", "127.0.0.1::8080",
+            "--mount", f"type=bind,source={sockets},target=/run/faaso",
+            "-e", "FAASO_SOCKET=/run/faaso/function.sock",
+            image,
+        ],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.strip()  # fmt: skip
     containers.append(cid)
-    fmt = (
-        "{{.NetworkSettings.IPAddress}} "
-        '{{(index (index .NetworkSettings.Ports "8080/tcp") 0).HostPort}}'
-    )
-    ip, published = subprocess.run(
+    fmt = '{{(index (index .NetworkSettings.Ports "8080/tcp") 0).HostPort}}'
+    published = subprocess.run(
         ["docker", "inspect", "-f", fmt, cid],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=20,
-    ).stdout.split()
-    via_published, via_bridge = free_port(), free_port()
-    for port, upstream in ((via_published, f"127.0.0.1:{published}"), (via_bridge, f"{ip}:8080")):
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", GATEWAY, str(port), upstream],
-                env=env,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-    query = "/?a=2&b=3"
-    targets = {
-        "published port": f"http://127.0.0.1:{published}{query}",
-        "bridge address": f"http://{ip}:8080{query}",
-        "faaso->published": f"http://127.0.0.1:{via_published}/hello?a=2&b=3",
-        "faaso->bridge": f"http://127.0.0.1:{via_bridge}/hello?a=2&b=3",
+        capture_output=True, text=True, check=True, timeout=20,
+    ).stdout.strip()  # fmt: skip
+    host_port = free_port()
+    host_cid = subprocess.run(
+        [
+            "docker", "run", "-d", "--rm", "--network", "host",
+            "-e", "FAASO_HOST=127.0.0.1", "-e", f"PORT={host_port}",
+            image,
+        ],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.strip()  # fmt: skip
+    containers.append(host_cid)
+    via_published, p1 = start_gateway(f"127.0.0.1:{published}", env, procs)
+    socket_path = sockets / "function.sock"
+    via_socket, p2 = start_gateway(f"unix:{socket_path},127.0.0.1:{published}", env, procs)
+    query = "a=2&b=3"
+    targets: dict[str, tuple[str, list[int] | None]] = {
+        "published port": (f"http://127.0.0.1:{published}/?{query}", None),
+        "host network": (f"http://127.0.0.1:{host_port}/?{query}", None),
+        "faaso->published": (f"http://127.0.0.1:{via_published}/hello?{query}", [p1.pid]),
+        "faaso->unix socket": (f"http://127.0.0.1:{via_socket}/hello?{query}", [p2.pid]),
     }
-    for url in targets.values():
+    for url, _ in targets.values():
         wait_http(url)
-    return {(name, c): wrk(url, c) for name, url in targets.items() for c in (1, 64)}
+    deadline = time.monotonic() + 30
+    while not socket_path.exists():  # poll with a deadline: the server binds it at start-up
+        if time.monotonic() > deadline:
+            raise SystemExit("the container never created its Unix socket")
+        time.sleep(0.05)
+    return {(name, c): wrk(url, c, pids) for name, (url, pids) in targets.items() for c in (1, 64)}
+
+
+def table(results: dict[tuple[str, int], Result], names: list[str]) -> None:
+    print(
+        f"{'path':<22} {'c=1 req/s':>10} {'p50 us':>8} {'c=64 req/s':>11} {'p50 us':>8} "
+        f"{'p99 us':>9} {'proxy CPU us/req':>17}"
+    )
+    for name in names:
+        r1, p50_1, _, _ = results[(name, 1)]
+        r64, p50_64, p99_64, cpu = results[(name, 64)]
+        cpu_text = f"{cpu:.1f}" if cpu else "-"
+        print(
+            f"{name:<22} {r1:>10.0f} {p50_1:>8.0f} {r64:>11.0f} {p50_64:>8.0f} {p99_64:>9.0f} "
+            f"{cpu_text:>17}"
+        )
 
 
 def main() -> int:
@@ -226,22 +318,17 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="faaso-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
     containers: list[str] = []
-    in_container: dict[tuple[str, int], tuple[float, float, float]] = {}
-    image = sum_image()
+    in_container: dict[tuple[str, int], Result] = {}
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    image = sum_image(env)
     try:
-        backend, gateway, nginx_port, runtime = free_port(), free_port(), free_port(), free_port()
+        backend, nginx_port, runtime = free_port(), free_port(), free_port()
         procs.append(subprocess.Popen([sys.executable, "-c", HELLO, str(backend)], env=env))
-        gateway_proc = subprocess.Popen(
-            [sys.executable, "-c", GATEWAY, str(gateway), str(backend)],
-            env=env,
-            stderr=subprocess.DEVNULL,
-        )
-        procs.append(gateway_proc)
+        gateway, gateway_proc = start_gateway(f"127.0.0.1:{backend}", env, procs)
+        plain, plain_proc = start_gateway(f"127.0.0.1:{backend}", env, procs, mode="aiohttp")
         (tmp / "nginx.conf").write_text(NGINX.format(tmp=tmp, backend=backend, port=nginx_port))
-        procs.append(
-            subprocess.Popen(["nginx", "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"])
-        )
+        nginx = subprocess.Popen(["nginx", "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"])
+        procs.append(nginx)
         procs.append(
             subprocess.Popen(
                 [sys.executable, str(ROOT / "runtimes/python/server.py")],
@@ -254,21 +341,27 @@ def main() -> int:
                 stdout=subprocess.DEVNULL,
             )
         )
-        targets = {
-            "direct": f"http://127.0.0.1:{backend}/hello",
-            "nginx": f"http://127.0.0.1:{nginx_port}/hello",
-            "faaso": f"http://127.0.0.1:{gateway}/hello",
+        targets: dict[str, tuple[str, list[int] | None]] = {
+            "direct": (f"http://127.0.0.1:{backend}/hello", None),
+            "nginx": (f"http://127.0.0.1:{nginx_port}/hello", [nginx.pid]),
+            "faaso": (f"http://127.0.0.1:{gateway}/hello", [gateway_proc.pid]),
+            "faaso --no-fast-path": (f"http://127.0.0.1:{plain}/hello", [plain_proc.pid]),
         }
-        for url in [*targets.values(), f"http://127.0.0.1:{runtime}/_/health"]:
+        for url, _ in targets.values():
             wait_http(url)
-        results = {}
-        for name, url in targets.items():
-            for c in (1, 64):
-                results[(name, c)] = wrk(url, c)
+        wait_http(f"http://127.0.0.1:{runtime}/_/health")
+        # nginx's work happens in its worker process, a child of the master
+        children = Path(f"/proc/{nginx.pid}/task/{nginx.pid}/children").read_text().split()
+        targets["nginx"] = (targets["nginx"][0], [nginx.pid, *map(int, children)])
+        results = {
+            (name, c): wrk(url, c, pids) for name, (url, pids) in targets.items() for c in (1, 64)
+        }
         runtime_64 = wrk(f"http://127.0.0.1:{runtime}/?a=2&b=3", 64)
-        uploads = asyncio.run(asyncio.wait_for(_uploads(targets["faaso"], gateway_proc.pid), 120))
+        base = f"http://127.0.0.1:{gateway}"
+        uploads = asyncio.run(asyncio.wait_for(_streams(base, gateway_proc.pid, True), 120))
+        downloads = asyncio.run(asyncio.wait_for(_streams(base, gateway_proc.pid, False), 120))
         if image is not None:
-            in_container = container_bench(image, env, procs, containers)
+            in_container = container_bench(image, env, procs, containers, tmp)
     finally:
         for cid in containers:
             subprocess.run(["docker", "stop", "-t", "1", cid], capture_output=True, timeout=60)
@@ -281,14 +374,7 @@ def main() -> int:
                 proc.kill()
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"wrk -t1, {DURATION} s per run, median of {RUNS}; hello backend = aiohttp + uvloop")
-    print(
-        f"{'path':<8} {'c=1 req/s':>10} {'p50 us':>8} {'c=64 req/s':>11} {'p50 us':>8} "
-        f"{'p99 us':>9}"
-    )
-    for name in targets:
-        r1, p50_1, _ = results[(name, 1)]
-        r64, p50_64, p99_64 = results[(name, 64)]
-        print(f"{name:<8} {r1:>10.0f} {p50_1:>8.0f} {r64:>11.0f} {p50_64:>8.0f} {p99_64:>9.0f}")
+    table(results, list(targets))
     ratio = results[("faaso", 64)][0] / results[("nginx", 64)][0]
     added = results[("faaso", 1)][1] - results[("direct", 1)][1]
     added_nginx = results[("nginx", 1)][1] - results[("direct", 1)][1]
@@ -300,23 +386,18 @@ def main() -> int:
         f"python runtime, trivial sum handler, c=64: {runtime_64[0]:.0f} req/s, "
         f"p50 {runtime_64[1]:.0f} us, p99 {runtime_64[2]:.0f} us (goal >= 5000 req/s)"
     )
-    before, peak, seconds = uploads
-    print(
-        f"faaso RSS, {UPLOADS} x {UPLOAD_MIB} MiB uploads at once: {before:.0f} MiB before, "
-        f"peak {peak:.0f} MiB (+{peak - before:.0f}, goal <= 20), {seconds:.1f} s"
-    )
+    for what, (before, peak, seconds) in (("uploads", uploads), ("downloads", downloads)):
+        print(
+            f"faaso RSS, {STREAMS} x {STREAM_MIB} MiB {what} at once: {before:.0f} MiB before, "
+            f"peak {peak:.0f} MiB (+{peak - before:.0f}, goal <= 20), {seconds:.1f} s"
+        )
     if not in_container:
-        print("(v) skipped: no Docker engine or no faaso/sum image (faaso build conf first)")
+        print("/sum in a container: skipped (no Docker engine, or the sum image did not build)")
         return 0
     print(f"/sum in a container ({image}), GET /?a=2&b=3")
-    print(
-        f"{'path':<17} {'c=1 req/s':>10} {'p50 us':>8} {'c=64 req/s':>11} {'p50 us':>8} "
-        f"{'p99 us':>9}"
-    )
-    for name in dict.fromkeys(n for n, _ in in_container):
-        r1, p50_1, _ = in_container[(name, 1)]
-        r64, p50_64, p99_64 = in_container[(name, 64)]
-        print(f"{name:<17} {r1:>10.0f} {p50_1:>8.0f} {r64:>11.0f} {p50_64:>8.0f} {p99_64:>9.0f}")
+    table(in_container, list(dict.fromkeys(n for n, _ in in_container)))
+    ratio = in_container[("faaso->unix socket", 64)][0] / in_container[("published port", 64)][0]
+    print(f"faaso via the Unix socket / the published port at c=64: {ratio:.2f}x (goal >= 1)")
     return 0
 
 
