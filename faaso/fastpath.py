@@ -659,6 +659,8 @@ def _upstream_request(head: RequestHead, target: bytes, peer: bytes) -> tuple[st
             if call_id is None and value:
                 call_id = value
             continue
+        if lname == b"x-start-time":
+            continue  # set by the proxy, never taken from the client
         if lname == b"host":
             host = value
         elif lname == b"x-forwarded-host":
@@ -688,6 +690,8 @@ def _upstream_request(head: RequestHead, target: bytes, peer: bytes) -> tuple[st
 
 def _downstream_head(head: ResponseHead, call_id: str, duration: float, keep_alive: bool) -> bytes:
     drop = _DROP_DOWNSTREAM | head.connection_tokens if head.connection_tokens else _DROP_DOWNSTREAM
+    if head.framing is Framing.CHUNKED or head.framing is Framing.CLOSE:
+        drop = drop | {b"content-length"}  # the body goes out chunked: a length would lie
     rest = head.status_line_rest
     parts = [b"HTTP/1.1 ", rest if len(rest) > 3 else rest + b" ", b"\r\n"]
     for name, lname, value in head.fields:

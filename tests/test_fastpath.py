@@ -355,3 +355,39 @@ async def test_state_pools_in_flight_return_to_zero(gateway: Any) -> None:
         state = client.server.app[STATE]
         assert state.pools.get("f").inflight() == 0
         assert state.metrics.invocations("f") == 50
+
+
+async def test_transfer_encoding_wins_over_a_stray_length(gateway: Any) -> None:
+    """A function sending both: the client gets the chunked body and no Content-Length."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\n\r\n"
+        )
+        await writer.drain()
+
+    server, endpoint = await raw_function(answer)
+    async with server:
+        client = await gateway({"f": [endpoint]})
+        resp = await client.get("/f/x")
+        assert "Content-Length" not in resp.headers
+        assert await resp.text() == "hello"
+
+
+async def test_client_cannot_set_the_start_time(gateway: Any) -> None:
+    seen: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await read_request(reader))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+
+    server, endpoint = await raw_function(answer)
+    async with server:
+        client = await gateway({"f": [endpoint]})
+        resp = await client.get("/f/x", headers={"X-Start-Time": "1"})
+        assert resp.status == 200
+        assert seen[0].lower().count(b"x-start-time:") == 1
+        assert b"X-Start-Time: 1\r\n" not in seen[0]
