@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import cast
+from urllib.parse import unquote
 
 from aiohttp import web
 
@@ -49,9 +50,14 @@ MAX_RESPONSE_HEAD = 64 * 1024
 PAUSE_CLIENT_AT = 256 * 1024  # stop reading a client that pipelines this much ahead
 UPSTREAM_IDLE = 4.0  # seconds an idle upstream connection is kept (Node closes at 5)
 UPSTREAM_IDLE_MAX = 256  # idle connections kept per instance
+CUT_GRACE = 5.0  # seconds a cut client connection may take to read what it was sent
 CLIENT_GONE = 499  # nginx's code for "the client closed the connection": metrics only
 
 _DROP_DOWNSTREAM = HOP_BY_HOP | {b"x-call-id", b"x-duration-seconds"}
+# Content-Length is written by the proxy itself; X-Start-Time only ever comes from the proxy.
+_DROP_UPSTREAM = HOP_BY_HOP | {b"content-length", b"x-start-time"}
+# What a Connection header may not remove: the message's framing, and the request's Host.
+_FRAMING = frozenset({b"content-length", b"host"})
 _CHUNKED_END = b"0\r\n\r\n"
 
 Key = tuple[str, int] | str  # (host, port) or a Unix socket path
@@ -64,10 +70,14 @@ def member_keys(member: Member) -> list[Key]:
     return [endpoint.unix, tcp] if endpoint.unix else [tcp]
 
 
-def error_response(status: int, message: str, function: str | None, keep_alive: bool) -> bytes:
+def error_response(
+    status: int, message: str, function: str | None, keep_alive: bool, **extra: str
+) -> bytes:
+    """A proxy-made error, as ``faaso.proxy.json_error`` makes it on the aiohttp path."""
     payload: dict[str, str] = {"error": message}
     if function is not None:
         payload["function"] = function
+    payload.update(extra)
     body = json.dumps(payload).encode()
     head = (
         f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
@@ -197,6 +207,7 @@ class FrontConnection(asyncio.Protocol):
         self.writing_paused = False
         self._closed = False
         self._eof = False
+        self._pending: int | None = None  # bytes needed before the buffered request is whole
 
     # asyncio.Protocol
 
@@ -214,12 +225,23 @@ class FrontConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
-        if self._exchange is None:
+        if self._exchange is None and not self.writing_paused:
+            pending = self._pending
+            if pending is not None and len(self._buf) < pending:
+                return  # a body still on its way: no need to parse the head again
             self._next()
-        elif len(self._buf) > PAUSE_CLIENT_AT and not self._reading_paused:
+        elif len(self._buf) > PAUSE_CLIENT_AT:
+            self._pause_reading()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
             self._reading_paused = True
-            assert self.transport is not None
             self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
 
     def eof_received(self) -> bool:
         # As aiohttp and nginx do: a client that stops sending is gone (a half-closed
@@ -245,6 +267,10 @@ class FrontConnection(asyncio.Protocol):
         self.writing_paused = False
         if self._exchange is not None:
             self._exchange.resume_upstream()
+        elif not self._closed:
+            # Pipelined requests waited for the client to read its answers.
+            self._resume_reading()
+            self._next()
 
     # lifecycle
 
@@ -258,10 +284,13 @@ class FrontConnection(asyncio.Protocol):
 
     def cut(self) -> None:
         """End a response that cannot be completed: close after what was already written (the
-        client sees the body end early, short of its length or final chunk)."""
+        client sees the body end early, short of its length or final chunk); a client that does
+        not read that is cut off after CUT_GRACE seconds."""
         self._closed = True
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is not None:
+            transport.close()
+            asyncio.get_running_loop().call_later(CUT_GRACE, transport.abort)
 
     def _arm_idle(self) -> None:
         # One deadline for the next request's head (and small body), however slowly it
@@ -285,6 +314,11 @@ class FrontConnection(asyncio.Protocol):
         """Take the next complete request from the buffer, if there is one."""
         fast = self.fast
         while self._exchange is None and not self._closed:
+            if self.writing_paused:
+                # The client is not reading its answers: stop taking its requests until it does.
+                self._pause_reading()
+                return
+            self._pending = None
             buf = self._buf
             if not buf:
                 if self._eof and self.transport is not None:
@@ -306,16 +340,21 @@ class FrontConnection(asyncio.Protocol):
                 return
             total = end + 4 + head.content_length
             if len(buf) < total:
+                self._pending = total
                 return  # the body is on its way (within the same idle deadline)
             target = head.target.decode("latin-1")
             raw_path, _, query = target.partition("?")
-            if fast.reserved(raw_path):
+            # aiohttp routes its own paths once percent-decoded: so must the check.
+            if fast.reserved(unquote(raw_path) if "%" in raw_path else raw_path):
                 self._hand_off()
                 return
             match = fast.routes().resolve(raw_path)
             if match is None:
                 del buf[:total]
-                self._reply(404, f"no function is routed at {raw_path}", None, head.keep_alive)
+                path = unquote(raw_path)
+                self._reply(
+                    404, f"no function is routed at {path}", None, head.keep_alive, path=path
+                )
                 continue
             function = match.function
             pool = fast.pools.get(function)
@@ -359,15 +398,20 @@ class FrontConnection(asyncio.Protocol):
         function: str | None,
         keep_alive: bool,
         metrics: Metrics | None = None,
+        **extra: str,
     ) -> None:
         keep_alive = keep_alive and not self.fast.closing
         assert self.transport is not None
-        self.transport.write(error_response(status, message, function, keep_alive))
+        self.transport.write(error_response(status, message, function, keep_alive, **extra))
         if metrics is not None and function is not None:
             metrics.finished(function, status, 0.0)
         if not keep_alive:
             self._closed = True
             self.transport.close()
+            return
+        # A response was sent: the next request's deadline starts now, as after any other.
+        self._cancel_idle()
+        self._arm_idle()
 
     def exchange_done(self, keep_alive: bool) -> None:
         self._exchange = None
@@ -379,9 +423,8 @@ class FrontConnection(asyncio.Protocol):
             transport.close()
             return
         self._arm_idle()
-        if self._reading_paused:
-            self._reading_paused = False
-            transport.resume_reading()
+        if not self.writing_paused:
+            self._resume_reading()
         if self._buf or self._eof:
             self._next()
 
@@ -398,6 +441,9 @@ class FrontConnection(asyncio.Protocol):
         protocol = self._fallback()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
+        if self.writing_paused:
+            # The transport will not say so again until its buffer drains.
+            protocol.pause_writing()
         if self._buf:
             assert isinstance(protocol, asyncio.Protocol)
             protocol.data_received(bytes(self._buf))
@@ -643,7 +689,10 @@ class Exchange:
 
 def _upstream_request(head: RequestHead, target: bytes, peer: bytes) -> tuple[str, bytes]:
     """The request as the instance gets it: (call id, head bytes)."""
-    drop = HOP_BY_HOP | head.connection_tokens if head.connection_tokens else HOP_BY_HOP
+    drop = _DROP_UPSTREAM
+    if head.connection_tokens:
+        # Connection may name end-to-end fields to drop, never the message's framing or Host.
+        drop = drop | (head.connection_tokens - _FRAMING)
     parts = [head.method, b" ", target, b" HTTP/1.1\r\n"]
     forwarded_for: bytes | None = None
     host: bytes | None = None
@@ -659,8 +708,6 @@ def _upstream_request(head: RequestHead, target: bytes, peer: bytes) -> tuple[st
             if call_id is None and value:
                 call_id = value
             continue
-        if lname == b"x-start-time":
-            continue  # set by the proxy, never taken from the client
         if lname == b"host":
             host = value
         elif lname == b"x-forwarded-host":
@@ -677,6 +724,8 @@ def _upstream_request(head: RequestHead, target: bytes, peer: bytes) -> tuple[st
         parts += (b"X-Forwarded-Host: ", host, b"\r\n")
     if not forwarded_proto:
         parts.append(b"X-Forwarded-Proto: http\r\n")
+    if head.length_given:
+        parts += (b"Content-Length: ", str(head.content_length).encode(), b"\r\n")
     text_id = call_id.decode("latin-1") if call_id is not None else new_call_id()
     parts += (
         b"X-Call-Id: ",
@@ -689,7 +738,9 @@ def _upstream_request(head: RequestHead, target: bytes, peer: bytes) -> tuple[st
 
 
 def _downstream_head(head: ResponseHead, call_id: str, duration: float, keep_alive: bool) -> bytes:
-    drop = _DROP_DOWNSTREAM | head.connection_tokens if head.connection_tokens else _DROP_DOWNSTREAM
+    drop = _DROP_DOWNSTREAM
+    if head.connection_tokens:
+        drop = drop | (head.connection_tokens - _FRAMING)
     if head.framing is Framing.CHUNKED or head.framing is Framing.CLOSE:
         drop = drop | {b"content-length"}  # the body goes out chunked: a length would lie
     rest = head.status_line_rest
@@ -717,6 +768,7 @@ class UpstreamPool:
     def __init__(self) -> None:
         self._idle: dict[Key, list[UpstreamConnection]] = {}
         self._closed = False
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def acquire(self, key: Key) -> UpstreamConnection | None:
         conns = self._idle.get(key)
@@ -746,8 +798,26 @@ class UpstreamPool:
         if self._closed or conn.closed or len(conns) >= UPSTREAM_IDLE_MAX:
             conn.close()
             return
+        conn.resume_reading()  # paused for a slow client of its last exchange, maybe
         conn.idle_since = time.monotonic()
         conns.append(conn)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(UPSTREAM_IDLE, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close connections idle for longer than UPSTREAM_IDLE (oldest first in each list)."""
+        self._sweeper = None
+        now = time.monotonic()
+        for key, conns in list(self._idle.items()):
+            expired = 0
+            while expired < len(conns) and now - conns[expired].idle_since >= UPSTREAM_IDLE:
+                conns[expired].close()
+                expired += 1
+            del conns[:expired]
+            if not conns:
+                del self._idle[key]
+        if self._idle and not self._closed:
+            self._sweeper = asyncio.get_running_loop().call_later(UPSTREAM_IDLE / 2, self._sweep)
 
     def discard(self, conn: UpstreamConnection) -> None:
         conns = self._idle.get(conn.key)
@@ -756,6 +826,9 @@ class UpstreamPool:
 
     def close(self) -> None:
         self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conns in self._idle.values():
             for conn in conns:
                 conn.close()
@@ -886,7 +959,7 @@ class UpstreamConnection(asyncio.Protocol):
         if exchange is None:
             return
         head = self._head
-        if head is not None and head.framing is Framing.CLOSE:
-            exchange.on_body(b"", True, False)
+        if head is not None and head.framing is Framing.CLOSE and exc is None:
+            exchange.on_body(b"", True, False)  # a clean close ends such a body
         else:
             exchange.on_lost(self, self._replied)

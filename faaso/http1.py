@@ -41,6 +41,7 @@ HOP_BY_HOP = frozenset(
 _TARGET = re.compile(rb"/[\x21-\x7e\x80-\xff]*")
 # A block of header lines, each "token: value CRLF", value without control bytes except tab.
 _FIELDS = re.compile(rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
+_FIELD = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
 _STATUS = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: ([\t\x20-\x7e\x80-\xff]*))?")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:[ \t]*;[\t\x20-\x7e\x80-\xff]*)?")
@@ -55,6 +56,7 @@ class RequestHead:
     # (name as sent, lowercased name, value) for every field, in order
     fields: list[tuple[bytes, bytes, bytes]]
     content_length: int
+    length_given: bool  # a Content-Length field was sent (it may be 0)
     keep_alive: bool
     connection_tokens: frozenset[bytes]  # lowercased names listed in Connection
 
@@ -77,11 +79,14 @@ def parse_request_head(head: bytes, max_body: int) -> RequestHead | None:
     fields: list[tuple[bytes, bytes, bytes]] = []
     length: bytes | None = None
     connection: list[bytes] = []
+    hosts = 0
     for line in block.split(b"\r\n")[:-1]:
         name, _, value = line.partition(b":")
         lname = name.lower()
         value = value.strip(b" \t")
-        if lname == b"content-length":
+        if lname == b"host":
+            hosts += 1
+        elif lname == b"content-length":
             if length is not None or not _DIGITS.fullmatch(value):
                 return None
             length = value
@@ -91,10 +96,12 @@ def parse_request_head(head: bytes, max_body: int) -> RequestHead | None:
             return None
         fields.append((name, lname, value))
     content_length = int(length) if length is not None else 0
-    if content_length > max_body:
+    if content_length > max_body or hosts != 1:  # RFC 9112 3.2: exactly one Host
         return None
     tokens = frozenset(t for t in connection if t)
-    return RequestHead(method, target, fields, content_length, b"close" not in tokens, tokens)
+    return RequestHead(
+        method, target, fields, content_length, length is not None, b"close" not in tokens, tokens
+    )
 
 
 class Framing(Enum):
@@ -220,6 +227,8 @@ class ChunkedScanner:
                 if not line:
                     self._state = -1
                     return pos
+                if not _FIELD.fullmatch(line):  # relayed as they are: as strict as a head
+                    raise BadResponse(f"malformed trailer field {line[:40]!r}")
         return size
 
     @property

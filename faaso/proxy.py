@@ -86,7 +86,7 @@ def upstream_headers(request: web.Request) -> CIMultiDict[str]:
     incoming = request.headers
     out = _end_to_end(incoming)
     peer = request.remote or ""
-    previous = incoming.get("X-Forwarded-For")
+    previous = ", ".join(incoming.getall("X-Forwarded-For", ()))
     out["X-Forwarded-For"] = f"{previous}, {peer}" if previous else peer
     if "X-Forwarded-Host" not in incoming:
         host = incoming.get("Host")
