@@ -56,6 +56,10 @@ CLIENT_GONE = 499  # nginx's code for "the client closed the connection": metric
 _DROP_DOWNSTREAM = HOP_BY_HOP | {b"x-call-id", b"x-duration-seconds"}
 # Content-Length is written by the proxy itself; X-Start-Time only ever comes from the proxy.
 _DROP_UPSTREAM = HOP_BY_HOP | {b"content-length", b"x-start-time"}
+# Request fields the proxy reads while copying them.
+_READ_UPSTREAM = frozenset(
+    {b"x-forwarded-for", b"x-call-id", b"host", b"x-forwarded-host", b"x-forwarded-proto"}
+)
 # What a Connection header may not remove: the message's framing, and the request's Host.
 _FRAMING = frozenset({b"content-length", b"host"})
 _CHUNKED_END = b"0\r\n\r\n"
@@ -89,6 +93,51 @@ def error_response(
     return head.encode() + body
 
 
+class Deadlines:
+    """Coarse timers for many connections: one loop timer, ticking every RESOLUTION seconds
+    while anything is due, instead of a loop timer created and cancelled per request.
+
+    A connection registers the slot of its next deadline; when the slot comes, the connection
+    checks its current deadline (which may have moved on meanwhile) and registers again if it
+    is not due yet. Per request that is a float and at most one list append. Deadlines fire
+    up to RESOLUTION late, never early.
+    """
+
+    RESOLUTION = 0.05
+
+    def __init__(self) -> None:
+        self._slots: dict[int, list[FrontConnection]] = {}
+        self._handle: asyncio.TimerHandle | None = None
+
+    def watch(self, connection: FrontConnection, when: float) -> int:
+        """Check ``connection`` at (just after) ``when``; returns the slot registered."""
+        slot = int(when / self.RESOLUTION) + 1
+        bucket = self._slots.get(slot)
+        if bucket is None:
+            self._slots[slot] = [connection]
+        else:
+            bucket.append(connection)
+        if self._handle is None:
+            self._handle = asyncio.get_running_loop().call_later(self.RESOLUTION, self._tick)
+        return slot
+
+    def _tick(self) -> None:
+        self._handle = None
+        now = time.monotonic()
+        current = int(now / self.RESOLUTION)
+        for slot in [s for s in self._slots if s <= current]:
+            for connection in self._slots.pop(slot):
+                connection.check_deadline(slot, now)
+        if self._slots:
+            self._handle = asyncio.get_running_loop().call_later(self.RESOLUTION, self._tick)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._slots.clear()
+
+
 class FastPath:
     """Shared by every fast connection of one app: routing, pools, upstream connections."""
 
@@ -109,6 +158,7 @@ class FastPath:
         self.metrics = metrics
         self.header_timeout = header_timeout
         self.upstreams = UpstreamPool()
+        self.deadlines = Deadlines()
         self.connections: set[FrontConnection] = set()
         self.closing = False
         self._idle = asyncio.Event()
@@ -149,6 +199,7 @@ class FastPath:
                 for connection in list(self.connections):
                     connection.abort()
         self.upstreams.close()
+        self.deadlines.close()
 
 
 FAST_PATH = web.AppKey("faaso_fast_path", FastPath)
@@ -202,7 +253,10 @@ class FrontConnection(asyncio.Protocol):
         self._buf = bytearray()
         self._peer = b""
         self._exchange: Exchange | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
+        # The next deadline: for the next request's head while idle, for the function's answer
+        # while an exchange is in flight. None: none.
+        self._deadline: float | None = None
+        self._watched_slot: int | None = None  # the earliest slot registered with Deadlines
         self._reading_paused = False
         self.writing_paused = False
         self._closed = False
@@ -295,17 +349,33 @@ class FrontConnection(asyncio.Protocol):
     def _arm_idle(self) -> None:
         # One deadline for the next request's head (and small body), however slowly it
         # dribbles in: slowloris clients are cut off; also the keep-alive idle timeout.
-        loop = asyncio.get_running_loop()
-        self._idle_timer = loop.call_later(self.fast.header_timeout, self._idle_expired)
+        self.set_deadline(time.monotonic() + self.fast.header_timeout)
 
     def _cancel_idle(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        self._deadline = None
 
-    def _idle_expired(self) -> None:
-        self._idle_timer = None
-        if self._exchange is None and self.transport is not None:
+    def set_deadline(self, when: float) -> None:
+        self._deadline = when
+        slot = self._watched_slot
+        if slot is None or when < slot * Deadlines.RESOLUTION - Deadlines.RESOLUTION:
+            self._watched_slot = self.fast.deadlines.watch(self, when)
+
+    def check_deadline(self, slot: int, now: float) -> None:
+        """Called by Deadlines when a slot this connection registered has come."""
+        if slot == self._watched_slot:
+            self._watched_slot = None
+        when = self._deadline
+        if when is None or self._closed:
+            return
+        if when > now:
+            if self._watched_slot is None:
+                self._watched_slot = self.fast.deadlines.watch(self, when)
+            return
+        self._deadline = None
+        exchange = self._exchange
+        if exchange is not None:
+            exchange.timed_out()
+        elif self.transport is not None:
             self.transport.close()
 
     # requests
@@ -387,7 +457,6 @@ class FrontConnection(asyncio.Protocol):
                     metrics,
                 )
                 continue
-            self._cancel_idle()
             self._exchange = Exchange(self, head, match, query, body, member)
             self._exchange.start()
 
@@ -472,7 +541,6 @@ class Exchange:
         "_request",
         "_retried",
         "_started",
-        "_timer",
         "_tried",
         "chunk_wrap",
         "conn",
@@ -498,7 +566,6 @@ class Exchange:
         self.member = member
         self.conn: UpstreamConnection | None = None
         self._connect_task: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self._done = False
         self._retried = False
         self._tried: set[str] = set()
@@ -512,7 +579,7 @@ class Exchange:
     def start(self) -> None:
         fast = self._front.fast
         budget = fast.timeout_of(self._function)
-        self._timer = asyncio.get_running_loop().call_later(budget, self._timed_out)
+        self._front.set_deadline(self._started + budget)
         self.member.inflight += 1
         for key in member_keys(self.member):
             conn = fast.upstreams.acquire(key)
@@ -630,8 +697,7 @@ class Exchange:
 
     # endings
 
-    def _timed_out(self) -> None:
-        self._timer = None
+    def timed_out(self) -> None:
         if self._done:
             return
         if self.head_sent:
@@ -677,9 +743,6 @@ class Exchange:
         if self._done:
             return
         self._done = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         self.member.inflight -= 1
         metrics = self._front.fast.metrics
         if metrics is not None:
@@ -701,20 +764,23 @@ def _upstream_request(head: RequestHead, target: bytes, peer: bytes) -> tuple[st
     for name, lname, value in head.fields:
         if lname in drop:
             continue
-        if lname == b"x-forwarded-for":
-            forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
-            continue
-        if lname == b"x-call-id":
-            if call_id is None and value:
-                call_id = value
-            continue
-        if lname == b"host":
-            host = value
-        elif lname == b"x-forwarded-host":
-            forwarded_host = True
-        elif lname == b"x-forwarded-proto":
-            forwarded_proto = True
-        parts += (name, b": ", value, b"\r\n")
+        if lname in _READ_UPSTREAM:
+            if lname == b"x-forwarded-for":
+                value = value.strip(b" \t")
+                forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
+                continue
+            if lname == b"x-call-id":
+                value = value.strip(b" \t")
+                if call_id is None and value:
+                    call_id = value
+                continue
+            if lname == b"host":
+                host = value.strip(b" \t")
+            elif lname == b"x-forwarded-host":
+                forwarded_host = True
+            else:
+                forwarded_proto = True
+        parts += (name, b":", value, b"\r\n")
     parts += (
         b"X-Forwarded-For: ",
         forwarded_for + b", " + peer if forwarded_for is not None else peer,
@@ -747,7 +813,7 @@ def _downstream_head(head: ResponseHead, call_id: str, duration: float, keep_ali
     parts = [b"HTTP/1.1 ", rest if len(rest) > 3 else rest + b" ", b"\r\n"]
     for name, lname, value in head.fields:
         if lname not in drop:
-            parts += (name, b": ", value, b"\r\n")
+            parts += (name, b":", value, b"\r\n")
     if head.framing is Framing.CHUNKED or head.framing is Framing.CLOSE:
         parts.append(b"Transfer-Encoding: chunked\r\n")
     if not keep_alive:

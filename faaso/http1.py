@@ -42,6 +42,11 @@ _TARGET = re.compile(rb"/[\x21-\x7e\x80-\xff]*")
 # A block of header lines, each "token: value CRLF", value without control bytes except tab.
 _FIELDS = re.compile(rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
 _FIELD = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*")
+_REQUEST_SPECIAL = frozenset(
+    {b"host", b"content-length", b"connection", b"transfer-encoding", b"upgrade", b"expect"}
+)
+_RESPONSE_SPECIAL = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+_NO_TOKENS: frozenset[bytes] = frozenset()
 _DIGITS = re.compile(rb"[0-9]{1,18}")
 _STATUS = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: ([\t\x20-\x7e\x80-\xff]*))?")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:[ \t]*;[\t\x20-\x7e\x80-\xff]*)?")
@@ -53,7 +58,8 @@ class RequestHead:
 
     method: bytes
     target: bytes
-    # (name as sent, lowercased name, value) for every field, in order
+    # (name as sent, lowercased name, value as sent after the colon, whitespace included) for
+    # every field, in order: written back as name + b":" + value
     fields: list[tuple[bytes, bytes, bytes]]
     content_length: int
     length_given: bool  # a Content-Length field was sent (it may be 0)
@@ -80,25 +86,29 @@ def parse_request_head(head: bytes, max_body: int) -> RequestHead | None:
     length: bytes | None = None
     connection: list[bytes] = []
     hosts = 0
-    for line in block.split(b"\r\n")[:-1]:
+    for line in block.split(b"\r\n"):
+        if not line:
+            continue  # the split's last, empty, piece
         name, _, value = line.partition(b":")
         lname = name.lower()
-        value = value.strip(b" \t")
-        if lname == b"host":
-            hosts += 1
-        elif lname == b"content-length":
-            if length is not None or not _DIGITS.fullmatch(value):
+        # Values keep their leading whitespace (written back as they came): see Field.
+        if lname in _REQUEST_SPECIAL:
+            stripped = value.strip(b" \t")
+            if lname == b"host":
+                hosts += 1
+            elif lname == b"content-length":
+                if length is not None or not _DIGITS.fullmatch(stripped):
+                    return None
+                length = stripped
+            elif lname == b"connection":
+                connection.extend(t.strip(b" \t").lower() for t in stripped.split(b","))
+            else:  # transfer-encoding, upgrade, expect
                 return None
-            length = value
-        elif lname == b"connection":
-            connection.extend(t.strip(b" \t").lower() for t in value.split(b","))
-        elif lname in (b"transfer-encoding", b"upgrade", b"expect"):
-            return None
         fields.append((name, lname, value))
     content_length = int(length) if length is not None else 0
     if content_length > max_body or hosts != 1:  # RFC 9112 3.2: exactly one Host
         return None
-    tokens = frozenset(t for t in connection if t)
+    tokens = frozenset(t for t in connection if t) if connection else _NO_TOKENS
     return RequestHead(
         method, target, fields, content_length, length is not None, b"close" not in tokens, tokens
     )
@@ -143,21 +153,27 @@ def parse_response_head(head: bytes) -> ResponseHead:
     chunked = False
     encoded = False
     connection: list[bytes] = []
-    for line in block.split(b"\r\n")[:-1]:
+    for line in block.split(b"\r\n"):
+        if not line:
+            continue  # the split's last, empty, piece
         name, _, value = line.partition(b":")
         lname = name.lower()
-        value = value.strip(b" \t")
-        if lname == b"content-length":
-            if not _DIGITS.fullmatch(value) or (length is not None and length != int(value)):
-                raise BadResponse(f"bad Content-Length {value[:40]!r}")
-            length = int(value)
-        elif lname == b"transfer-encoding":
-            encoded = True
-            chunked = value.lower().rsplit(b",", 1)[-1].strip(b" \t") == b"chunked"
-        elif lname == b"connection":
-            connection.extend(t.strip(b" \t").lower() for t in value.split(b","))
+        # Values keep their whitespace here (it is written back as it came); only the fields
+        # the proxy reads are stripped.
+        if lname in _RESPONSE_SPECIAL:
+            value = value.strip(b" \t")
+            if lname == b"content-length":
+                if not _DIGITS.fullmatch(value) or (length is not None and length != int(value)):
+                    raise BadResponse(f"bad Content-Length {value[:40]!r}")
+                length = int(value)
+            elif lname == b"transfer-encoding":
+                encoded = True
+                chunked = value.lower().rsplit(b",", 1)[-1].strip(b" \t") == b"chunked"
+            else:
+                connection.extend(t.strip(b" \t").lower() for t in value.split(b","))
+            value = b" " + value
         fields.append((name, lname, value))
-    tokens = frozenset(t for t in connection if t)
+    tokens = frozenset(t for t in connection if t) if connection else _NO_TOKENS
     keep_alive = b"close" not in tokens if minor == b"1" else b"keep-alive" in tokens
     if code < 200 or code in (204, 304):
         framing, length = Framing.NONE, 0
