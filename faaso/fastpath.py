@@ -29,11 +29,14 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from faaso.http1 import (
+    CHUNKED,
+    CLOSE,
     HOP_BY_HOP,
     IDEMPOTENT,
+    LENGTH,
+    NO_BODY,
     BadResponse,
     ChunkedScanner,
-    Framing,
     RequestHead,
     ResponseHead,
     parse_request_head,
@@ -250,7 +253,9 @@ class FrontConnection(asyncio.Protocol):
         self.fast = fast
         self._fallback = fallback
         self.transport: asyncio.Transport | None = None
-        self._buf = bytearray()
+        # What the client sent that is not yet taken: the bytes of one read as they came (the
+        # common case: one whole request), a bytearray once pieces have to be joined.
+        self._buf: bytes | bytearray = b""
         self._peer = b""
         self._exchange: Exchange | None = None
         # The next deadline: for the next request's head while idle, for the function's answer
@@ -278,7 +283,12 @@ class FrontConnection(asyncio.Protocol):
         self._arm_idle()
 
     def data_received(self, data: bytes) -> None:
-        self._buf += data
+        if not self._buf:
+            self._buf = data
+        elif isinstance(self._buf, bytearray):
+            self._buf += data
+        else:
+            self._buf = bytearray(self._buf) + data
         if self._exchange is None and not self.writing_paused:
             pending = self._pending
             if pending is not None and len(self._buf) < pending:
@@ -420,7 +430,7 @@ class FrontConnection(asyncio.Protocol):
                 return
             match = fast.routes().resolve(raw_path)
             if match is None:
-                del buf[:total]
+                self._buf = buf[total:]
                 path = unquote(raw_path)
                 self._reply(
                     404, f"no function is routed at {path}", None, head.keep_alive, path=path
@@ -432,8 +442,8 @@ class FrontConnection(asyncio.Protocol):
             if member is None and pool.holding:
                 self._hand_off()  # aiohttp's proxy holds the request until an instance is back
                 return
-            body = bytes(buf[end + 4 : total])
-            del buf[:total]
+            body = bytes(buf[end + 4 : total]) if total > end + 4 else b""
+            self._buf = buf[total:]
             metrics = fast.metrics
             if metrics is not None:
                 metrics.started(function)
@@ -516,7 +526,7 @@ class FrontConnection(asyncio.Protocol):
         if self._buf:
             assert isinstance(protocol, asyncio.Protocol)
             protocol.data_received(bytes(self._buf))
-            self._buf.clear()
+            self._buf = b""
         if self._eof:
             assert isinstance(protocol, asyncio.Protocol)
             protocol.eof_received()
@@ -628,7 +638,7 @@ class Exchange:
         self.head_sent = True
         if front.fast.closing:
             self._keep_alive = False  # shutting down: this is the connection's last response
-        self.chunk_wrap = head.framing is Framing.CLOSE
+        self.chunk_wrap = head.framing is CLOSE
         out = _downstream_head(
             head, self._call_id, time.monotonic() - self._started, self._keep_alive
         )
@@ -807,14 +817,14 @@ def _downstream_head(head: ResponseHead, call_id: str, duration: float, keep_ali
     drop = _DROP_DOWNSTREAM
     if head.connection_tokens:
         drop = drop | (head.connection_tokens - _FRAMING)
-    if head.framing is Framing.CHUNKED or head.framing is Framing.CLOSE:
+    if head.framing is CHUNKED or head.framing is CLOSE:
         drop = drop | {b"content-length"}  # the body goes out chunked: a length would lie
     rest = head.status_line_rest
     parts = [b"HTTP/1.1 ", rest if len(rest) > 3 else rest + b" ", b"\r\n"]
     for name, lname, value in head.fields:
         if lname not in drop:
             parts += (name, b":", value, b"\r\n")
-    if head.framing is Framing.CHUNKED or head.framing is Framing.CLOSE:
+    if head.framing is CHUNKED or head.framing is CLOSE:
         parts.append(b"Transfer-Encoding: chunked\r\n")
     if not keep_alive:
         parts.append(b"Connection: close\r\n")
@@ -979,7 +989,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._buf = b""
                 self._head = head
                 self._remaining = head.length
-                self._scanner = ChunkedScanner() if head.framing is Framing.CHUNKED else None
+                self._scanner = ChunkedScanner() if head.framing is CHUNKED else None
                 body, done, extra = self._take(head, buf)
                 if done:
                     self._reset()
@@ -996,20 +1006,20 @@ class UpstreamConnection(asyncio.Protocol):
     def _take(self, head: ResponseHead, data: bytes) -> tuple[bytes, bool, bool]:
         """(the body bytes in ``data``, whether the body is complete, whether bytes follow it)."""
         framing = head.framing
-        if framing is Framing.LENGTH:
+        if framing is LENGTH:
             remaining = self._remaining
             if len(data) <= remaining:
                 self._remaining = remaining - len(data)
                 return data, self._remaining == 0, False
             self._remaining = 0
             return data[:remaining], True, True
-        if framing is Framing.CHUNKED:
+        if framing is CHUNKED:
             assert self._scanner is not None
             used = self._scanner.feed(data)
             if self._scanner.done:
                 return data[:used] if used < len(data) else data, True, used < len(data)
             return data, False, False
-        if framing is Framing.NONE:
+        if framing is NO_BODY:
             return b"", True, bool(data)
         return data, False, False  # CLOSE: the end is the connection's end
 
@@ -1025,7 +1035,7 @@ class UpstreamConnection(asyncio.Protocol):
         if exchange is None:
             return
         head = self._head
-        if head is not None and head.framing is Framing.CLOSE and exc is None:
+        if head is not None and head.framing is CLOSE and exc is None:
             exchange.on_body(b"", True, False)  # a clean close ends such a body
         else:
             exchange.on_lost(self, self._replied)

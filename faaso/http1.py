@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import Enum
+from typing import Final
 
 # Methods the fast path takes. HEAD is left to aiohttp: its response has no body whatever its
 # Content-Length says, which a relay would have to special-case; it is rare enough not to bother.
@@ -123,6 +124,14 @@ class Framing(Enum):
     CLOSE = 3  # until the connection closes (no length, not chunked)
 
 
+# The members as plain module globals: the hot path compares them per response, and an Enum
+# class attribute lookup costs several times a global one.
+NO_BODY: Final = Framing.NONE
+LENGTH: Final = Framing.LENGTH
+CHUNKED: Final = Framing.CHUNKED
+CLOSE: Final = Framing.CLOSE
+
+
 @dataclass(slots=True)
 class ResponseHead:
     status: int
@@ -176,16 +185,16 @@ def parse_response_head(head: bytes) -> ResponseHead:
     tokens = frozenset(t for t in connection if t) if connection else _NO_TOKENS
     keep_alive = b"close" not in tokens if minor == b"1" else b"keep-alive" in tokens
     if code < 200 or code in (204, 304):
-        framing, length = Framing.NONE, 0
+        framing, length = NO_BODY, 0
     elif encoded:
         # RFC 9112 6.3: Transfer-Encoding wins over Content-Length; not chunked last = close.
-        framing = Framing.CHUNKED if chunked else Framing.CLOSE
+        framing = CHUNKED if chunked else CLOSE
         length = 0
     elif length is not None:
-        framing = Framing.LENGTH
+        framing = LENGTH
     else:
-        framing, length = Framing.CLOSE, 0
-    if framing is Framing.CLOSE:
+        framing, length = CLOSE, 0
+    if framing is CLOSE:
         keep_alive = False
     return ResponseHead(code, status_line[9:], fields, framing, length, keep_alive, tokens)
 
