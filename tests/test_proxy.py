@@ -589,3 +589,19 @@ async def test_hop_by_hop_in_any_case(gateway: TestClient[Any, Any]) -> None:
     for dropped in ("x-private", "keep-alive", "te", "proxy-authorization"):
         assert dropped not in seen, dropped
     assert seen["x-kept"] == "yes"
+
+
+async def test_function_closing_without_an_answer_is_502(aiohttp_client: Any) -> None:
+    from tests.test_fastpath import raw_function, read_request
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)  # and close without a word
+
+    server, endpoint = await raw_function(answer)
+    async with server:
+        client, state = await start_gateway(aiohttp_client, {"/f": "f"}, {"f": [endpoint]})
+        resp = await client.post("/f/x", data=b"once")
+        assert resp.status == 502
+        assert resp.headers["X-OpenFaaS-Internal"] == "proxy"
+        assert "closed the connection" in (await resp.json())["error"]
+        assert state.pools.get("f").inflight() == 0
