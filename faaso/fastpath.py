@@ -97,42 +97,67 @@ def error_response(
 
 
 class Deadlines:
-    """Coarse timers for many connections: one loop timer, ticking every RESOLUTION seconds
+    """Coarse timers for many connections: one loop timer ticking on RESOLUTION boundaries
     while anything is due, instead of a loop timer created and cancelled per request.
 
-    A connection registers the slot of its next deadline; when the slot comes, the connection
-    checks its current deadline (which may have moved on meanwhile) and registers again if it
-    is not due yet. Per request that is a float and at most one list append. Deadlines fire
-    up to RESOLUTION late, never early.
+    Each connection is in at most one slot: that of its earliest deadline. When the slot comes,
+    the connection checks its current deadline (which may have moved on meanwhile) and takes a
+    new slot if it is not due yet. Per request that is a float and, at most, one dict insert.
+    Deadlines fire at most RESOLUTION late (plus the loop's own lateness), never early.
     """
 
     RESOLUTION = 0.05
 
     def __init__(self) -> None:
-        self._slots: dict[int, list[FrontConnection]] = {}
+        self._slots: dict[int, dict[FrontConnection, None]] = {}
         self._handle: asyncio.TimerHandle | None = None
+        self._ticking = False
 
-    def watch(self, connection: FrontConnection, when: float) -> int:
-        """Check ``connection`` at (just after) ``when``; returns the slot registered."""
-        slot = int(when / self.RESOLUTION) + 1
+    @classmethod
+    def slot_of(cls, when: float) -> int:
+        return int(when / cls.RESOLUTION) + 1
+
+    def watch(self, connection: FrontConnection, slot: int) -> None:
         bucket = self._slots.get(slot)
         if bucket is None:
-            self._slots[slot] = [connection]
+            self._slots[slot] = {connection: None}
         else:
-            bucket.append(connection)
-        if self._handle is None:
-            self._handle = asyncio.get_running_loop().call_later(self.RESOLUTION, self._tick)
-        return slot
+            bucket[connection] = None
+        if self._handle is None and not self._ticking:
+            self._schedule()
+
+    def unwatch(self, connection: FrontConnection, slot: int) -> None:
+        bucket = self._slots.get(slot)
+        if bucket is not None:
+            bucket.pop(connection, None)
+            if not bucket:
+                del self._slots[slot]
+
+    def _schedule(self) -> None:
+        # On the next slot boundary (a millisecond after: loop timers round to milliseconds).
+        now = time.monotonic()
+        delay = (int(now / self.RESOLUTION) + 1) * self.RESOLUTION - now + 0.001
+        self._handle = asyncio.get_running_loop().call_later(delay, self._tick)
 
     def _tick(self) -> None:
         self._handle = None
-        now = time.monotonic()
-        current = int(now / self.RESOLUTION)
-        for slot in [s for s in self._slots if s <= current]:
-            for connection in self._slots.pop(slot):
-                connection.check_deadline(slot, now)
-        if self._slots:
-            self._handle = asyncio.get_running_loop().call_later(self.RESOLUTION, self._tick)
+        self._ticking = True
+        try:
+            now = time.monotonic()
+            current = int(now / self.RESOLUTION)
+            for slot in [s for s in self._slots if s <= current]:
+                for connection in self._slots.pop(slot):
+                    try:
+                        connection.check_deadline(now)
+                    except Exception as exc:  # one connection's failure must not stop the clock
+                        asyncio.get_running_loop().call_exception_handler(
+                            {"message": "fast path deadline", "exception": exc}
+                        )
+                        connection.abort()
+        finally:
+            self._ticking = False
+            if self._slots and self._handle is None:
+                self._schedule()
 
     def close(self) -> None:
         if self._handle is not None:
@@ -315,7 +340,8 @@ class FrontConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        self._cancel_idle()
+        self._unwatch()
+        self._buf = b""
         self.fast.forget(self)
         exchange = self._exchange
         if exchange is not None:
@@ -361,25 +387,31 @@ class FrontConnection(asyncio.Protocol):
         # dribbles in: slowloris clients are cut off; also the keep-alive idle timeout.
         self.set_deadline(time.monotonic() + self.fast.header_timeout)
 
-    def _cancel_idle(self) -> None:
-        self._deadline = None
-
     def set_deadline(self, when: float) -> None:
         self._deadline = when
-        slot = self._watched_slot
-        if slot is None or when < slot * Deadlines.RESOLUTION - Deadlines.RESOLUTION:
-            self._watched_slot = self.fast.deadlines.watch(self, when)
+        slot = Deadlines.slot_of(when)
+        watched = self._watched_slot
+        if watched is None or slot < watched:
+            deadlines = self.fast.deadlines
+            if watched is not None:
+                deadlines.unwatch(self, watched)
+            self._watched_slot = slot
+            deadlines.watch(self, slot)
 
-    def check_deadline(self, slot: int, now: float) -> None:
-        """Called by Deadlines when a slot this connection registered has come."""
-        if slot == self._watched_slot:
+    def _unwatch(self) -> None:
+        self._deadline = None
+        if self._watched_slot is not None:
+            self.fast.deadlines.unwatch(self, self._watched_slot)
             self._watched_slot = None
+
+    def check_deadline(self, now: float) -> None:
+        """Called by Deadlines when this connection's slot has come (and left it)."""
+        self._watched_slot = None
         when = self._deadline
         if when is None or self._closed:
             return
         if when > now:
-            if self._watched_slot is None:
-                self._watched_slot = self.fast.deadlines.watch(self, when)
+            self.set_deadline(when)
             return
         self._deadline = None
         exchange = self._exchange
@@ -391,46 +423,58 @@ class FrontConnection(asyncio.Protocol):
     # requests
 
     def _next(self) -> None:
-        """Take the next complete request from the buffer, if there is one."""
+        """Take the next complete requests from the buffer, as long as they can be answered.
+
+        ``pos`` walks the buffer; what is left is stored back once, on the way out (so many
+        pipelined requests in one read cost one pass, not a copy of the rest each).
+        """
         fast = self.fast
+        buf = self._buf
+        pos = 0
         while self._exchange is None and not self._closed:
             if self.writing_paused:
                 # The client is not reading its answers: stop taking its requests until it does.
+                self._buf = buf[pos:] if pos else buf
                 self._pause_reading()
                 return
             self._pending = None
-            buf = self._buf
-            if not buf:
+            if pos >= len(buf):
+                self._buf = b""
                 if self._eof and self.transport is not None:
                     self.transport.close()
                 return
-            end = buf.find(b"\r\n\r\n")
+            end = buf.find(b"\r\n\r\n", pos)
             if end < 0:
-                if len(buf) > MAX_HEAD or b"\n\n" in buf:
+                self._buf = buf[pos:] if pos else buf
+                if len(self._buf) > MAX_HEAD or b"\n\n" in self._buf:
                     self._hand_off()  # aiohttp answers 431/400, or parses what we would not
                 elif self._eof and self.transport is not None:
                     self.transport.close()
                 return
-            if end + 4 > MAX_HEAD:
+            if end + 4 - pos > MAX_HEAD:
+                self._buf = buf[pos:] if pos else buf
                 self._hand_off()
                 return
-            head = parse_request_head(bytes(buf[: end + 4]), SMALL_BODY)
+            head = parse_request_head(bytes(buf[pos : end + 4]), SMALL_BODY)
             if head is None:
+                self._buf = buf[pos:] if pos else buf
                 self._hand_off()
                 return
             total = end + 4 + head.content_length
             if len(buf) < total:
-                self._pending = total
+                self._buf = buf[pos:] if pos else buf
+                self._pending = total - pos
                 return  # the body is on its way (within the same idle deadline)
             target = head.target.decode("latin-1")
             raw_path, _, query = target.partition("?")
             # aiohttp routes its own paths once percent-decoded: so must the check.
             if fast.reserved(unquote(raw_path) if "%" in raw_path else raw_path):
+                self._buf = buf[pos:] if pos else buf
                 self._hand_off()
                 return
             match = fast.routes().resolve(raw_path)
             if match is None:
-                self._buf = buf[total:]
+                pos = total
                 path = unquote(raw_path)
                 self._reply(
                     404, f"no function is routed at {path}", None, head.keep_alive, path=path
@@ -440,10 +484,11 @@ class FrontConnection(asyncio.Protocol):
             pool = fast.pools.get(function)
             member = pool.pick()
             if member is None and pool.holding:
+                self._buf = buf[pos:] if pos else buf
                 self._hand_off()  # aiohttp's proxy holds the request until an instance is back
                 return
             body = bytes(buf[end + 4 : total]) if total > end + 4 else b""
-            self._buf = buf[total:]
+            pos = total
             metrics = fast.metrics
             if metrics is not None:
                 metrics.started(function)
@@ -467,8 +512,12 @@ class FrontConnection(asyncio.Protocol):
                     metrics,
                 )
                 continue
+            # Stored before the exchange starts: its completion may come back here.
+            self._buf = buf[pos:] if pos < len(buf) else b""
             self._exchange = Exchange(self, head, match, query, body, member)
             self._exchange.start()
+            return
+        self._buf = buf[pos:] if pos else buf
 
     def _reply(
         self,
@@ -489,7 +538,6 @@ class FrontConnection(asyncio.Protocol):
             self.transport.close()
             return
         # A response was sent: the next request's deadline starts now, as after any other.
-        self._cancel_idle()
         self._arm_idle()
 
     def exchange_done(self, keep_alive: bool) -> None:
@@ -511,7 +559,7 @@ class FrontConnection(asyncio.Protocol):
         """From here on aiohttp serves this connection, starting with the buffered bytes."""
         transport = self.transport
         assert transport is not None
-        self._cancel_idle()
+        self._unwatch()
         self.fast.forget(self)
         self._closed = True
         if self._reading_paused:
