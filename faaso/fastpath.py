@@ -44,7 +44,7 @@ from faaso.http1 import (
 )
 from faaso.metrics import Metrics
 from faaso.pool import Member, Pools
-from faaso.proxy import new_call_id
+from faaso.proxy import CLIENT_GONE, new_call_id
 from faaso.routing import Match, RouteTable
 
 SMALL_BODY = 64 * 1024  # larger request bodies are streamed by aiohttp instead
@@ -54,7 +54,6 @@ PAUSE_CLIENT_AT = 256 * 1024  # stop reading a client that pipelines this much a
 UPSTREAM_IDLE = 4.0  # seconds an idle upstream connection is kept (Node closes at 5)
 UPSTREAM_IDLE_MAX = 256  # idle connections kept per instance
 CUT_GRACE = 5.0  # seconds a cut client connection may take to read what it was sent
-CLIENT_GONE = 499  # nginx's code for "the client closed the connection": metrics only
 
 _DROP_DOWNSTREAM = HOP_BY_HOP | {b"x-call-id", b"x-duration-seconds"}
 # Content-Length is written by the proxy itself; X-Start-Time only ever comes from the proxy.

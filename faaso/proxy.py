@@ -44,6 +44,7 @@ CALL_ID = "X-Call-Id"
 START_TIME = "X-Start-Time"
 DURATION = "X-Duration-Seconds"
 SMALL_BODY = 64 * 1024
+CLIENT_GONE = 499  # nginx's code for "the client closed the connection": metrics only
 CHUNK = 64 * 1024
 # The client side of aiohttp makes its own handshake: these are not copied from the client's.
 WS_HANDSHAKE = (
@@ -145,6 +146,9 @@ class Proxy:
             response = await self._forward(request, match, raw_query)
             status = response.status
             return response
+        except asyncio.CancelledError:
+            status = CLIENT_GONE  # the client left; the handler was cancelled
+            raise
         finally:
             metrics.finished(match.function, status, time.monotonic() - started)
 

@@ -532,6 +532,12 @@ async def test_client_gone_cancels_the_upstream_request(
 
     await eventually(released, 5, "the in-flight count to drop")
 
+    async def counted() -> bool:
+        text = state.metrics.render().decode()
+        return 'gateway_function_invocation_total{code="499",function_name="h.openfaas-fn"}' in text
+
+    await eventually(counted, 5, "the abandoned request to be counted as 499")
+
 
 async def test_slow_headers_are_cut_off_while_others_are_served(
     aiohttp_client: Any, backend: TestServer
