@@ -19,6 +19,7 @@ from structlog.typing import FilteringBoundLogger
 
 from faaso.config import Config, load_config
 from faaso.errors import FaasoError
+from faaso.openfaas import rfc3339
 
 DEBOUNCE_MS = 300
 
@@ -123,12 +124,12 @@ class Reloader:
             result = await self._apply(new)
         except FaasoError as exc:
             self.reloads_failed += 1
-            self.last = {"ok": False, "error": str(exc), "at": time.time()}
+            self.last = {"ok": False, "error": str(exc), "at": rfc3339(time.time())}
             self._log.error("reload.failed", error=str(exc), keeping="the running configuration")
             return
         self._config = new
         self.reloads_ok += 1
-        self.last = {"ok": True, "error": None, "at": time.time()}
+        self.last = {"ok": True, "error": None, "at": rfc3339(time.time())}
         self._log.info(
             "reload.applied", seconds=round(time.monotonic() - started, 3), result=result
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import shutil
 import subprocess
@@ -280,6 +281,8 @@ async def test_reload_adds_removes_changes_and_survives_bad_config(
     _, body = await site.get("/healthz")
     error = body["reload"]["error"]
     assert "functions.sum.replicas" in error and "lots" in error and str(site.config) in error
+    at = body["reload"]["at"]  # RFC 3339, like the API's timestamps
+    assert at.endswith("Z") and dt.datetime.fromisoformat(at.replace("Z", "+00:00"))
     assert await site.get("/times?a=3&b=4") == (200, 12)
 
     # a failing build (syntax error in requirements? no: a missing wheel) keeps the old config
