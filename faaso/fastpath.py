@@ -44,7 +44,15 @@ from faaso.http1 import (
 )
 from faaso.metrics import Metrics
 from faaso.pool import Member, Pools
-from faaso.proxy import CLIENT_GONE, new_call_id
+from faaso.proxy import (
+    CLIENT_GONE,
+    msg_cannot_connect,
+    msg_not_ready,
+    msg_not_routed,
+    msg_timed_out,
+    msg_too_many,
+    new_call_id,
+)
 from faaso.routing import Match, RouteTable
 
 SMALL_BODY = 64 * 1024  # larger request bodies are streamed by aiohttp instead
@@ -89,8 +97,7 @@ def error_response(
         f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
         "Content-Type: application/json; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\n"
-        "X-OpenFaaS-Internal: proxy\r\n"
-        f"{'' if keep_alive else 'Connection: close' + chr(13) + chr(10)}\r\n"
+        "X-OpenFaaS-Internal: proxy\r\n" + ("" if keep_alive else "Connection: close\r\n") + "\r\n"
     )
     return head.encode() + body
 
@@ -289,7 +296,6 @@ class FrontConnection(asyncio.Protocol):
         self._reading_paused = False
         self.writing_paused = False
         self._closed = False
-        self._eof = False
         self._pending: int | None = None  # bytes needed before the buffered request is whole
 
     # asyncio.Protocol
@@ -333,8 +339,8 @@ class FrontConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         # As aiohttp and nginx do: a client that stops sending is gone (a half-closed
-        # connection cannot be told from a closed one until a write fails).
-        self._eof = True
+        # connection cannot be told from a closed one until a write fails). The transport
+        # closes, and connection_lost drops whatever was in flight.
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -439,16 +445,12 @@ class FrontConnection(asyncio.Protocol):
             self._pending = None
             if pos >= len(buf):
                 self._buf = b""
-                if self._eof and self.transport is not None:
-                    self.transport.close()
                 return
             end = buf.find(b"\r\n\r\n", pos)
             if end < 0:
                 self._buf = buf[pos:] if pos else buf
                 if len(self._buf) > MAX_HEAD or b"\n\n" in self._buf:
                     self._hand_off()  # aiohttp answers 431/400, or parses what we would not
-                elif self._eof and self.transport is not None:
-                    self.transport.close()
                 return
             if end + 4 - pos > MAX_HEAD:
                 self._buf = buf[pos:] if pos else buf
@@ -475,9 +477,7 @@ class FrontConnection(asyncio.Protocol):
             if match is None:
                 pos = total
                 path = unquote(raw_path)
-                self._reply(
-                    404, f"no function is routed at {path}", None, head.keep_alive, path=path
-                )
+                self._reply(404, msg_not_routed(path), None, head.keep_alive, path=path)
                 continue
             function = match.function
             pool = fast.pools.get(function)
@@ -495,8 +495,7 @@ class FrontConnection(asyncio.Protocol):
             if limit is not None and pool.inflight() >= limit:
                 self._reply(
                     429,
-                    f"function {function!r} already has {limit} requests in flight "
-                    "(its max_inflight); try again later",
+                    msg_too_many(function, limit),
                     function,
                     head.keep_alive,
                     metrics,
@@ -505,7 +504,7 @@ class FrontConnection(asyncio.Protocol):
             if member is None:
                 self._reply(
                     503,
-                    f"function {function!r} has no ready instance",
+                    msg_not_ready(function),
                     function,
                     head.keep_alive,
                     metrics,
@@ -551,7 +550,7 @@ class FrontConnection(asyncio.Protocol):
         self._arm_idle()
         if not self.writing_paused:
             self._resume_reading()
-        if self._buf or self._eof:
+        if self._buf:
             self._next()
 
     def _hand_off(self) -> None:
@@ -574,9 +573,6 @@ class FrontConnection(asyncio.Protocol):
             assert isinstance(protocol, asyncio.Protocol)
             protocol.data_received(bytes(self._buf))
             self._buf = b""
-        if self._eof:
-            assert isinstance(protocol, asyncio.Protocol)
-            protocol.eof_received()
 
     @property
     def peer(self) -> bytes:
@@ -665,7 +661,7 @@ class Exchange:
                 assert refused is not None
                 reason = refused.strerror or str(refused)
                 self._connect_task = None
-                self._fail(502, f"cannot connect to function {self._function!r}: {reason}")
+                self._fail(502, msg_cannot_connect(self._function, reason))
                 return
             self.member.inflight -= 1
             other.inflight += 1
@@ -762,7 +758,7 @@ class Exchange:
             self._front.cut()
             self._complete(self.status)
             return
-        self._fail(504, f"function {self._function!r} did not answer within its timeout")
+        self._fail(504, msg_timed_out(self._function))
 
     def abort(self, status: int) -> None:
         """The client went away."""

@@ -92,7 +92,7 @@ def parse_request_head(head: bytes, max_body: int) -> RequestHead | None:
             continue  # the split's last, empty, piece
         name, _, value = line.partition(b":")
         lname = name.lower()
-        # Values keep their leading whitespace (written back as they came): see Field.
+        # Values are kept as they came (see RequestHead.fields); what is read is stripped.
         if lname in _REQUEST_SPECIAL:
             stripped = value.strip(b" \t")
             if lname == b"host":
@@ -102,16 +102,28 @@ def parse_request_head(head: bytes, max_body: int) -> RequestHead | None:
                     return None
                 length = stripped
             elif lname == b"connection":
-                connection.extend(t.strip(b" \t").lower() for t in stripped.split(b","))
+                connection.append(stripped)
             else:  # transfer-encoding, upgrade, expect
                 return None
         fields.append((name, lname, value))
     content_length = int(length) if length is not None else 0
     if content_length > max_body or hosts != 1:  # RFC 9112 3.2: exactly one Host
         return None
-    tokens = frozenset(t for t in connection if t) if connection else _NO_TOKENS
+    tokens = _tokens(connection)
     return RequestHead(
         method, target, fields, content_length, length is not None, b"close" not in tokens, tokens
+    )
+
+
+def _tokens(connection: list[bytes]) -> frozenset[bytes]:
+    """The lowercased names listed in the Connection fields (``connection``: their values)."""
+    if not connection:
+        return _NO_TOKENS
+    return frozenset(
+        token
+        for value in connection
+        for token in (part.strip(b" \t").lower() for part in value.split(b","))
+        if token
     )
 
 
@@ -167,22 +179,22 @@ def parse_response_head(head: bytes) -> ResponseHead:
             continue  # the split's last, empty, piece
         name, _, value = line.partition(b":")
         lname = name.lower()
-        # Values keep their whitespace here (it is written back as it came); only the fields
-        # the proxy reads are stripped.
+        # Values are kept as they came (see RequestHead.fields); what is read is stripped.
         if lname in _RESPONSE_SPECIAL:
-            value = value.strip(b" \t")
+            stripped = value.strip(b" \t")
             if lname == b"content-length":
-                if not _DIGITS.fullmatch(value) or (length is not None and length != int(value)):
-                    raise BadResponse(f"bad Content-Length {value[:40]!r}")
-                length = int(value)
+                if not _DIGITS.fullmatch(stripped) or (
+                    length is not None and length != int(stripped)
+                ):
+                    raise BadResponse(f"bad Content-Length {stripped[:40]!r}")
+                length = int(stripped)
             elif lname == b"transfer-encoding":
                 encoded = True
-                chunked = value.lower().rsplit(b",", 1)[-1].strip(b" \t") == b"chunked"
+                chunked = stripped.lower().rsplit(b",", 1)[-1].strip(b" \t") == b"chunked"
             else:
-                connection.extend(t.strip(b" \t").lower() for t in value.split(b","))
-            value = b" " + value
+                connection.append(stripped)
         fields.append((name, lname, value))
-    tokens = frozenset(t for t in connection if t) if connection else _NO_TOKENS
+    tokens = _tokens(connection)
     keep_alive = b"close" not in tokens if minor == b"1" else b"keep-alive" in tokens
     if code < 200 or code in (204, 304):
         framing, length = NO_BODY, 0

@@ -19,26 +19,13 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from faaso import http1
 from faaso.metrics import Metrics
 from faaso.pool import Member, Pools
 from faaso.routing import Match, RouteTable
 
-# RFC 9110 7.6.1: meaningful for one connection only, never forwarded. Compared lowercased:
-# header names are case-insensitive and clients do send "connection" or "te".
-HOP_BY_HOP = frozenset(
-    h.lower()
-    for h in (
-        "Connection",
-        "Keep-Alive",
-        "Proxy-Authenticate",
-        "Proxy-Authorization",
-        "Proxy-Connection",
-        "TE",
-        "Trailer",
-        "Transfer-Encoding",
-        "Upgrade",
-    )
-)
+# Hop-by-hop header names (RFC 9110 7.6.1), lowercased: the fast path's list, as text.
+HOP_BY_HOP = frozenset(name.decode() for name in http1.HOP_BY_HOP)
 INTERNAL_HEADER = "X-OpenFaaS-Internal"
 CALL_ID = "X-Call-Id"
 START_TIME = "X-Start-Time"
@@ -64,6 +51,30 @@ _CALL_COUNTER = itertools.count(1)
 
 def new_call_id() -> str:
     return f"{_CALL_PREFIX}{next(_CALL_COUNTER):016x}"
+
+
+# What the proxy says when it answers for a function: the same words on both paths.
+def msg_not_routed(path: str) -> str:
+    return f"no function is routed at {path}"
+
+
+def msg_too_many(function: str, limit: int) -> str:
+    return (
+        f"function {function!r} already has {limit} requests in flight "
+        "(its max_inflight); try again later"
+    )
+
+
+def msg_not_ready(function: str) -> str:
+    return f"function {function!r} has no ready instance"
+
+
+def msg_timed_out(function: str) -> str:
+    return f"function {function!r} did not answer within its timeout"
+
+
+def msg_cannot_connect(function: str, reason: str) -> str:
+    return f"cannot connect to function {function!r}: {reason}"
 
 
 def json_error(status: int, message: str, **extra: object) -> web.Response:
@@ -130,7 +141,7 @@ class Proxy:
         raw_path, _, query = request.raw_path.partition("?")
         match = self._routes().resolve(raw_path)
         if match is None:
-            return json_error(404, f"no function is routed at {request.path}", path=request.path)
+            return json_error(404, msg_not_routed(request.path), path=request.path)
         return await self.forward(request, match, query)
 
     async def forward(
@@ -162,8 +173,7 @@ class Proxy:
         if limit is not None and pool.inflight() >= limit:
             return json_error(
                 429,
-                f"function {match.function!r} already has {limit} requests in flight "
-                "(its max_inflight); try again later",
+                msg_too_many(match.function, limit),
                 function=match.function,
             )
         member = pool.pick()
@@ -172,9 +182,7 @@ class Proxy:
             member = await pool.wait_member(budget)
             budget -= time.monotonic() - started
         if member is None or budget <= 0:
-            return json_error(
-                503, f"function {match.function!r} has no ready instance", function=match.function
-            )
+            return json_error(503, msg_not_ready(match.function), function=match.function)
         headers = upstream_headers(request)
         call_id = headers.get(CALL_ID) or new_call_id()
         headers[CALL_ID] = call_id
@@ -214,7 +222,7 @@ class Proxy:
             except TimeoutError:
                 return json_error(
                     504,
-                    f"function {match.function!r} did not answer within its timeout",
+                    msg_timed_out(match.function),
                     function=match.function,
                 )
             except (
@@ -235,7 +243,7 @@ class Proxy:
                 reason = refused.os_error.strerror or str(refused)
                 return json_error(
                     502,
-                    f"cannot connect to function {match.function!r}: {reason}",
+                    msg_cannot_connect(match.function, reason),
                     function=match.function,
                 )
             member = other

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import socket
 import subprocess
 import time
@@ -23,6 +24,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def http_request(
+    port: int, path: str, *, method: str = "GET", body: bytes | None = None
+) -> tuple[int, bytes]:
+    """One blocking request to 127.0.0.1:``port``: (status, body), or (0, b"") when nothing
+    answers (so it can be polled)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request(method, path, body=body)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    except OSError:
+        return 0, b""
+    finally:
+        conn.close()
 
 
 def docker_available() -> bool:

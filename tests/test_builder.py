@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import shutil
 import signal
@@ -17,7 +16,7 @@ from faaso.builder import plan
 from faaso.config import FunctionSpec
 from faaso.errors import ConfigError
 from faaso.runtimes import RuntimeCatalog
-from tests.conftest import free_port
+from tests.conftest import free_port, http_request
 
 BASE = "sha256:" + "0" * 64
 
@@ -172,7 +171,7 @@ def test_serve_keeps_serving_beside_a_failing_build(require_docker: None, tmp_pa
         while failed is None:
             assert proc.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, log.read_text()[-3000:]
-            status, body = _get(port, "/healthz")
+            status, body = http_request(port, "/healthz")
             if status:
                 doc = json.loads(body)
                 failed = next((f for f in doc.get("not_ready", []) if f["phase"] == "failed"), None)
@@ -182,25 +181,10 @@ def test_serve_keeps_serving_beside_a_failing_build(require_docker: None, tmp_pa
         error = str(failed["error"])
         assert error.startswith("build of function 'bad-apt' failed:")
         assert "Unable to locate package faaso-no-such-package" in error  # the log tail
-        while _get(port, "/loud")[0] != 200:  # the other function serves regardless
+        while http_request(port, "/loud")[0] != 200:  # the other function serves regardless
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.2)  # poll with a deadline
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request("POST", "/loud", body=b"still here")
-        assert conn.getresponse().read() == b"STILL HERE"
-        conn.close()
+        assert http_request(port, "/loud", method="POST", body=b"still here")[1] == b"STILL HERE"
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
-
-
-def _get(port: int, path: str) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    except OSError:
-        return 0, b""
-    finally:
-        conn.close()

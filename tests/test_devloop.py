@@ -9,7 +9,6 @@ test (or another module) relies on.
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import os
 import secrets
@@ -31,7 +30,7 @@ from faaso.builder import Builder
 from faaso.devloop import DevError, LocalContainer, load_function_dir
 from faaso.logs import get_logger
 from faaso.runtimes import RuntimeCatalog
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, http_request
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("require_docker")]
 
@@ -94,18 +93,6 @@ def dev_containers(function: str) -> list[str]:
         check=True,
     ).stdout
     return out.split()
-
-
-def get(port: int, path: str) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    except OSError:
-        return 0, b""
-    finally:
-        conn.close()
 
 
 def until(check: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
@@ -418,7 +405,7 @@ def test_run_serves_rebuilds_on_change_and_cleans_up(
         def check() -> bool:
             if proc.poll() is not None:
                 pytest.fail(f"faaso run exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            return get(port, "/?name=Ada") == (200, expected)
+            return http_request(port, "/?name=Ada") == (200, expected)
 
         return check
 
@@ -431,7 +418,7 @@ def test_run_serves_rebuilds_on_change_and_cleans_up(
     # A broken save: the error is shown and the last good version keeps serving.
     handler.write_text(original.replace("module.exports = async", "module.exports = = async"))
     until(lambda: "run.build_failed" in log.read_text(), "the build error to be reported")
-    assert get(port, "/?name=Ada") == (200, b'{"greeting":"bonjour Ada"}')
+    assert http_request(port, "/?name=Ada") == (200, b'{"greeting":"bonjour Ada"}')
     assert f"{handler}, line " in log.read_text()
     handler.write_text(original)
     until(answers(b'{"greeting":"hello Ada"}'), "the fixed handler to serve")
@@ -440,7 +427,7 @@ def test_run_serves_rebuilds_on_change_and_cleans_up(
     proc.send_signal(signal.SIGINT)
     assert proc.wait(DEADLINE) == 0
     assert not dev_containers("greet-run")
-    assert get(port, "/")[0] == 0
+    assert http_request(port, "/")[0] == 0
 
 
 # --------------------------------------------------------------------------- export
@@ -471,11 +458,8 @@ def test_export_writes_a_loadable_tarball(tmp_path: Path) -> None:
         check=True,
     ).stdout.strip()
     try:
-        until(lambda: get(port, "/_/health")[0] == 200, "the loaded image to answer")
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        conn.request("POST", "/", body=b"loud")
-        assert conn.getresponse().read() == b"LOUD"
-        conn.close()
+        until(lambda: http_request(port, "/_/health")[0] == 200, "the loaded image to answer")
+        assert http_request(port, "/", method="POST", body=b"loud")[1] == b"LOUD"
     finally:
         subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
 

@@ -99,6 +99,19 @@ async def raw_function(
     return server, Endpoint("127.0.0.1", server.sockets[0].getsockname()[1])
 
 
+def answer_once(
+    response: bytes,
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """A scripted function: reads one request, sends ``response`` as it is, closes."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(response)
+        await writer.drain()
+
+    return answer
+
+
 async def read_request(reader: asyncio.StreamReader) -> bytes:
     data = await reader.readuntil(b"\r\n\r\n")
     for line in data.split(b"\r\n"):
@@ -199,12 +212,7 @@ async def test_bodiless_statuses_keep_the_connection(gateway: Any, status: int) 
 
 
 async def test_malformed_response_is_502(gateway: Any) -> None:
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"SPDY/9 nonsense\r\n\r\n")
-        await writer.drain()
-
-    server, endpoint = await raw_function(answer)
+    server, endpoint = await raw_function(answer_once(b"SPDY/9 nonsense\r\n\r\n"))
     async with server:
         client = await gateway({"f": [endpoint]})
         resp = await client.get("/f/x")
@@ -214,12 +222,9 @@ async def test_malformed_response_is_502(gateway: Any) -> None:
 
 
 async def test_function_closing_mid_body_cuts_the_client(gateway: Any) -> None:
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
-        await writer.drain()
-
-    server, endpoint = await raw_function(answer)
+    server, endpoint = await raw_function(
+        answer_once(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
+    )
     async with server:
         client = await gateway({"f": [endpoint]})
         request = b"GET /f/x HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -360,15 +365,12 @@ async def test_state_pools_in_flight_return_to_zero(gateway: Any) -> None:
 async def test_transfer_encoding_wins_over_a_stray_length(gateway: Any) -> None:
     """A function sending both: the client gets the chunked body and no Content-Length."""
 
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(
+    server, endpoint = await raw_function(
+        answer_once(
             b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"5\r\nhello\r\n0\r\n\r\n"
         )
-        await writer.drain()
-
-    server, endpoint = await raw_function(answer)
+    )
     async with server:
         client = await gateway({"f": [endpoint]})
         resp = await client.get("/f/x")

@@ -21,7 +21,7 @@ from faaso.backend import Endpoint
 from faaso.fastpath import FAST_PATH, FastPath, FrontConnection
 from faaso.routing import RouteTable
 from tests.conftest import FastTestServer
-from tests.test_fastpath import exchange, raw_function, read_request
+from tests.test_fastpath import answer_once, exchange, raw_function, read_request
 
 Factory = Callable[..., Awaitable[TestServer]]
 
@@ -304,15 +304,12 @@ async def test_chunked_trailers_with_bare_cr_are_not_relayed(start: Any) -> None
     """Head fields with a bare CR are a malformed response; the same bytes in a trailer go to
     the client as they are (a response-splitting vector for clients that end lines at CR)."""
 
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(
+    server, endpoint = await raw_function(
+        answer_once(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"2\r\nok\r\n0\r\nX-T: a\rHTTP/1.1 200 OK\r\n\r\n"
         )
-        await writer.drain()
-
-    server, endpoint = await raw_function(answer)
+    )
     async with server:
         client = await start({"f": [endpoint]})
         data = await exchange(client.port, b"GET /f/a HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -507,11 +507,12 @@ async def test_client_gone_cancels_the_upstream_request(
 ) -> None:
     entered = asyncio.Event()
     cancelled = asyncio.Event()
+    never = asyncio.Event()
 
     async def hang(request: web.Request) -> web.Response:
         entered.set()
         try:
-            await asyncio.sleep(30)  # held until the proxy drops the connection
+            await never.wait()  # held until the proxy drops the connection and this is cancelled
         except asyncio.CancelledError:
             cancelled.set()
             raise
