@@ -1,4 +1,4 @@
-from faaso.cli import main
+from faaso.cli.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,4 +1,29 @@
-"""Exceptions raised by faaso's library code. Only the CLI turns them into exit codes."""
+"""Every exception faaso raises on purpose, in one hierarchy.
+
+Library code raises these; only the command line turns them into messages and exit codes, and
+only the API layer turns them into HTTP statuses (:mod:`faaso.api.handlers.handlers`). None of them
+carries an HTTP status of its own.
+
+::
+
+    FaasoError
+    ├── ConfigError         a configuration file is invalid (file, key, value, problem)
+    ├── InvalidRequest      input through the API or CLI cannot be used (400 at the API)
+    ├── NotFoundError       a named function, secret or job does not exist (404)
+    ├── ConflictError       the change clashes with what exists or with the routes file (409)
+    ├── SourceError         a function's own file is wrong (file, line)
+    ├── BuildError          an image could not be built (log tail)
+    ├── DependencyError     pip or npm could not fetch what a function asks for
+    │   ├── WheelError
+    │   └── NpmError
+    ├── BackendError        the container engine refused or failed an operation
+    ├── BootstrapError      the base image could not be pulled nor built
+    ├── ReloadError         a new desired state could not be applied; the old one runs on
+    ├── StateLockedError    another faaso holds the state directory
+    ├── DevError            a local development command could not do what was asked
+    └── ClientError         a request to a faaso server failed (status of its answer, if any)
+        └── AuthError       the server refused the credentials
+"""
 
 from __future__ import annotations
 
@@ -21,6 +46,29 @@ class ConfigError(FaasoError):
         super().__init__(f"{where}: {problem} (got {value!r})")
 
 
+class InvalidRequest(FaasoError, ValueError):
+    """Input that cannot be used; the message says which field and why."""
+
+
+class NotFoundError(FaasoError):
+    """A named function, secret or job does not exist."""
+
+
+class ConflictError(FaasoError):
+    """The change clashes with what exists (a secret in use, a function of the routes file)."""
+
+
+class SourceError(FaasoError):
+    """A function's own file is wrong (missing, a syntax error...): names the file and line."""
+
+    def __init__(self, path: Path, problem: str, line: int | None = None) -> None:
+        self.path = path
+        self.line = line
+        self.problem = problem
+        where = f"{path}, line {line}" if line else str(path)
+        super().__init__(f"{where}: {problem}")
+
+
 class BuildError(FaasoError):
     """An image could not be built. Carries the tail of the build log."""
 
@@ -33,9 +81,46 @@ class BuildError(FaasoError):
         super().__init__(text)
 
 
+class DependencyError(FaasoError):
+    """A function's dependencies could not be fetched on the host."""
+
+
+class WheelError(DependencyError):
+    """pip could not fetch the wheels a requirements file asks for."""
+
+
+class NpmError(DependencyError):
+    """npm could not fetch what a package.json asks for."""
+
+
 class BackendError(FaasoError):
     """The container engine refused or failed an operation."""
 
 
 class BootstrapError(FaasoError):
     """The base image could not be pulled nor built locally."""
+
+
+class ReloadError(FaasoError):
+    """A new config could not be applied; the old one keeps running."""
+
+
+class StateLockedError(FaasoError):
+    """Another faaso process holds the state directory."""
+
+
+class DevError(FaasoError):
+    """A local development command could not do what was asked; the message says why."""
+
+
+class ClientError(FaasoError):
+    """A request failed. ``status`` is the HTTP status (None when there was no answer)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        self.message = message
+        self.status = status
+        super().__init__(f"{message} (HTTP {status})" if status is not None else message)
+
+
+class AuthError(ClientError):
+    """The gateway refused our credentials; the message says where they came from."""

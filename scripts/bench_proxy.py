@@ -59,10 +59,11 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print
 
 GATEWAY = """
 import asyncio, sys
-from faaso.app import GatewayState, gateway_app
-from faaso.backend import Endpoint
-from faaso.routing import RouteTable
-from faaso.server import ServerOptions, run, serve
+from faaso.gateway.app import GatewayState, gateway_app
+from faaso.spec.endpoint import Endpoint
+from faaso.spec.routing import RouteTable
+from faaso.cli.run import run
+from faaso.server.serve import ServerOptions, serve
 state = GatewayState(RouteTable({"/hello": "hello"}, {"hello"}))
 unix = None
 address = sys.argv[2]

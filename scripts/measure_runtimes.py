@@ -40,11 +40,11 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from faaso import docker_client  # noqa: E402
-from faaso.builder import Builder  # noqa: E402
-from faaso.devloop import LocalContainer, load_function_dir  # noqa: E402
+from faaso.build import engine as docker_client  # noqa: E402
+from faaso.build.builder import Builder  # noqa: E402
+from faaso.config.runtimes import RuntimeCatalog  # noqa: E402
+from faaso.dev.loop import LocalContainer, load_function_dir  # noqa: E402
 from faaso.logs import configure, get_logger  # noqa: E402
-from faaso.runtimes import RuntimeCatalog  # noqa: E402
 
 OWN_DOCKERFILE = """\
 FROM faaso/debian:bookworm

@@ -91,7 +91,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    from faaso.app import owner_id
+    from faaso.state.paths import owner_id
 
     work = Path(tempfile.mkdtemp(prefix="faaso-measure-"))
     fn = work / "sum"

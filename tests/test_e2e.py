@@ -2,117 +2,24 @@
 
 from __future__ import annotations
 
-import http.client
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from faaso.app import owner_id
-from tests.conftest import ROOT, free_port
+from faaso.state.paths import owner_id
+from tests.helpers import (
+    READY_DEADLINE,
+    ROOT,
+    Served,
+    docker_ps,
+    start_serve,
+    stop_serve,
+    wait_ready,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("require_docker")]
-
-READY_DEADLINE = 900.0  # a cold first build (apt in the image, wheels) fits well inside this
-
-
-@dataclass
-class Served:
-    port: int
-    proc: subprocess.Popen[bytes]
-    state_dir: Path
-    log: Path
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            resp = conn.getresponse()
-            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-        finally:
-            conn.close()
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def docker_ps(*filters: str) -> list[str]:
-    argv = ["docker", "ps", "-a", "--format", "{{.Names}}"]
-    for f in filters:
-        argv += ["--filter", f]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    return sorted(out.split())
-
-
-def wait_ready(served: Served, deadline: float) -> None:
-    """Poll /healthz until 200, failing early if the server died."""
-    end = time.monotonic() + deadline
-    last = ""
-    while time.monotonic() < end:
-        if served.proc.poll() is not None:
-            pytest.fail(f"faaso exited with {served.proc.returncode}:\n{served.log_text()[-4000:]}")
-        try:
-            status, _, body = served.request("GET", "/healthz")
-            last = body.decode(errors="replace")
-            if status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)  # poll with a deadline
-    pytest.fail(
-        f"faaso not ready after {deadline} s; /healthz said {last}\n{served.log_text()[-4000:]}"
-    )
-
-
-def start_serve(config: Path, state_dir: Path, log: Path, *extra: str) -> Served:
-    port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "faaso",
-                "serve",
-                str(config),
-                "--port",
-                str(port),
-                "--state-dir",
-                str(state_dir),
-                "--log-format",
-                "json",
-                *extra,
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=ROOT,
-        )
-    return Served(port, proc, state_dir, log)
-
-
-def stop_serve(served: Served, timeout: float = 60.0) -> int:
-    if served.proc.poll() is None:
-        served.proc.send_signal(signal.SIGTERM)
-    try:
-        return served.proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        served.proc.kill()
-        served.proc.wait()
-        raise
 
 
 @pytest.fixture(scope="module")

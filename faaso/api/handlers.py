@@ -1,0 +1,434 @@
+"""The OpenFaaS provider/gateway management API under ``/system``.
+
+Shapes and status codes follow the real servers where they differ from the spec (see
+``../shared/README.md``): list of secrets as ``[{name, namespace}]``, zero counts left out of
+FunctionStatus, 404 on PUT of an unknown function, streaming NDJSON logs with 422 on a bad
+``tail`` or ``since``. Every error is a 4xx with a JSON ``{"error": ...}``: bad input never
+becomes a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import datetime as dt
+import json
+import platform
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from faaso import __version__
+from faaso.api.openfaas import function_status
+from faaso.backends.base import Backend, Instance
+from faaso.config.deployment import check_namespace
+from faaso.config.desired import DesiredState
+from faaso.control.supervisor import Supervisor
+from faaso.errors import (
+    ConflictError,
+    FaasoError,
+    InvalidRequest,
+    NotFoundError,
+    ReloadError,
+)
+from faaso.gateway.metrics import Metrics
+from faaso.logs import get_logger
+from faaso.spec.function import NAMESPACE
+from faaso.spec.timefmt import rfc3339
+from faaso.state.secret_store import SecretStore
+
+MAX_BODY = 1024 * 1024
+FOLLOW_RESCAN = 1.0  # seconds: how often a followed log looks for new instances
+SLOW_CALL = 1.0  # seconds: a management call slower than this is logged
+
+
+@dataclass(slots=True)
+class ApiContext:
+    desired: DesiredState
+    supervisor: Supervisor
+    secrets: SecretStore
+    metrics: Metrics
+    backend: Backend
+
+
+class ApiHolder:
+    """The API's view of the server, filled in when the server has started."""
+
+    def __init__(self) -> None:
+        self.ctx: ApiContext | None = None
+
+    def get(self) -> ApiContext:
+        if self.ctx is None:
+            raise web.HTTPServiceUnavailable(reason="faaso is starting")
+        return self.ctx
+
+
+HOLDER = web.AppKey("faaso_api", ApiHolder)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn faaso's exceptions into 4xx JSON answers; log slow calls."""
+    started = time.monotonic()
+    try:
+        return await handler(request)
+    except InvalidRequest as exc:
+        return error(400, str(exc))
+    except NotFoundError as exc:
+        return error(404, str(exc))
+    except ConflictError as exc:
+        return error(409, str(exc))
+    except ReloadError as exc:
+        return error(400, f"the change was not applied: {exc}")
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "application/json":
+            return error(exc.status, exc.reason)
+        raise
+    finally:
+        elapsed = time.monotonic() - started
+        if elapsed > SLOW_CALL and request.path != "/system/logs":
+            get_logger("faaso.api").warning(
+                "api.slow", method=request.method, path=request.path, seconds=round(elapsed, 3)
+            )
+
+
+async def read_json(request: web.Request) -> Any:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"the body is not valid JSON: {exc}") from exc
+
+
+def _name(request: web.Request) -> str:
+    name = request.match_info["name"]
+    base, dot, namespace = name.partition(".")
+    if dot:
+        check_namespace(namespace)
+    check_namespace(request.query.get("namespace"))
+    return base
+
+
+def _status(ctx: ApiContext, name: str) -> dict[str, Any] | None:
+    spec = ctx.desired.spec(name)
+    if spec is None:
+        return None
+    controller = ctx.supervisor.controller(name)
+    image = spec.image or (controller.image if controller else "")
+    available = controller.ready_count() if controller else 0
+    created = None
+    if spec.created_at is not None:
+        created = rfc3339(spec.created_at)
+    elif controller is not None:
+        stamps = [i.created for i in controller.instances() if i.created]
+        created = min(stamps) if stamps else None
+    stored = ctx.desired.deployed.get(name)
+    requests = stored.deployment.get("requests") if stored else None
+    return function_status(
+        spec,
+        image=image,
+        available=available,
+        invocations=ctx.metrics.invocations(name),
+        created_at=created,
+        requests=requests if isinstance(requests, dict) else None,
+    )
+
+
+# -- functions ---------------------------------------------------------------------------------
+
+
+async def list_functions(request: web.Request) -> web.Response:
+    ctx = request.app[HOLDER].get()
+    check_namespace(request.query.get("namespace"))
+    names = sorted(ctx.desired.effective().functions)
+    return web.json_response([s for n in names if (s := _status(ctx, n)) is not None])
+
+
+async def get_function(request: web.Request) -> web.Response:
+    ctx = request.app[HOLDER].get()
+    name = _name(request)
+    status = _status(ctx, name)
+    if status is None:
+        return error(404, f"function {name!r} not found")
+    return web.json_response(status)
+
+
+async def deploy_function(request: web.Request) -> web.Response:
+    ctx = request.app[HOLDER].get()
+    body = await read_json(request)
+    update = request.method == "PUT"
+    spec = await ctx.desired.deploy(body, update=update)
+    return web.json_response({"message": f"function {spec.name!r} deployed"}, status=202)
+
+
+async def delete_function(request: web.Request) -> web.Response:
+    ctx = request.app[HOLDER].get()
+    body = await read_json(request)
+    if not isinstance(body, dict) or not isinstance(body.get("functionName"), str):
+        raise InvalidRequest('the body must be {"functionName": NAME}')
+    check_namespace(body.get("namespace"))
+    await ctx.desired.remove(body["functionName"])
+    return web.json_response({"message": f"function {body['functionName']!r} removed"}, status=202)
+
+
+async def scale_function(request: web.Request) -> web.Response:
+    ctx = request.app[HOLDER].get()
+    name = _name(request)
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a ScaleServiceRequest object")
+    check_namespace(body.get("namespace"))
+    service = body.get("serviceName")
+    if service not in (None, "", name):
+        raise InvalidRequest(f"serviceName {service!r} does not match the path ({name!r})")
+    replicas = body.get("replicas")
+    if isinstance(replicas, bool) or not isinstance(replicas, int):
+        raise InvalidRequest("replicas must be a whole number")
+    await ctx.desired.scale(name, replicas)
+    return web.json_response({"message": f"function {name!r} scaled to {replicas}"}, status=202)
+
+
+# -- secrets -----------------------------------------------------------------------------------
+
+
+def _secret_value(body: dict[str, Any]) -> bytes:
+    if isinstance(body.get("value"), str):
+        return str(body["value"]).encode()
+    if isinstance(body.get("rawValue"), str):
+        try:
+            return base64.b64decode(body["rawValue"], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidRequest("rawValue must be base64") from exc
+    raise InvalidRequest("give the secret's value as 'value' (text) or 'rawValue' (base64)")
+
+
+async def _secret_body(request: web.Request) -> dict[str, Any]:
+    body = await read_json(request)
+    if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+        raise InvalidRequest("the body must be a Secret object with a 'name'")
+    check_namespace(body.get("namespace"))
+    return body
+
+
+def _users_of(ctx: ApiContext, secret: str) -> list[str]:
+    return sorted(n for n, s in ctx.desired.effective().functions.items() if secret in s.secrets)
+
+
+async def list_secrets(request: web.Request) -> web.Response:
+    ctx = request.app[HOLDER].get()
+    check_namespace(request.query.get("namespace"))
+    return web.json_response([{"name": n, "namespace": NAMESPACE} for n in ctx.secrets.names()])
+
+
+async def create_secret(request: web.Request) -> web.Response:
+    ctx = request.app[HOLDER].get()
+    body = await _secret_body(request)
+    ctx.secrets.put(body["name"], _secret_value(body), must_exist=False)
+    return web.json_response({"message": f"secret {body['name']!r} created"}, status=200)
+
+
+async def update_secret(request: web.Request) -> web.Response:
+    ctx = request.app[HOLDER].get()
+    body = await _secret_body(request)
+    ctx.secrets.put(body["name"], _secret_value(body), must_exist=True)
+    if _users_of(ctx, body["name"]):
+        await ctx.desired.refresh()  # the functions that use it roll over to the new value
+    return web.json_response({"message": f"secret {body['name']!r} updated"}, status=200)
+
+
+async def delete_secret(request: web.Request) -> web.Response:
+    ctx = request.app[HOLDER].get()
+    body = await _secret_body(request)
+    name = body["name"]
+    ctx.secrets.path(name)  # 404 when missing, 400 when the name is bad
+    users = _users_of(ctx, name)
+    if users:
+        return error(
+            409,
+            f"secret {name!r} is used by {', '.join(users)}; remove it from those functions first",
+        )
+    ctx.secrets.delete(name)
+    return web.json_response({"message": f"secret {name!r} removed"}, status=200)
+
+
+# -- logs --------------------------------------------------------------------------------------
+
+
+def _parse_logs_query(
+    request: web.Request,
+) -> tuple[str, str | None, int | None, bool, float | None]:
+    query = request.query
+    name = query.get("name", "")
+    if not name:
+        raise InvalidRequest("the 'name' query parameter is required")
+    base, dot, namespace = name.partition(".")
+    if dot:
+        check_namespace(namespace)
+    check_namespace(query.get("namespace"))
+    tail: int | None = None
+    if query.get("tail") not in (None, ""):
+        try:
+            tail = int(query["tail"])
+        except ValueError:
+            raise web.HTTPUnprocessableEntity(reason="tail must be a whole number") from None
+        if tail <= 0:
+            tail = None
+    follow_raw = query.get("follow", "false").lower()
+    if follow_raw not in ("true", "false", "1", "0", ""):
+        raise web.HTTPUnprocessableEntity(reason="follow must be true or false")
+    since: float | None = None
+    if query.get("since") not in (None, ""):
+        try:
+            stamp = dt.datetime.fromisoformat(query["since"].replace("Z", "+00:00"))
+        except ValueError:
+            raise web.HTTPUnprocessableEntity(reason="since must be an RFC 3339 time") from None
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=dt.UTC)
+        since = stamp.timestamp()
+    return base, query.get("instance") or None, tail, follow_raw in ("true", "1"), since
+
+
+async def get_logs(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[HOLDER].get()
+    name, instance, tail, follow, since = _parse_logs_query(request)
+    if ctx.desired.spec(name) is None:
+        return error(404, f"function {name!r} not found")
+    controller = ctx.supervisor.controller(name)
+    instances: list[Instance] = controller.instances() if controller else []
+    if instance:
+        instances = [i for i in instances if instance in (i.name, i.id, i.id[:12])]
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+
+    def entry(inst: Instance, stamp: str, text: str) -> bytes:
+        doc = {
+            "name": name,
+            "namespace": NAMESPACE,
+            "instance": inst.name,
+            "timestamp": stamp,
+            "text": text,
+        }
+        return json.dumps(doc).encode() + b"\n"
+
+    if not follow:
+        lines: list[tuple[str, bytes]] = []
+        for inst in instances:
+            async for stamp, text in ctx.backend.logs(
+                inst.id, follow=False, since=since, tail=tail
+            ):
+                lines.append((stamp, entry(inst, stamp, text)))
+        lines.sort(key=lambda item: item[0])
+        if tail is not None:
+            lines = lines[-tail:]
+        for _, line in lines:
+            await response.write(line)
+        await response.write_eof()
+        return response
+
+    # Follow: one pump per instance, and instances that start later (a scale-up, a replacement)
+    # are picked up too. The stream lasts until the client goes away.
+    queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1024)
+    pumps: dict[str, asyncio.Task[None]] = {}
+
+    async def pump(inst: Instance, since_: float | None, tail_: int | None) -> None:
+        with contextlib.suppress(FaasoError):
+            async for stamp, text in ctx.backend.logs(
+                inst.id, follow=True, since=since_, tail=tail_
+            ):
+                await queue.put(entry(inst, stamp, text))
+
+    def attach(found: list[Instance], since_: float | None, tail_: int | None) -> None:
+        for inst in found:
+            if inst.id not in pumps:
+                pumps[inst.id] = asyncio.create_task(pump(inst, since_, tail_))
+
+    def current() -> list[Instance]:
+        live = ctx.supervisor.controller(name)
+        found = live.instances() if live else []
+        return [i for i in found if not instance or instance in (i.name, i.id, i.id[:12])]
+
+    attach(instances, since, tail)
+    last_scan = time.monotonic()
+    try:
+        while True:
+            try:
+                item: bytes | None = await asyncio.wait_for(queue.get(), FOLLOW_RESCAN)
+            except TimeoutError:
+                item = None
+            if item is not None:
+                await response.write(item)  # raises once the client has gone away
+            now = time.monotonic()
+            if now - last_scan >= FOLLOW_RESCAN:
+                last_scan = now
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    break  # the client left while nothing was being written
+                attach(current(), None, None)  # a new instance: everything it printed
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        for task in pumps.values():
+            task.cancel()
+        await asyncio.gather(*pumps.values(), return_exceptions=True)
+    with contextlib.suppress(ConnectionResetError):
+        await response.write_eof()
+    return response
+
+
+# -- the rest ----------------------------------------------------------------------------------
+
+
+async def info(request: web.Request) -> web.Response:
+    version = {"release": __version__, "sha": "", "commit_message": ""}
+    return web.json_response(
+        {
+            "provider": {"provider": "faaso", "orchestration": "docker", "version": version},
+            "version": version,
+            "arch": platform.machine(),
+        }
+    )
+
+
+async def namespaces(request: web.Request) -> web.Response:
+    return web.json_response([NAMESPACE])
+
+
+async def not_found(request: web.Request) -> web.Response:
+    return error(404, f"no such API route: {request.method} {request.path}")
+
+
+def api_app(holder: ApiHolder, middlewares: list[Any]) -> web.Application:
+    """The ``/system`` sub-application (auth applies to it alone)."""
+    app = web.Application(middlewares=[*middlewares, errors_middleware], client_max_size=MAX_BODY)
+    app[HOLDER] = holder
+    r = app.router
+    r.add_get("/functions", list_functions)
+    r.add_post("/functions", deploy_function)
+    r.add_put("/functions", deploy_function)
+    r.add_delete("/functions", delete_function)
+    r.add_get("/function/{name}", get_function)
+    r.add_post("/scale-function/{name}", scale_function)
+    r.add_get("/secrets", list_secrets)
+    r.add_post("/secrets", create_secret)
+    r.add_put("/secrets", update_secret)
+    r.add_delete("/secrets", delete_secret)
+    r.add_get("/logs", get_logs)
+    r.add_get("/info", info)
+    r.add_get("/namespaces", namespaces)
+    r.add_route("*", "/{tail:.*}", not_found)
+    return app

@@ -1,0 +1,193 @@
+"""Command line: ``python -m faaso <command>``. The only place that prints errors and exits."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from faaso import __version__
+from faaso.errors import ConfigError, FaasoError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+# Modules with a ``register(subparsers)`` function that adds their commands; each command sets
+# ``handler`` (a function of the parsed arguments returning the exit code) with set_defaults.
+COMMAND_MODULES: tuple[str, ...] = ("faaso.cli.remote", "faaso.cli.dev")
+
+
+def _add_logging(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    parser.add_argument(
+        "--log-format",
+        default="auto",
+        choices=["auto", "console", "json"],
+        help="console on a terminal, JSON lines otherwise (default: auto)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="faaso", description="Self-hosted Functions-as-a-Service."
+    )
+    parser.add_argument("--version", action="version", version=f"faaso {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve", help="build, launch, supervise and proxy the functions of a routes file"
+    )
+    serve.add_argument("config", type=Path, help="the routes file, e.g. conf/routes.yml")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
+    serve.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="where faaso keeps its state (default: .faaso/ beside the config)",
+    )
+    serve.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=15.0,
+        help="seconds in-flight requests get to finish on shutdown (15)",
+    )
+    serve.add_argument(
+        "--runtimes",
+        type=Path,
+        action="append",
+        default=[],
+        help="an extra folder of runtimes (may be repeated)",
+    )
+    serve.add_argument(
+        "--no-auth", action="store_true", help="leave the /system API open (local use only)"
+    )
+    serve.add_argument(
+        "--no-pull",
+        action="store_true",
+        help="never pull images from a registry: run only images this host has",
+    )
+    serve.add_argument(
+        "--no-fast-path",
+        action="store_true",
+        help="serve every request with aiohttp (slower; for comparison and debugging)",
+    )
+    serve.add_argument(
+        "--no-watch",
+        action="store_true",
+        help="do not watch the routes file and sources (SIGHUP still reloads)",
+    )
+    _add_logging(serve)
+    serve.set_defaults(handler=_serve)
+
+    check = sub.add_parser("check", help="validate a routes file and print what it defines")
+    check.add_argument("config", type=Path)
+    check.add_argument("--runtimes", type=Path, action="append", default=[])
+    check.set_defaults(handler=_check)
+
+    boot = sub.add_parser(
+        "bootstrap",
+        help="make sure the base image exists (pull it, or build it from the host's Debian mirror)",
+    )
+    boot.add_argument("--no-pull", action="store_true", help="do not try a registry first")
+    _add_logging(boot)
+    boot.set_defaults(handler=_bootstrap)
+
+    # Command groups that live in their own modules register themselves here.
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
+    except ConfigError as exc:
+        print(f"faaso: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except FaasoError as exc:
+        print(f"faaso: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    from faaso import logs
+
+    fmt = args.log_format
+    logs.configure(args.log_level, json=None if fmt == "auto" else fmt == "json")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from faaso.cli.run import run
+    from faaso.config.routes_file import load_config
+    from faaso.server.app import create_app
+    from faaso.server.serve import ServerOptions, serve
+    from faaso.state.paths import default_state_dir
+
+    _configure_logging(args)
+    config = load_config(args.config, tuple(args.runtimes))
+    state_dir = args.state_dir or default_state_dir(config.path)
+    options = ServerOptions(
+        host=args.host,
+        port=args.port,
+        drain_timeout=args.drain_timeout,
+        fast_path=not args.no_fast_path,
+    )
+
+    async def main() -> None:
+        app = create_app(
+            config,
+            state_dir,
+            extra_runtime_dirs=tuple(args.runtimes),
+            watch=not args.no_watch,
+            auth=not args.no_auth,
+            pull=not args.no_pull,
+        )
+        await serve(app, options)
+
+    run(main)
+    return EXIT_OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    from faaso.config.routes_file import load_config
+
+    config = load_config(args.config, tuple(args.runtimes))
+    print(f"{config.path}: ok")
+    for name, spec in sorted(config.functions.items()):
+        what = f"image {spec.image}" if spec.image else f"{spec.runtime} runtime, {spec.source}"
+        print(f"  function {name}: {what}, replicas {spec.replicas}")
+    for prefix, name in sorted(config.routes.items()):
+        print(f"  route {prefix} -> {name}")
+    return EXIT_OK
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    from faaso.build import engine as docker_client
+    from faaso.build.baseimage import BASE_IMAGE, ensure_base_image
+    from faaso.cli.run import run
+    from faaso.logs import get_logger
+
+    _configure_logging(args)
+
+    async def main() -> str:
+        docker = await docker_client.connect()
+        try:
+            return await ensure_base_image(
+                docker, get_logger("faaso.bootstrap"), allow_pull=not args.no_pull
+            )
+        finally:
+            await docker.close()
+
+    image = run(main)
+    print(f"{BASE_IMAGE} {image}")
+    return EXIT_OK

@@ -1,0 +1,150 @@
+"""An OpenFaaS FunctionDeployment (the API's POST/PUT /system/functions body) as a FunctionSpec.
+
+The API's half of the desired state, validated in one place as the routes file is in
+:mod:`faaso.config.routes_file`. Errors are :class:`InvalidRequest` with a message
+naming the field and the problem.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from faaso.errors import InvalidRequest
+from faaso.spec.function import (
+    ENV_NAME_RE,
+    FUNCTION_NAME_RE,
+    LABEL_KEY_RE,
+    NAMESPACE,
+    FunctionSpec,
+    Limits,
+    parse_memory,
+    valid_secret_name,
+)
+
+HEALTH_PATH_ANNOTATION = "com.openfaas.health.http.path"
+DEPLOYMENT_KEYS = frozenset(
+    {
+        "service",
+        "image",
+        "namespace",
+        "envProcess",
+        "constraints",
+        "envVars",
+        "secrets",
+        "labels",
+        "annotations",
+        "limits",
+        "requests",
+        "readOnlyRootFilesystem",
+        "registryAuth",
+        "network",  # deprecated, ignored by every provider
+    }
+)
+
+
+def _str_map(doc: Mapping[str, Any], key: str, key_re: re.Pattern[str]) -> Mapping[str, str]:
+    value = doc.get(key)
+    if value is None:
+        return MappingProxyType({})
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{key} must be an object of strings")
+    out: dict[str, str] = {}
+    for k, v in value.items():
+        if not isinstance(k, str) or not key_re.match(k):
+            raise InvalidRequest(f"{key}: {k!r} is not a valid name")
+        if not isinstance(v, str):
+            raise InvalidRequest(f"{key}.{k} must be a string")
+        out[k] = v
+    return MappingProxyType(out)
+
+
+def _limits(doc: Mapping[str, Any], key: str) -> Limits:
+    value = doc.get(key)
+    if value is None:
+        return Limits()
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{key} must be an object with memory and cpu")
+    memory: int | None = None
+    cpus: float | None = None
+    if value.get("memory") not in (None, ""):
+        try:
+            memory = parse_memory(value["memory"])
+        except ValueError as exc:
+            raise InvalidRequest(f"{key}.memory {value['memory']!r}: {exc}") from exc
+        if memory < 6 * 1024**2:
+            raise InvalidRequest(f"{key}.memory must be at least 6Mi")
+    if value.get("cpu") not in (None, ""):
+        raw = value["cpu"]
+        try:
+            cpus = float(str(raw).removesuffix("m")) / (1000 if str(raw).endswith("m") else 1)
+        except ValueError as exc:
+            raise InvalidRequest(f"{key}.cpu {raw!r} is not a number of CPUs") from exc
+        if not 0 < cpus <= 1024:
+            raise InvalidRequest(f"{key}.cpu must be greater than 0")
+    return Limits(memory=memory, cpus=cpus)
+
+
+def check_namespace(namespace: object) -> None:
+    if namespace not in (None, "", NAMESPACE):
+        raise InvalidRequest(f"namespace {namespace!r} does not exist; faaso has {NAMESPACE!r}")
+
+
+def deployment_to_spec(doc: object, *, created_at: float | None = None) -> FunctionSpec:
+    """Validate a FunctionDeployment body. Raises :class:`InvalidRequest`."""
+    if not isinstance(doc, dict):
+        raise InvalidRequest("the body must be a JSON object (a FunctionDeployment)")
+    unknown = sorted(k for k in doc if k not in DEPLOYMENT_KEYS)
+    if unknown:
+        raise InvalidRequest(f"unknown fields: {', '.join(map(str, unknown))}")
+    name = doc.get("service")
+    if not isinstance(name, str) or not FUNCTION_NAME_RE.match(name):
+        raise InvalidRequest(
+            f"service {name!r} is not a valid function name: lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit, at most 63 characters"
+        )
+    image = doc.get("image")
+    if not isinstance(image, str) or not image.strip() or any(c.isspace() for c in image):
+        raise InvalidRequest("image must be a non-empty image reference")
+    check_namespace(doc.get("namespace"))
+    env_process = doc.get("envProcess")
+    if env_process is not None and not isinstance(env_process, str):
+        raise InvalidRequest("envProcess must be a string")
+    secrets = doc.get("secrets") or []
+    if not isinstance(secrets, list) or not all(isinstance(s, str) for s in secrets):
+        raise InvalidRequest("secrets must be a list of secret names")
+    for secret in secrets:
+        if not valid_secret_name(secret):
+            raise InvalidRequest(f"secret name {secret!r} is not valid")
+    constraints = doc.get("constraints")
+    if constraints is not None and (
+        not isinstance(constraints, list) or not all(isinstance(c, str) for c in constraints)
+    ):
+        raise InvalidRequest("constraints must be a list of strings")
+    read_only = doc.get("readOnlyRootFilesystem", False)
+    if not isinstance(read_only, bool):
+        raise InvalidRequest("readOnlyRootFilesystem must be true or false")
+    annotations = _str_map(doc, "annotations", LABEL_KEY_RE)
+    labels = _str_map(doc, "labels", LABEL_KEY_RE)
+    if any(k.startswith("faaso.") for k in labels):
+        raise InvalidRequest("labels starting with 'faaso.' are faaso's own")
+    health_path = annotations.get(HEALTH_PATH_ANNOTATION, "/_/health")
+    if not health_path.startswith("/"):
+        raise InvalidRequest(f"annotation {HEALTH_PATH_ANNOTATION} must be a path")
+    _limits(doc, "requests")  # validated, reported back, not enforced (as on faasd)
+    return FunctionSpec(
+        name=name,
+        image=image,
+        env=_str_map(doc, "envVars", ENV_NAME_RE),
+        labels=labels,
+        annotations=annotations,
+        limits=_limits(doc, "limits"),
+        secrets=tuple(dict.fromkeys(secrets)),
+        read_only_root=read_only,
+        env_process=env_process or None,
+        health_path=health_path,
+        origin="api",
+        created_at=created_at,
+    )

@@ -1,0 +1,199 @@
+"""Desired state: the routes file, plus what the API deployed and scaled, kept across restarts.
+
+The supervisor runs one :class:`~faaso.config.routes_file.Config`; this module makes it
+from two sources:
+
+- the routes file (read-only to the API: deploy, update and delete of its functions are refused);
+- ``<state>/deployments.json``: functions deployed through the API, and replica counts set
+  through the API for any function. It is written atomically after each change has been applied,
+  so a crash at any point leaves the file as it was before or after that change.
+
+Every change goes through the supervisor's ``apply``, as a diff: a deployment that cannot start
+changes nothing and is not saved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from faaso.config.deployment import deployment_to_spec
+from faaso.config.routes_file import Config
+from faaso.errors import ConfigError, ConflictError, InvalidRequest, NotFoundError
+from faaso.spec.function import MAX_REPLICAS, FunctionSpec
+from faaso.state.files import atomic_write
+
+STORE_VERSION = 1
+
+
+@dataclasses.dataclass(slots=True)
+class Stored:
+    deployment: dict[str, Any]  # the FunctionDeployment as sent (for requests, constraints...)
+    created_at: float
+
+
+class DesiredState:
+    def __init__(
+        self,
+        file_config: Config,
+        store_path: Path,
+        apply: Callable[[Config], Awaitable[object]],
+    ) -> None:
+        self.file_config = file_config
+        self.store_path = store_path
+        self._apply = apply
+        self._lock = asyncio.Lock()
+        self.deployed: dict[str, Stored] = {}
+        self.replicas: dict[str, int] = {}
+        self._load()
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        path = self.store_path
+        if not path.exists():
+            return
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(path, "", str(path), f"cannot read the deployments: {exc}") from exc
+        if not isinstance(doc, dict) or doc.get("version") != STORE_VERSION:
+            raise ConfigError(
+                path,
+                "version",
+                doc.get("version") if isinstance(doc, dict) else doc,
+                f"expected version {STORE_VERSION}",
+            )
+        for name, item in (doc.get("functions") or {}).items():
+            try:
+                stored = Stored(dict(item["deployment"]), float(item["created_at"]))
+                deployment_to_spec(stored.deployment)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ConfigError(path, f"functions.{name}", item, str(exc)) from exc
+            self.deployed[name] = stored
+        for name, count in (doc.get("replicas") or {}).items():
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise ConfigError(path, f"replicas.{name}", count, "must be a whole number")
+            self.replicas[name] = count
+
+    def _save(self) -> None:
+        doc = {
+            "version": STORE_VERSION,
+            "functions": {
+                n: {"deployment": s.deployment, "created_at": s.created_at}
+                for n, s in sorted(self.deployed.items())
+            },
+            "replicas": dict(sorted(self.replicas.items())),
+        }
+        atomic_write(self.store_path, json.dumps(doc, indent=2).encode() + b"\n", mode=0o600)
+
+    # -- the merged view ---------------------------------------------------------------------
+
+    def effective(
+        self,
+        file_config: Config | None = None,
+        deployed: dict[str, Stored] | None = None,
+        replicas: dict[str, int] | None = None,
+    ) -> Config:
+        file_config = file_config or self.file_config
+        deployed = self.deployed if deployed is None else deployed
+        replicas = self.replicas if replicas is None else replicas
+        functions: dict[str, FunctionSpec] = dict(file_config.functions)
+        for name, stored in deployed.items():
+            if name in functions:
+                raise ConfigError(
+                    file_config.path,
+                    f"functions.{name}",
+                    name,
+                    "this function was deployed through the API; remove it there "
+                    "(faaso remove) before defining it in the file",
+                )
+            functions[name] = deployment_to_spec(stored.deployment, created_at=stored.created_at)
+        for name, count in replicas.items():
+            if name in functions:
+                functions[name] = dataclasses.replace(functions[name], replicas=count)
+        return dataclasses.replace(file_config, functions=MappingProxyType(functions))
+
+    def spec(self, name: str) -> FunctionSpec | None:
+        return self.effective().functions.get(name)
+
+    def is_from_file(self, name: str) -> bool:
+        return name in self.file_config.functions
+
+    # -- changes -----------------------------------------------------------------------------
+
+    async def apply_file(self, new_file: Config) -> object:
+        """A new routes file (hot reload)."""
+        async with self._lock:
+            replicas = {
+                n: c
+                for n, c in self.replicas.items()
+                if n in new_file.functions or n in self.deployed
+            }
+            result = await self._apply(self.effective(new_file, replicas=replicas))
+            self.file_config = new_file
+            if replicas != self.replicas:
+                self.replicas = replicas
+                self._save()
+            return result
+
+    async def deploy(self, body: object, *, update: bool) -> FunctionSpec:
+        """POST (create) or PUT (update) /system/functions. Raises InvalidRequest/ConflictError."""
+        spec = deployment_to_spec(body)
+        async with self._lock:
+            if self.is_from_file(spec.name):
+                raise ConflictError(
+                    f"function {spec.name!r} is defined in "
+                    f"{self.file_config.path}; edit that file instead",
+                )
+            exists = spec.name in self.deployed
+            if update and not exists:
+                raise NotFoundError(f"function {spec.name!r} is not deployed")
+            assert isinstance(body, dict)
+            previous = self.deployed.get(spec.name)
+            created = previous.created_at if previous else time.time()
+            deployed = {**self.deployed, spec.name: Stored(dict(body), created)}
+            replicas = dict(self.replicas)
+            if not exists:
+                replicas.pop(spec.name, None)
+            await self._apply(self.effective(deployed=deployed, replicas=replicas))
+            self.deployed, self.replicas = deployed, replicas
+            self._save()
+            return spec
+
+    async def remove(self, name: str) -> None:
+        async with self._lock:
+            if self.is_from_file(name):
+                raise ConflictError(
+                    f"function {name!r} is defined in "
+                    f"{self.file_config.path}; edit that file instead",
+                )
+            if name not in self.deployed:
+                raise NotFoundError(f"function {name!r} is not deployed")
+            deployed = {n: s for n, s in self.deployed.items() if n != name}
+            replicas = {n: c for n, c in self.replicas.items() if n != name}
+            await self._apply(self.effective(deployed=deployed, replicas=replicas))
+            self.deployed, self.replicas = deployed, replicas
+            self._save()
+
+    async def scale(self, name: str, count: int) -> None:
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_REPLICAS:
+            raise InvalidRequest(f"replicas must be a whole number from 0 to {MAX_REPLICAS}")
+        async with self._lock:
+            if name not in self.file_config.functions and name not in self.deployed:
+                raise NotFoundError(f"function {name!r} does not exist")
+            replicas = {**self.replicas, name: count}
+            await self._apply(self.effective(replicas=replicas))
+            self.replicas = replicas
+            self._save()
+
+    async def refresh(self) -> None:
+        """Re-apply as it is (a secret changed: functions that use it roll over)."""
+        async with self._lock:
+            await self._apply(self.effective())

@@ -1,0 +1,135 @@
+"""Hot reload: watch the routes file and the function folders; apply changes as a diff.
+
+Changes are debounced (an editor's save is several file events). A reload that fails (a YAML
+error, an unknown key, a missing folder, a failing build, instances that never get healthy)
+leaves the running configuration as it was; the error is logged, naming the file, key and value
+where the config is at fault, and kept in ``last`` for /healthz. Saving a fixed file applies it.
+``trigger()`` (SIGHUP) reloads without a file change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import watchfiles
+from structlog.typing import FilteringBoundLogger
+
+from faaso.config.routes_file import Config, load_config
+from faaso.errors import FaasoError
+from faaso.spec.timefmt import rfc3339
+
+DEBOUNCE_MS = 300
+
+
+class Reloader:
+    def __init__(
+        self,
+        config: Config,
+        apply: Callable[[Config], Awaitable[object]],
+        log: FilteringBoundLogger,
+        *,
+        extra_runtime_dirs: tuple[Path, ...] = (),
+        watch: bool = True,
+    ) -> None:
+        self._config = config
+        self._apply = apply
+        self._log = log
+        self._extra_runtime_dirs = extra_runtime_dirs
+        self._watch = watch
+        self._trigger = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.generation = 0  # how many reloads were attempted
+        self.reloads_ok = 0
+        self.reloads_failed = 0
+        self.last: dict[str, object] = {"ok": True, "error": None, "at": None}
+
+    def trigger(self) -> None:
+        self._trigger.set()
+
+    def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._reload_loop(), name="reload"))
+        if self._watch:
+            self._tasks.append(asyncio.create_task(self._watch_loop(), name="watch"))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _relevant(self, changed: set[tuple[watchfiles.Change, str]]) -> bool:
+        config = self._config
+        sources = [s.source for s in config.functions.values() if s.source is not None]
+        for _change, raw in changed:
+            path = Path(raw)
+            if path == config.path:
+                return True
+            if any(path.is_relative_to(src) for src in sources):
+                if "__pycache__" in path.parts or path.suffix in (".pyc", ".swp"):
+                    continue
+                return True
+        return False
+
+    @staticmethod
+    def _folders(config: Config) -> frozenset[Path]:
+        """The config's folder, plus each function folder that lies outside it."""
+        folders = {config.path.parent}
+        for spec in config.functions.values():
+            if spec.source is not None and not spec.source.is_relative_to(config.path.parent):
+                folders.add(spec.source)
+        return frozenset(folders)
+
+    async def _watch_loop(self) -> None:
+        first = True
+        while True:
+            folders = self._folders(self._config)
+            stop = asyncio.Event()
+            self._log.debug("reload.watching", folders=sorted(map(str, folders)))
+            if not first:
+                # A change made while the watcher was being replaced would go unseen: look once.
+                self._trigger.set()
+            first = False
+            try:
+                async for changed in watchfiles.awatch(
+                    *folders,
+                    debounce=DEBOUNCE_MS,
+                    step=50,
+                    stop_event=stop,
+                    recursive=True,
+                    ignore_permission_denied=True,
+                ):
+                    if self._relevant(changed):
+                        files = sorted({p for _, p in changed})[:10]
+                        self._log.info("reload.change", files=files)
+                        self._trigger.set()
+                    if self._folders(self._config) != folders:  # a source moved: watch anew
+                        stop.set()
+            except Exception as exc:  # a watcher must not die quietly: log, then watch again
+                self._log.warning("reload.watch_failed", error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(1.0)  # back off before watching again
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self._trigger.wait()
+            self._trigger.clear()
+            await self._reload_once()
+
+    async def _reload_once(self) -> None:
+        self.generation += 1
+        started = time.monotonic()
+        try:
+            new = await asyncio.to_thread(load_config, self._config.path, self._extra_runtime_dirs)
+            result = await self._apply(new)
+        except FaasoError as exc:
+            self.reloads_failed += 1
+            self.last = {"ok": False, "error": str(exc), "at": rfc3339(time.time())}
+            self._log.error("reload.failed", error=str(exc), keeping="the running configuration")
+            return
+        self._config = new
+        self.reloads_ok += 1
+        self.last = {"ok": True, "error": None, "at": rfc3339(time.time())}
+        self._log.info(
+            "reload.applied", seconds=round(time.monotonic() - started, 3), result=result
+        )

@@ -1,0 +1,497 @@
+"""One function's controller: keeps ``replicas`` healthy instances of its current image running.
+
+It is a small reconcile loop. Whatever happens (an instance died, failed its probes, the spec
+changed, a backoff expired) only wakes the loop, which then compares what runs with what should
+run and acts:
+
+- missing instances are started, health-checked, and only then put in the pool;
+- instances of an older spec are replaced by a rolling update: the new ones start and pass
+  their health check, then the old ones leave the pool, drain, and stop;
+- extra instances (scale down) leave the pool, drain, and stop.
+
+A dead instance leaves the pool at once. The first replacement starts at once; instances that
+die young again and again are restarted with exponential backoff (capped), and the function is
+reported as crash-looping with its restarts, last exit code and last log lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+from structlog.typing import FilteringBoundLogger
+
+from faaso.backends.base import Backend, BackendEvent, Instance, InstanceSpec
+from faaso.errors import BackendError, FaasoError
+from faaso.gateway.pools import FunctionPool, drain
+from faaso.spec.endpoint import Endpoint
+from faaso.spec.function import FunctionSpec
+from faaso.spec.status import Phase
+from faaso.state.secret_store import SecretStore
+
+STOP_TIMEOUT = 10.0
+DRAIN_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    backoff_base: float = 1.0
+    backoff_cap: float = 30.0
+    stable_after: float = 10.0  # an instance that lived this long resets the backoff
+    crash_loop_after: int = 3  # this many young deaths in a row is a crash loop
+
+
+def instance_fingerprint(image: str, spec: FunctionSpec, secrets: SecretStore | None) -> str:
+    """Whether a running instance still matches: image, run settings and secret values."""
+    secret_digest = secrets.digest(spec.secrets) if secrets is not None and spec.secrets else ""
+    raw = f"{image}\0{spec.run_fingerprint()}\0{secret_digest}".encode()
+    return hashlib.sha256(raw).hexdigest()[:24]
+
+
+def pool_endpoint(endpoint: Endpoint) -> Endpoint:
+    """What the pool gets for a healthy instance: its Unix socket only if it made one.
+
+    Called when the instance is first found healthy. A runtime that honours ``FAASO_SOCKET``
+    listens there before it answers on TCP, so the socket exists by then; one that ignores it
+    (say, a user's own Dockerfile) is reached over TCP alone.
+    """
+    if endpoint.unix is None:
+        return endpoint
+    try:
+        is_socket = stat.S_ISSOCK(os.stat(endpoint.unix).st_mode)
+    except OSError:
+        is_socket = False
+    return endpoint if is_socket else dataclasses.replace(endpoint, unix=None)
+
+
+@dataclass(slots=True, eq=False)
+class Tracked:
+    instance: Instance
+    started_at: float = field(default_factory=time.monotonic)
+    ready: bool = False
+    probe_failures: int = 0
+
+
+class Prober:
+    """HTTP health checks against an instance's 127.0.0.1 endpoint."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+
+    async def check(self, instance: Instance, path: str, timeout: float) -> bool:
+        if instance.endpoint is None:
+            return False
+        url = instance.endpoint.base_url + path
+        try:
+            async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+                await r.read()
+                return r.status == 200
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
+
+
+class FunctionController:
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        image: str,
+        *,
+        backend: Backend,
+        pool: FunctionPool,
+        prober: Prober,
+        log: FilteringBoundLogger,
+        policy: RestartPolicy | None = None,
+        secrets: SecretStore | None = None,
+    ) -> None:
+        self._secrets = secrets
+        self.spec = spec
+        self.image = image
+        self.fingerprint = instance_fingerprint(image, spec, secrets)
+        self._backend = backend
+        self._pool = pool
+        self._prober = prober
+        self._log = log.bind(function=spec.name)
+        self._policy = policy or RestartPolicy()
+        self._tracked: dict[str, Tracked] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []  # the reconcile and probe loops
+        self._cleanups: set[asyncio.Task[None]] = set()  # removing dead containers
+        self._closing = False
+        self._young_deaths = 0
+        self._not_before = 0.0  # backoff: no start before this monotonic time
+        self._converged = asyncio.Event()
+        self.phase = Phase.STARTING
+        self.error: str | None = None
+        self.restarts = 0
+        self.last_exit_code: int | None = None
+        self.last_logs: list[str] = []
+        self.restart_delays: list[float] = []  # the backoff chosen at each restart, newest last
+
+    # -- what others read --------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def ready_count(self) -> int:
+        return sum(1 for t in self._tracked.values() if t.ready)
+
+    def instances(self) -> list[Instance]:
+        return [t.instance for t in self._tracked.values()]
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "function": self.name,
+            "phase": str(self.phase),
+            "replicas": self.spec.replicas,
+            "available": len(self._pool),
+            "image": self.image,
+            "error": self.error,
+            "restarts": self.restarts,
+            "last_exit_code": self.last_exit_code,
+            "last_logs": self.last_logs,
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def adopt(self, candidates: list[Instance]) -> list[Instance]:
+        """Take over healthy instances of this exact spec; return the ones not taken."""
+        rest: list[Instance] = []
+        for instance in candidates:
+            taken = sum(1 for t in self._tracked.values() if t.ready)
+            if (
+                taken < self.spec.replicas
+                and instance.fingerprint == self.fingerprint
+                and instance.running
+                and instance.endpoint is not None
+                and await self._prober.check(
+                    instance, self.spec.health_path, max(self.spec.health_timeout, 1.0)
+                )
+            ):
+                self._tracked[instance.id] = Tracked(instance, ready=True)
+                endpoint = pool_endpoint(instance.endpoint)
+                self._pool.add(instance.id, endpoint)
+                self._log.info(
+                    "instance.adopted",
+                    container=instance.name,
+                    endpoint=endpoint.base_url,
+                    unix=endpoint.unix,
+                )
+            else:
+                rest.append(instance)
+        return rest
+
+    def start(self) -> None:
+        self._pool.holding = self.spec.replicas > 0
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"controller-{self.name}"),
+            asyncio.create_task(self._probe_loop(), name=f"probe-{self.name}"),
+        ]
+
+    async def wait_converged(self, timeout: float) -> bool:
+        """Wait until the running instances match the spec (or the controller gave up)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._converged.wait()
+        return self._converged.is_set() and self.phase is Phase.READY
+
+    def update(self, spec: FunctionSpec, image: str) -> None:
+        """New desired state: the loop rolls instances over if the fingerprint changed."""
+        self.spec = spec
+        self.image = image
+        self.fingerprint = instance_fingerprint(image, spec, self._secrets)
+        self._pool.holding = spec.replicas > 0
+        self._converged.clear()
+        self._young_deaths = 0
+        self._not_before = 0.0
+        self._wake.set()
+
+    async def close(self, *, drain_timeout: float = DRAIN_TIMEOUT) -> None:
+        """Stop reconciling; take every instance out of the pool, drain it, stop it."""
+        self._closing = True
+        self._pool.holding = False
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._cleanups, return_exceptions=True)
+        await self._retire(list(self._tracked.values()), "shutdown", drain_timeout)
+        self.phase = Phase.STOPPED
+
+    # -- events ------------------------------------------------------------------------------
+
+    def on_event(self, event: BackendEvent) -> None:
+        tracked = self._tracked.get(event.instance_id)
+        if tracked is None or self._closing:
+            return
+        self._instance_down(tracked, event.kind, event.exit_code)
+
+    def _instance_down(self, tracked: Tracked, reason: str, exit_code: int | None) -> None:
+        """Out of the pool at once, then replaced by the loop."""
+        instance = tracked.instance
+        self._pool.remove(instance.id)
+        self._tracked.pop(instance.id, None)
+        self.restarts += 1
+        if exit_code is not None:
+            self.last_exit_code = exit_code
+        lived = time.monotonic() - tracked.started_at
+        if lived < self._policy.stable_after:
+            self._young_deaths += 1
+        else:
+            self._young_deaths = 1
+        delay = self._backoff_delay()
+        self._not_before = time.monotonic() + delay
+        self.restart_delays = [*self.restart_delays[-19:], delay]
+        self._log.warning(
+            "instance.down",
+            container=instance.name,
+            reason=reason,
+            exit_code=exit_code,
+            lived_seconds=round(lived, 2),
+            restart_in=round(delay, 2),
+            restarts=self.restarts,
+        )
+        self._converged.clear()
+        self._wake.set()
+        task = asyncio.create_task(self._collect_and_remove(instance))
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    async def _collect_and_remove(self, instance: Instance) -> None:
+        try:
+            logs = await self._backend.logs_tail(instance.id, 20)
+            if logs:
+                self.last_logs = logs
+            if self.last_exit_code is None:
+                gone = await self._backend.inspect(instance.id)
+                if gone is not None and gone.exit_code is not None:
+                    self.last_exit_code = gone.exit_code
+            await self._backend.stop(instance.id, timeout=0)
+        except FaasoError as exc:
+            self._log.warning("instance.cleanup_failed", container=instance.name, error=str(exc))
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._closing:
+            self._wake.clear()
+            wait_for: float | None = None
+            try:
+                wait_for = await self._reconcile()
+            except asyncio.CancelledError:
+                raise
+            except FaasoError as exc:
+                self.error = str(exc)
+                self._log.error("function.reconcile_failed", error=str(exc))
+                wait_for = self._backoff_after_failure()
+            except Exception as exc:  # a bug here must not end supervision
+                self.error = f"{type(exc).__name__}: {exc}"
+                self._log.exception("function.reconcile_crashed")
+                wait_for = self._backoff_after_failure()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_for):
+                    await self._wake.wait()
+
+    def _backoff_delay(self) -> float:
+        """0 for the first young death, then base, 2*base, 4*base... up to the cap."""
+        if self._young_deaths < 2:
+            return 0.0
+        exponent = min(self._young_deaths - 2, 16)
+        return float(min(self._policy.backoff_base * (1 << exponent), self._policy.backoff_cap))
+
+    def _backoff_after_failure(self) -> float:
+        self._young_deaths += 1
+        delay = self._backoff_delay()
+        self._not_before = time.monotonic() + delay
+        self._set_phase()
+        return delay
+
+    async def _reconcile(self) -> float | None:
+        """One pass. Returns how long to sleep at most before the next pass (None: until woken)."""
+        spec = self.spec
+        current = [t for t in self._tracked.values() if t.instance.fingerprint == self.fingerprint]
+        old = [t for t in self._tracked.values() if t.instance.fingerprint != self.fingerprint]
+        missing = spec.replicas - len(current)
+        if missing > 0:
+            wait = self._not_before - time.monotonic()
+            if wait > 0:
+                self._set_phase()
+                return wait
+            results = await asyncio.gather(
+                *(self._launch() for _ in range(missing)), return_exceptions=True
+            )
+            failures = [r for r in results if isinstance(r, BaseException)]
+            for failure in failures:
+                if isinstance(failure, asyncio.CancelledError):
+                    raise failure
+            if failures:
+                first = failures[0]
+                self.error = str(first)
+                self._log.error("instance.start_failed", error=str(first), failed=len(failures))
+                return self._backoff_after_failure()
+        elif missing < 0:
+            extra = sorted(current, key=lambda t: t.started_at)[:-missing]
+            await self._retire(extra, "scaled down", DRAIN_TIMEOUT)
+        if old and len(self._ready_current()) >= spec.replicas:
+            await self._retire(old, "replaced by a newer spec", DRAIN_TIMEOUT)
+        if len(self._ready_current()) >= spec.replicas and not old:
+            self.error = None
+        self._set_phase()
+        if self.phase is Phase.READY:
+            self._converged.set()
+        return None
+
+    def _ready_current(self) -> list[Tracked]:
+        return [
+            t
+            for t in self._tracked.values()
+            if t.ready and t.instance.fingerprint == self.fingerprint
+        ]
+
+    def _set_phase(self) -> None:
+        ready = len(self._ready_current())
+        if self._young_deaths >= self._policy.crash_loop_after:
+            self.phase = Phase.CRASH_LOOP
+        elif ready >= self.spec.replicas:
+            self.phase = Phase.READY
+        elif any(t.ready for t in self._tracked.values()):
+            self.phase = Phase.DEGRADED
+        else:
+            self.phase = Phase.STARTING
+
+    def fingerprint_for(self, spec: FunctionSpec, image: str) -> str:
+        return instance_fingerprint(image, spec, self._secrets)
+
+    async def _launch(self) -> None:
+        spec = self.spec
+        env = dict(spec.env)
+        if spec.env_process:
+            env["fprocess"] = spec.env_process
+        mounts: tuple[tuple[str, str], ...] = ()
+        if spec.secrets:
+            if self._secrets is None:
+                raise BackendError(f"function {spec.name} needs secrets, but none are configured")
+            try:
+                mounts = self._secrets.mounts(spec.secrets)
+            except FaasoError as exc:
+                raise BackendError(f"function {spec.name}: {exc}") from exc
+        instance_spec = InstanceSpec(
+            function=spec.name,
+            image=self.image,
+            fingerprint=self.fingerprint,
+            env=env,
+            labels=spec.labels,
+            limits=spec.limits,
+            mounts=mounts,
+            read_only_root=spec.read_only_root,
+        )
+        instance = await self._backend.start(instance_spec)
+        tracked = Tracked(instance)
+        self._tracked[instance.id] = tracked
+        self._log.info(
+            "instance.started",
+            container=instance.name,
+            endpoint=instance.endpoint.base_url if instance.endpoint else None,
+        )
+        try:
+            await self._wait_healthy(tracked)
+        except BaseException:
+            self._tracked.pop(instance.id, None)
+            with contextlib.suppress(FaasoError):
+                await asyncio.shield(self._backend.stop(instance.id, timeout=0))
+            raise
+        if instance.id not in self._tracked:  # died (event) while we waited
+            raise BackendError(f"container {instance.name} died right after its health check")
+        tracked.ready = True
+        assert instance.endpoint is not None
+        endpoint = pool_endpoint(instance.endpoint)
+        self._pool.add(instance.id, endpoint)
+        self._log.info(
+            "instance.ready",
+            container=instance.name,
+            seconds=round(time.monotonic() - tracked.started_at, 3),
+            unix=endpoint.unix,
+        )
+
+    async def _wait_healthy(self, tracked: Tracked) -> None:
+        """Poll the health path until it answers 200; fail early if the container exits."""
+        instance, spec = tracked.instance, self.spec
+        deadline = time.monotonic() + spec.startup_timeout
+        delay = 0.01
+        next_liveness = time.monotonic() + 0.5
+        while True:
+            if await self._prober.check(instance, spec.health_path, max(spec.health_timeout, 1.0)):
+                return
+            now = time.monotonic()
+            if instance.id not in self._tracked or now >= next_liveness:
+                next_liveness = now + 0.5
+                current = await self._backend.inspect(instance.id)
+                if current is None or not current.running:
+                    code = current.exit_code if current else None
+                    if code is not None:
+                        self.last_exit_code = code
+                    tail = await self._backend.logs_tail(instance.id, 20)
+                    if tail:
+                        self.last_logs = tail
+                    raise BackendError(
+                        f"container {instance.name} exited (code {code}) before it was healthy; "
+                        "its last output:\n" + "\n".join("  | " + line for line in tail)
+                    )
+            if now >= deadline:
+                raise BackendError(
+                    f"container {instance.name} did not answer {spec.health_path} with 200 "
+                    f"within {spec.startup_timeout:g} s"
+                )
+            await asyncio.sleep(delay)  # poll with backoff, bounded by the deadline
+            delay = min(delay * 2, 0.2)
+
+    async def _probe_loop(self) -> None:
+        """Periodic health checks of ready instances; N failures in a row take one out."""
+        while not self._closing:
+            await asyncio.sleep(self.spec.health_interval)  # the probe period itself
+            spec = self.spec
+            ready = [t for t in self._tracked.values() if t.ready]
+            results = await asyncio.gather(
+                *(
+                    self._prober.check(t.instance, spec.health_path, spec.health_timeout)
+                    for t in ready
+                )
+            )
+            now = time.monotonic()
+            for tracked, ok in zip(ready, results, strict=True):
+                if tracked.instance.id not in self._tracked:
+                    continue
+                if ok:
+                    tracked.probe_failures = 0
+                    if now - tracked.started_at >= self._policy.stable_after:
+                        self._young_deaths = 0
+                    continue
+                tracked.probe_failures += 1
+                if tracked.probe_failures >= spec.health_failures:
+                    self._instance_down(tracked, "failed its health checks", None)
+
+    async def _retire(self, victims: list[Tracked], reason: str, drain_timeout: float) -> None:
+        """Out of the pool first, then drain, then stop."""
+        members = []
+        for tracked in victims:
+            self._tracked.pop(tracked.instance.id, None)
+            member = self._pool.remove(tracked.instance.id)
+            if member is not None:
+                members.append(member)
+            self._log.info("instance.retire", container=tracked.instance.name, reason=reason)
+        await asyncio.gather(*(drain(m, drain_timeout) for m in members))
+        results = await asyncio.gather(
+            *(self._backend.stop(t.instance.id, timeout=STOP_TIMEOUT) for t in victims),
+            return_exceptions=True,
+        )
+        for tracked, result in zip(victims, results, strict=True):
+            if isinstance(result, BaseException):
+                self._log.warning(
+                    "instance.stop_failed", container=tracked.instance.name, error=str(result)
+                )

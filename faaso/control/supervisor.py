@@ -1,0 +1,336 @@
+"""The supervisor: one controller per function, the engine's event stream, and reloads.
+
+- ``start(config)`` cleans up what an earlier run left (adopting what still matches), then
+  builds and starts every function in the background.
+- A watcher follows the engine's events (die, oom, unhealthy) and hands each to its function's
+  controller; when the engine goes away it reconnects with backoff and re-checks every instance.
+- ``apply(config)`` reconfigures a running system as a diff. Images for new and changed functions
+  are built first: a failing build changes nothing. New functions start and must be healthy
+  before their routes go live; changed ones roll over (new instances healthy, then the old ones
+  drain and stop; a rollout that fails is rolled back); the route table is swapped in one
+  assignment; removed functions then drain and stop. Unchanged functions are not touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from structlog.typing import FilteringBoundLogger
+
+from faaso.backends.base import Backend, BackendEvent, Instance
+from faaso.config.routes_file import Config
+from faaso.control.controller import STOP_TIMEOUT, FunctionController, Prober, RestartPolicy
+from faaso.errors import BackendError, FaasoError, ReloadError
+from faaso.gateway.pools import Pools
+from faaso.spec.function import FunctionSpec
+from faaso.spec.status import Phase
+from faaso.state.secret_store import SecretStore
+
+RECONNECT_MAX = 10.0
+
+
+class ImageProvider(Protocol):
+    async def ensure(self, spec: FunctionSpec) -> str:
+        """An image reference the backend can run for ``spec`` (built or pulled if needed)."""
+
+
+@dataclass(slots=True)
+class Pending:
+    """A function that has no controller yet: its image is being built, or could not be."""
+
+    name: str
+    replicas: int
+    phase: Phase = Phase.BUILDING
+    error: str | None = None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "function": self.name,
+            "phase": str(self.phase),
+            "replicas": self.replicas,
+            "available": 0,
+            "error": self.error,
+        }
+
+
+class Supervisor:
+    def __init__(
+        self,
+        backend: Backend,
+        images: ImageProvider,
+        pools: Pools,
+        prober: Prober,
+        log: FilteringBoundLogger,
+        *,
+        on_config: Callable[[Config], None] = lambda _config: None,
+        policy: RestartPolicy | None = None,
+        secrets: SecretStore | None = None,
+    ) -> None:
+        self._secrets = secrets
+        self._backend = backend
+        self._images = images
+        self._pools = pools
+        self._prober = prober
+        self._log = log
+        self._on_config = on_config
+        self._policy = policy or RestartPolicy()
+        self._controllers: dict[str, FunctionController] = {}
+        self._pending: dict[str, Pending] = {}
+        self._leftovers: dict[str, list[Instance]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._apply_lock = asyncio.Lock()
+        self.config: Config | None = None
+
+    # -- what the app reads ------------------------------------------------------------------
+
+    def statuses(self) -> list[dict[str, object]]:
+        out = [c.as_json() for c in self._controllers.values()]
+        out += [p.as_json() for p in self._pending.values() if p.name not in self._controllers]
+        return sorted(out, key=lambda s: str(s["function"]))
+
+    def not_ready(self) -> list[dict[str, object]]:
+        return [s for s in self.statuses() if s["phase"] != str(Phase.READY)]
+
+    def controller(self, name: str) -> FunctionController | None:
+        return self._controllers.get(name)
+
+    def max_inflight_of(self, function: str) -> int | None:
+        controller = self._controllers.get(function)
+        return controller.spec.max_inflight if controller is not None else None
+
+    def timeout_of(self, function: str) -> float:
+        controller = self._controllers.get(function)
+        if controller is not None:
+            return controller.spec.timeout
+        spec = self.config.functions.get(function) if self.config else None
+        return spec.timeout if spec else 30.0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, config: Config) -> None:
+        """Adopt or clean up what an earlier run left, then bring every function up (background)."""
+        self.config = config
+        self._on_config(config)
+        for instance in await self._backend.list_instances():
+            self._leftovers.setdefault(instance.function, []).append(instance)
+        stale = [
+            i
+            for name, found in self._leftovers.items()
+            if name not in config.functions
+            for i in found
+        ]
+        await self._stop_all(stale, reason="not in the config")
+        for name in list(self._leftovers):
+            if name not in config.functions:
+                del self._leftovers[name]
+        for spec in config.functions.values():
+            self._spawn(self._bring_up(spec))
+        self._spawn(self._watch_engine())
+
+    async def close(self) -> None:
+        """Cancel what is in progress, then drain and stop every instance faaso owns."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(c.close(drain_timeout=5.0) for c in self._controllers.values()))
+        await self._stop_all(
+            [i for found in self._leftovers.values() for i in found], reason="shutdown"
+        )
+        self._leftovers.clear()
+
+    # -- bringing functions up ---------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _image_for(self, spec: FunctionSpec) -> str:
+        pending = self._pending.setdefault(spec.name, Pending(spec.name, spec.replicas))
+        pending.phase, pending.error = Phase.BUILDING, None
+        try:
+            image = await self._images.ensure(spec)
+        except FaasoError as exc:
+            pending.phase, pending.error = Phase.FAILED, str(exc)
+            self._log.error("function.image_failed", function=spec.name, error=str(exc))
+            raise
+        del self._pending[spec.name]
+        return image
+
+    async def _bring_up(self, spec: FunctionSpec) -> None:
+        try:
+            image = await self._image_for(spec)
+        except FaasoError:
+            return
+        controller = await self._new_controller(spec, image)
+        controller.start()
+
+    async def _new_controller(self, spec: FunctionSpec, image: str) -> FunctionController:
+        controller = FunctionController(
+            spec,
+            image,
+            backend=self._backend,
+            pool=self._pools.get(spec.name),
+            prober=self._prober,
+            log=self._log,
+            policy=self._policy,
+            secrets=self._secrets,
+        )
+        self._controllers[spec.name] = controller
+        rest = await controller.adopt(self._leftovers.pop(spec.name, []))
+        await self._stop_all(rest, reason="out of date")
+        return controller
+
+    # -- reload ------------------------------------------------------------------------------
+
+    async def apply(self, new: Config) -> dict[str, list[str]]:
+        """Reconfigure to ``new`` as a diff. Raises :class:`ReloadError`; then nothing changed."""
+        async with self._apply_lock:
+            old = self.config
+            assert old is not None, "start() first"
+            added = [n for n in new.functions if n not in old.functions]
+            removed = [n for n in old.functions if n not in new.functions]
+
+            # 1. images first, for every function (a cached one costs a hash and a lookup):
+            #    a failing build changes nothing, and a new image is what "changed" means
+            #    for a function whose folder was edited.
+            specs = list(new.functions.values())
+            results = await asyncio.gather(
+                *(self._images.ensure(s) for s in specs), return_exceptions=True
+            )
+            images: dict[str, str] = {}
+            for spec, result in zip(specs, results, strict=True):
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                if isinstance(result, BaseException):
+                    raise ReloadError(f"function {spec.name!r}: {result}") from result
+                images[spec.name] = result
+            changed = [n for n in new.functions if n not in added and self._differs(n, new, images)]
+            self._log.info(
+                "reload.plan",
+                added=added,
+                removed=removed,
+                changed=changed,
+                routes_changed=dict(new.routes) != dict(old.routes),
+            )
+
+            # 2. new functions start; their routes go live only once they are healthy
+            fresh = [await self._new_controller(new.functions[n], images[n]) for n in added]
+            for controller in fresh:
+                controller.start()
+            # 3. changed functions roll over; unchanged ones are not touched
+            previous = {
+                n: (self._controllers[n].spec, self._controllers[n].image)
+                for n in changed
+                if n in self._controllers
+            }
+            for name in changed:
+                existing = self._controllers.get(name)
+                if existing is None:  # its first build had failed: start it now
+                    started = await self._new_controller(new.functions[name], images[name])
+                    started.start()
+                else:
+                    existing.update(new.functions[name], images[name])
+            waiting = [self._controllers[n] for n in added + changed]
+            ok = await asyncio.gather(
+                *(c.wait_converged(c.spec.startup_timeout + 30) for c in waiting)
+            )
+            failed = [c for c, good in zip(waiting, ok, strict=True) if not good]
+            if failed:
+                await self._roll_back(fresh, previous)
+                details = "; ".join(f"{c.name}: {c.error or c.phase}" for c in failed)
+                raise ReloadError(f"new instances did not become healthy ({details})")
+
+            # 4. swap the route table in one assignment, then retire what is gone
+            self.config = new
+            self._on_config(new)
+            gone = [self._controllers.pop(n) for n in removed if n in self._controllers]
+            for name in removed:
+                self._pending.pop(name, None)
+            await asyncio.gather(*(c.close() for c in gone))
+            for name in removed:
+                self._pools.drop(name)
+            self._log.info("reload.done", added=added, removed=removed, changed=changed)
+            return {"added": added, "removed": removed, "changed": changed}
+
+    def _differs(self, name: str, new: Config, images: dict[str, str]) -> bool:
+        controller = self._controllers.get(name)
+        if controller is None:  # its first build had failed: (re)start it
+            return True
+        spec, image = new.functions[name], images[name]
+        return (
+            controller.spec != spec
+            or controller.image != image
+            or controller.fingerprint != controller.fingerprint_for(spec, image)
+        )
+
+    async def _roll_back(
+        self, fresh: list[FunctionController], previous: dict[str, tuple[FunctionSpec, str]]
+    ) -> None:
+        for controller in fresh:
+            self._controllers.pop(controller.name, None)
+        await asyncio.gather(*(c.close(drain_timeout=1.0) for c in fresh))
+        for controller in fresh:
+            self._pools.drop(controller.name)
+        for name, (spec, image) in previous.items():
+            self._controllers[name].update(spec, image)
+        await asyncio.gather(*(self._controllers[n].wait_converged(30) for n in previous))
+
+    # -- the engine's events -----------------------------------------------------------------
+
+    async def _watch_engine(self) -> None:
+        delay = 0.5
+        connected_once = False
+        while True:
+            try:
+                if connected_once:
+                    await self._resync()
+                    self._log.info("engine.reconnected")
+                connected_once = True
+                async for event in self._backend.events():
+                    delay = 0.5
+                    controller = self._controllers.get(event.function)
+                    if controller is not None:
+                        controller.on_event(event)
+            except BackendError as exc:
+                self._log.warning("engine.events_lost", error=str(exc), retry_in=delay)
+            await asyncio.sleep(delay)  # reconnect backoff
+            delay = min(delay * 2, RECONNECT_MAX)
+
+    async def _resync(self) -> None:
+        """After a gap in the event stream, find instances that died meanwhile.
+
+        Raises :class:`BackendError` while the engine is still away."""
+        alive = {i.id: i for i in await self._backend.list_instances()}
+        for controller in list(self._controllers.values()):
+            for instance in controller.instances():
+                current = alive.get(instance.id)
+                if current is None or not current.running:
+                    controller.on_event(
+                        BackendEvent(
+                            "died",
+                            instance.id,
+                            controller.name,
+                            current.exit_code if current else None,
+                            "found dead after reconnect",
+                        )
+                    )
+
+    async def _stop_all(self, instances: Iterable[Instance], reason: str) -> None:
+        items = list(instances)
+        for instance in items:
+            self._log.info(
+                "instance.stop", container=instance.name, function=instance.function, reason=reason
+            )
+        results = await asyncio.gather(
+            *(self._backend.stop(i.id, timeout=STOP_TIMEOUT) for i in items),
+            return_exceptions=True,
+        )
+        for instance, result in zip(items, results, strict=True):
+            if isinstance(result, BaseException):
+                self._log.warning(
+                    "instance.stop_failed", container=instance.name, error=str(result)
+                )

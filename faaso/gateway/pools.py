@@ -1,0 +1,131 @@
+"""Pools of live endpoints, one per function: what the proxy asks for a place to send a request.
+
+Members are added by the function's controller only once healthy, and removed at once when they
+die or are drained. ``pick()`` returns the member with the fewest requests in flight. While a
+function is expected back (its only instance died and a replacement is starting), the pool is
+``holding``: the proxy waits for a member instead of failing at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from faaso.spec.endpoint import Endpoint
+
+
+@dataclass(slots=True, eq=False)
+class Member:
+    instance_id: str
+    endpoint: Endpoint
+    base_url: str = field(init=False)
+    inflight: int = 0
+
+    def __post_init__(self) -> None:
+        self.base_url = self.endpoint.base_url
+
+
+class FunctionPool:
+    """The live endpoints of one function."""
+
+    __slots__ = ("_members", "_nonempty", "holding", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._members: dict[str, Member] = {}
+        self._nonempty = asyncio.Event()
+        self.holding = False
+
+    def add(self, instance_id: str, endpoint: Endpoint) -> Member:
+        member = Member(instance_id, endpoint)
+        self._members[instance_id] = member
+        self._nonempty.set()
+        return member
+
+    def remove(self, instance_id: str) -> Member | None:
+        member = self._members.pop(instance_id, None)
+        if not self._members:
+            self._nonempty.clear()
+        return member
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __contains__(self, instance_id: object) -> bool:
+        return instance_id in self._members
+
+    def inflight(self) -> int:
+        """Requests in flight to this function, over all its members."""
+        return sum(m.inflight for m in self._members.values())
+
+    def members(self) -> list[Member]:
+        return list(self._members.values())
+
+    def pick(self) -> Member | None:
+        """The member with the fewest requests in flight, or None when the pool is empty."""
+        best: Member | None = None
+        for member in self._members.values():
+            if best is None or member.inflight < best.inflight:
+                best = member
+                if member.inflight == 0:
+                    break
+        return best
+
+    def pick_other(self, tried: set[str]) -> Member | None:
+        """The least busy member not in ``tried`` (a retry after a refused connection)."""
+        best: Member | None = None
+        for member in self._members.values():
+            if member.instance_id in tried:
+                continue
+            if best is None or member.inflight < best.inflight:
+                best = member
+        return best
+
+    async def wait_member(self, timeout: float) -> Member | None:
+        """Wait up to ``timeout`` seconds for a member (while ``holding``)."""
+        deadline = time.monotonic() + timeout
+        while self.holding:
+            member = self.pick()
+            if member is not None:
+                return member
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._nonempty.wait()
+            except TimeoutError:
+                return None
+        return self.pick()
+
+
+async def drain(member: Member, timeout: float) -> bool:
+    """Wait until a member (already out of its pool) has no request in flight."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while member.inflight > 0:
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(delay)  # poll with a deadline
+        delay = min(delay * 2, 0.1)
+    return True
+
+
+class Pools:
+    """Every function's pool, created on first use."""
+
+    def __init__(self) -> None:
+        self._pools: dict[str, FunctionPool] = {}
+
+    def get(self, name: str) -> FunctionPool:
+        pool = self._pools.get(name)
+        if pool is None:
+            pool = self._pools[name] = FunctionPool(name)
+        return pool
+
+    def drop(self, name: str) -> None:
+        self._pools.pop(name, None)
+
+    def names(self) -> list[str]:
+        return list(self._pools)

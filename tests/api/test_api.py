@@ -1,0 +1,444 @@
+"""The OpenFaaS management API, in-process, against a real engine and real containers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from faaso.api.auth import password_path
+from faaso.config.routes_file import load_config
+from faaso.server.app import SUPERVISOR, create_app
+from faaso.state.paths import owner_id
+from tests.helpers import ROOT, eventually, server_app
+
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.usefixtures("require_docker"),
+    pytest.mark.timeout(300),
+]
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+@dataclass
+class Api:
+    client: TestClient[Any, Any]
+    state: Path
+    auth: dict[str, str]
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        auth: bool = True,
+        raw: bytes | None = None,
+    ) -> tuple[int, Any, dict[str, str]]:
+        data: Any = (
+            raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        )
+        if isinstance(data, bytes) and len(data) > 65536:
+            data = io.BytesIO(data)
+        async with self.client.session.request(
+            method, self.client.make_url(path), data=data, headers=self.auth if auth else None
+        ) as resp:
+            text = await resp.text()
+            try:
+                parsed: Any = json.loads(text)
+            except ValueError:
+                parsed = text
+            return resp.status, parsed, dict(resp.headers)
+
+    def sum_image(self) -> str:
+        controller = server_app(self.client)[SUPERVISOR].controller("sum")
+        assert controller is not None
+        return controller.image
+
+    def containers(self, function: str) -> list[str]:
+        out = subprocess.run(
+            [
+                "docker",
+                "ps",
+                "--format",
+                "{{.Names}}",
+                "--filter",
+                f"label=faaso.owner={owner_id(self.state)}",
+                "--filter",
+                f"label=faaso.function={function}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return sorted(out.split())
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    shutil.copytree(ROOT / "conf" / "functions" / "sum", tmp_path / "sum")
+    path = tmp_path / "routes.yml"
+    path.write_text("functions:\n  sum: {source: sum}\nroutes:\n  /sum: sum\n")
+    return path
+
+
+@pytest.fixture
+async def start_api(
+    aiohttp_client: ClientFactory, config_file: Path, tmp_path: Path
+) -> AsyncIterator[Callable[[], Awaitable[Api]]]:
+    started: list[Api] = []
+
+    async def start() -> Api:
+        state = tmp_path / "state"
+        client = await aiohttp_client(create_app(load_config(config_file), state, pull=False))
+        password = password_path(state).read_text().strip()
+        api = Api(client, state, basic("admin", password))
+        started.append(api)
+
+        async def ready() -> bool:
+            status, _, _ = await api.call("GET", "/healthz", auth=False)
+            return status == 200
+
+        await eventually(ready, 240, "faaso to be ready")
+        return api
+
+    yield start
+    for api in started:
+        await api.client.close()
+
+
+@pytest.fixture
+async def api(start_api: Callable[[], Awaitable[Api]]) -> Api:
+    return await start_api()
+
+
+async def test_auth(api: Api) -> None:
+    for method, path in [
+        ("GET", "/system/functions"),
+        ("GET", "/system/info"),
+        ("POST", "/system/secrets"),
+        ("GET", "/system/nope"),
+        ("GET", "/system"),
+    ]:
+        status, body, headers = await api.call(method, path, auth=False)
+        assert status == 401, path
+        assert headers["WWW-Authenticate"].startswith("Basic realm=")
+        assert "error" in body
+    bad = Api(api.client, api.state, basic("admin", "wrong"))
+    assert (await bad.call("GET", "/system/functions"))[0] == 401
+    # open routes
+    assert (await api.call("GET", "/healthz", auth=False))[0] == 200
+    assert (await api.call("GET", "/metrics", auth=False))[0] == 200
+    assert (await api.call("GET", "/function/sum?a=1&b=2", auth=False))[:2] == (200, 3)
+    mode = password_path(api.state).stat().st_mode & 0o777
+    assert mode == 0o600
+
+
+async def test_info_namespaces_and_unknown_route(api: Api) -> None:
+    status, info, _ = await api.call("GET", "/system/info")
+    assert status == 200
+    assert info["provider"]["provider"] == "faaso"
+    assert info["version"]["release"]
+    assert (await api.call("GET", "/system/namespaces"))[:2] == (200, ["openfaas-fn"])
+    status, body, _ = await api.call("GET", "/system/nothing-here")
+    assert status == 404 and "error" in body
+
+
+async def test_list_and_describe_file_function(api: Api) -> None:
+    status, functions, _ = await api.call("GET", "/system/functions")
+    assert status == 200
+    (fn,) = functions
+    assert fn["name"] == "sum" and fn["namespace"] == "openfaas-fn"
+    assert fn["image"] == api.sum_image()
+    assert (fn["replicas"], fn["availableReplicas"]) == (1, 1)
+    assert "invocationCount" not in fn  # zero counts are left out
+    assert fn["createdAt"]
+    status, one, _ = await api.call("GET", "/system/function/sum?namespace=openfaas-fn")
+    assert status == 200 and one["name"] == "sum"
+    assert (await api.call("GET", "/system/function/sum.openfaas-fn"))[0] == 200
+    assert (await api.call("GET", "/system/function/nope"))[0] == 404
+    assert (await api.call("GET", "/system/function/sum?namespace=other"))[0] == 400
+
+
+async def test_file_functions_are_read_only_but_scalable(api: Api) -> None:
+    image = api.sum_image()
+    for method in ("POST", "PUT"):
+        status, body, _ = await api.call(
+            method, "/system/functions", {"service": "sum", "image": image}
+        )
+        assert status == 409 and "edit that file" in body["error"]
+    status, body, _ = await api.call("DELETE", "/system/functions", {"functionName": "sum"})
+    assert status == 409
+    status, _, _ = await api.call(
+        "POST",
+        "/system/scale-function/sum",
+        {"serviceName": "sum", "namespace": "openfaas-fn", "replicas": 2},
+    )
+    assert status == 202
+    assert len(api.containers("sum")) == 2
+    _, fn, _ = await api.call("GET", "/system/function/sum")
+    assert (fn["replicas"], fn["availableReplicas"]) == (2, 2)
+    status, _, _ = await api.call("POST", "/system/scale-function/sum", {"replicas": 0})
+    assert status == 202
+    assert api.containers("sum") == []
+    _, fn, _ = await api.call("GET", "/system/function/sum")
+    assert "replicas" not in fn and "availableReplicas" not in fn
+    assert (await api.call("GET", "/sum?a=1", auth=False))[0] == 503
+    bad: object
+    for bad in ({"replicas": -1}, {"replicas": "2"}, {"replicas": True}, {}, [], {"replicas": 99}):
+        status, body, _ = await api.call("POST", "/system/scale-function/sum", bad)
+        assert status == 400, bad
+        assert "error" in body
+    assert (await api.call("POST", "/system/scale-function/nope", {"replicas": 1}))[0] == 404
+
+
+async def test_deploy_update_remove_and_restart(
+    start_api: Callable[[], Awaitable[Api]],
+) -> None:
+    api = await start_api()
+    image = api.sum_image()
+    deployment = {
+        "service": "adder",
+        "image": image,
+        "envVars": {"MODE": "one"},
+        "labels": {"team": "maths"},
+        "annotations": {"note": "x"},
+        "limits": {"memory": "96Mi", "cpu": "0.5"},
+        "requests": {"memory": "32Mi"},
+        "readOnlyRootFilesystem": True,
+    }
+    status, _, _ = await api.call("POST", "/system/functions", deployment)
+    assert status == 202
+    # reachable at once
+    assert (await api.call("GET", "/function/adder?a=40&b=2", auth=False))[:2] == (200, 42)
+    _, fn, _ = await api.call("GET", "/system/function/adder")
+    assert fn["image"] == image and fn["envVars"] == {"MODE": "one"}
+    assert fn["labels"] == {"team": "maths"} and fn["annotations"] == {"note": "x"}
+    assert fn["limits"] == {"memory": "96Mi", "cpu": "0.5"}
+    assert fn["requests"] == {"memory": "32Mi"}
+    assert fn["readOnlyRootFilesystem"] is True and fn["invocationCount"] == 1
+    (name,) = api.containers("adder")
+    inspect = json.loads(
+        subprocess.run(["docker", "inspect", name], capture_output=True, check=True).stdout
+    )[0]
+    assert inspect["HostConfig"]["ReadonlyRootfs"] is True
+    assert inspect["HostConfig"]["Memory"] == 96 * 2**20
+    assert inspect["HostConfig"]["NanoCpus"] == 500_000_000
+    assert "MODE=one" in inspect["Config"]["Env"]
+    assert inspect["Config"]["Labels"]["team"] == "maths"
+    # update: a rolling update to the new env
+    status, _, _ = await api.call(
+        "PUT", "/system/functions", {**deployment, "envVars": {"MODE": "two"}}
+    )
+    assert status == 202
+    (renamed,) = api.containers("adder")
+    assert renamed != name
+    _, fn, _ = await api.call("GET", "/system/function/adder")
+    assert fn["envVars"] == {"MODE": "two"}
+    # PUT of an unknown function is 404 (faas-cli then falls back to POST)
+    status, _, _ = await api.call("PUT", "/system/functions", {**deployment, "service": "ghost"})
+    assert status == 404
+    # survives a restart of faaso, with its state
+    await api.client.close()
+    api = await start_api()
+    _, fn, _ = await api.call("GET", "/system/function/adder")
+    assert fn["envVars"] == {"MODE": "two"}
+    assert (await api.call("GET", "/function/adder?a=1&b=1", auth=False))[:2] == (200, 2)
+    # remove
+    status, _, _ = await api.call("DELETE", "/system/functions", {"functionName": "adder"})
+    assert status == 202
+    assert api.containers("adder") == []
+    assert (await api.call("GET", "/system/function/adder"))[0] == 404
+    assert (await api.call("GET", "/function/adder", auth=False))[0] == 404
+    assert (await api.call("DELETE", "/system/functions", {"functionName": "adder"}))[0] == 404
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "raw"),
+    [
+        ("POST", None, b"{not json"),
+        ("POST", None, b"\xff\xfe"),
+        ("POST", [], None),
+        ("POST", {"image": "x"}, None),
+        ("POST", {"service": "Bad_Name", "image": "x"}, None),
+        ("POST", {"service": "ok", "image": ""}, None),
+        ("POST", {"service": "ok", "image": "x", "envVars": {"A": 1}}, None),
+        ("POST", {"service": "ok", "image": "x", "envVars": "A=1"}, None),
+        ("POST", {"service": "ok", "image": "x", "limits": {"memory": "lots"}}, None),
+        ("POST", {"service": "ok", "image": "x", "secrets": ["../etc"]}, None),
+        ("POST", {"service": "ok", "image": "x", "secrets": ["missing"]}, None),
+        ("POST", {"service": "ok", "image": "x", "namespace": "elsewhere"}, None),
+        ("POST", {"service": "ok", "image": "x", "wat": 1}, None),
+        ("POST", {"service": "ok", "image": "no-such-image:never"}, None),
+        ("DELETE", {"function": "x"}, None),
+    ],
+)
+async def test_bad_deployments_are_4xx(api: Api, method: str, body: Any, raw: bytes | None) -> None:
+    status, answer, _ = await api.call(method, "/system/functions", body, raw=raw)
+    assert 400 <= status < 500, (status, answer)
+    assert "error" in answer
+    _, functions, _ = await api.call("GET", "/system/functions")
+    assert [f["name"] for f in functions] == ["sum"]  # nothing half-deployed
+    assert api.containers("ok") == []
+
+
+async def test_oversized_body_is_413(api: Api) -> None:
+    status, _, _ = await api.call("POST", "/system/functions", raw=b"x" * (2 * 2**20))
+    assert status == 413
+
+
+async def test_secrets(api: Api) -> None:
+    status, _, _ = await api.call(
+        "POST", "/system/secrets", {"name": "db-pass", "value": "hunter2"}
+    )
+    assert status == 200
+    assert (await api.call("POST", "/system/secrets", {"name": "db-pass", "value": "x"}))[0] == 409
+    status, listed, _ = await api.call("GET", "/system/secrets")
+    assert listed == [{"name": "db-pass", "namespace": "openfaas-fn"}]
+    assert "hunter2" not in json.dumps(listed)
+    stored = api.state / "function-secrets"
+    assert stored.stat().st_mode & 0o777 == 0o700
+    # a function that uses it reads it from /var/openfaas/secrets
+    image = api.sum_image()
+    status, _, _ = await api.call(
+        "POST", "/system/functions", {"service": "reader", "image": image, "secrets": ["db-pass"]}
+    )
+    assert status == 202
+
+    def read_in_container() -> str:
+        (name,) = api.containers("reader")
+        return subprocess.run(
+            ["docker", "exec", name, "cat", "/var/openfaas/secrets/db-pass"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    assert await asyncio.to_thread(read_in_container) == "hunter2"
+    # an update rolls the function to the new value
+    status, _, _ = await api.call("PUT", "/system/secrets", {"name": "db-pass", "rawValue": "bmV3"})
+    assert status == 200
+    assert await asyncio.to_thread(read_in_container) == "new"
+    # in use: refused, with the reason
+    status, body, _ = await api.call("DELETE", "/system/secrets", {"name": "db-pass"})
+    assert status == 409 and "reader" in body["error"]
+    assert (await api.call("DELETE", "/system/functions", {"functionName": "reader"}))[0] == 202
+    assert (await api.call("DELETE", "/system/secrets", {"name": "db-pass"}))[0] == 200
+    assert (await api.call("GET", "/system/secrets"))[1] == []
+    # bad input
+    for bad in (
+        {"name": "../x", "value": "v"},
+        {"name": "a/b", "value": "v"},
+        {"name": "..", "value": "v"},
+        {"name": "ok"},
+        {"value": "v"},
+        {"name": "ok", "rawValue": "%%%"},
+        {"name": "ok", "value": "v", "namespace": "x"},
+    ):
+        status, body, _ = await api.call("POST", "/system/secrets", bad)
+        assert status == 400, bad
+    assert (await api.call("PUT", "/system/secrets", {"name": "nope", "value": "v"}))[0] == 404
+    assert (await api.call("DELETE", "/system/secrets", {"name": "nope"}))[0] == 404
+    assert not any(p.name in ("x", "..") for p in stored.iterdir())
+
+
+async def test_logs(api: Api) -> None:
+    for i in range(3):
+        await api.call("GET", f"/sum?a={i}", auth=False)
+    status, text, headers = await api.call("GET", "/system/logs?name=sum&tail=1")
+    assert status == 200
+    assert headers["Content-Type"].startswith("application/x-ndjson")
+    entries = (
+        [json.loads(line) for line in str(text).splitlines()] if isinstance(text, str) else [text]
+    )
+    assert len(entries) == 1
+    entry = entries[0]
+    assert set(entry) == {"name", "namespace", "instance", "timestamp", "text"}
+    assert entry["name"] == "sum" and entry["instance"].startswith("faaso-sum-")
+    status, text, _ = await api.call("GET", "/system/logs?name=sum&since=2999-01-01T00:00:00Z")
+    assert status == 200 and text == ""
+    for bad in ("tail=x", "since=yesterday", "follow=maybe"):
+        assert (await api.call("GET", f"/system/logs?name=sum&{bad}"))[0] == 422, bad
+    assert (await api.call("GET", "/system/logs?name=nope"))[0] == 404
+    assert (await api.call("GET", "/system/logs"))[0] == 400
+    # follow: new lines arrive while the stream is open; closing it ends cleanly.
+    # The runtime prints a line per request when FAASO_ACCESS_LOG=1.
+    image = api.sum_image()
+    status, _, _ = await api.call(
+        "POST",
+        "/system/functions",
+        {"service": "talker", "image": image, "envVars": {"FAASO_ACCESS_LOG": "1"}},
+    )
+    assert status == 202
+    url = api.client.make_url("/system/logs?name=talker&follow=true")
+    async with api.client.session.get(url, headers=api.auth) as resp:
+        assert resp.status == 200
+        first = json.loads(await asyncio.wait_for(resp.content.readline(), 20))
+        assert "serving" in first["text"]  # history first (tail <= 0 is unlimited)
+        for attempt in range(50):  # then each request adds a line as it happens
+            assert (await api.call("GET", f"/function/talker?a={attempt}", auth=False))[0] == 200
+            try:
+                line = await asyncio.wait_for(resp.content.readline(), 0.5)
+            except TimeoutError:
+                continue
+            break
+        else:
+            pytest.fail("no log line arrived while following")
+        entry = json.loads(line)
+        assert entry["name"] == "talker" and "GET /?a=" in entry["text"]
+    # the server still serves after the client went away
+    assert (await api.call("GET", "/system/logs?name=sum&tail=1"))[0] == 200
+
+
+async def test_metrics_count_invocations(api: Api) -> None:
+    for i in range(5):
+        assert (await api.call("GET", f"/sum?a={i}&b=1", auth=False))[0] == 200
+    assert (await api.call("GET", "/sum?a=x", auth=False))[0] == 400
+    _, text, headers = await api.call("GET", "/metrics", auth=False)
+    assert headers["Content-Type"].startswith("text/plain")
+    lines = str(text).splitlines()
+    assert (
+        'gateway_function_invocation_total{code="200",function_name="sum.openfaas-fn"} 5.0' in lines
+    )
+    assert (
+        'gateway_function_invocation_total{code="400",function_name="sum.openfaas-fn"} 1.0' in lines
+    )
+    assert 'gateway_function_invocation_started{function_name="sum.openfaas-fn"} 6.0' in lines
+    assert 'gateway_service_count{function_name="sum.openfaas-fn"} 1.0' in lines
+    assert any(line.startswith("gateway_functions_seconds_bucket{") for line in lines)
+    assert any(line.startswith("faaso_function_restarts_total{") for line in lines)
+    _, fn, _ = await api.call("GET", "/system/function/sum")
+    assert fn["invocationCount"] == 6
+
+
+async def test_logs_follow_picks_up_new_instances(api: Api) -> None:
+    url = api.client.make_url("/system/logs?name=sum&follow=true&tail=1")
+    async with api.client.session.get(url, headers=api.auth) as resp:
+        assert resp.status == 200
+        first = json.loads(await asyncio.wait_for(resp.content.readline(), 20))
+        status, _, _ = await api.call("POST", "/system/scale-function/sum", {"replicas": 2})
+        assert status == 202
+        # the new instance's startup line arrives on the same stream
+        async with asyncio.timeout(30):
+            while True:
+                entry = json.loads(await resp.content.readline())
+                if entry["instance"] != first["instance"]:
+                    break
+        assert entry["instance"] in api.containers("sum")
+        assert "serving" in entry["text"]

@@ -1,0 +1,250 @@
+"""Helpers shared by the tests: ports, polling with a deadline, raw sockets, a faaso process.
+
+Fixtures live in conftest.py; everything a test imports lives here (no test module imports
+another).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from yarl import URL
+
+from faaso.gateway.fast.relay import FAST_PATH, FastSite
+from faaso.spec.endpoint import Endpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_request(
+    port: int, path: str, *, method: str = "GET", body: bytes | None = None
+) -> tuple[int, bytes]:
+    """One blocking request to 127.0.0.1:``port``: (status, body), or (0, b"") when nothing
+    answers (so it can be polled)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request(method, path, body=body)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    except OSError:
+        return 0, b""
+    finally:
+        conn.close()
+
+
+def docker_available() -> bool:
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    """Poll ``check`` until it holds or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if await check():
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)  # poll with a deadline
+
+
+class FastTestServer(TestServer):
+    """An aiohttp test server listening the way ``faaso serve`` does: through the fast path,
+    which hands what it does not relay itself to the app."""
+
+    async def start_server(
+        self, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any
+    ) -> None:
+        if self.runner:
+            return
+        self.runner = await self._make_runner(handler_cancellation=True, **kwargs)
+        await self.runner.setup()
+        site = FastSite(self.runner, self.app[FAST_PATH], self.host, 0, drain_timeout=2.0)
+        await site.start()
+        self.port = site.port
+        self.scheme = "http"
+        self._root = URL(f"http://{self.host}:{self.port}")
+
+
+async def raw_function(
+    answer: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> tuple[asyncio.Server, Endpoint]:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await answer(reader, writer)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, Endpoint("127.0.0.1", server.sockets[0].getsockname()[1])
+
+
+def answer_once(
+    response: bytes,
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """A scripted function: reads one request, sends ``response`` as it is, closes."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(response)
+        await writer.drain()
+
+    return answer
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    data = await reader.readuntil(b"\r\n\r\n")
+    for line in data.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            data += await reader.readexactly(int(line.split(b":")[1]))
+    return data
+
+
+async def exchange(port: int, raw: bytes, *, until_close: bool = False) -> bytes:
+    """Send raw bytes on one connection; read until it closes or goes quiet."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    await writer.drain()
+    data = b""
+    try:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), None if until_close else 1.0)
+            except TimeoutError:
+                break  # quiet for a second: everything that was coming has come
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        writer.close()
+    return data
+
+
+READY_DEADLINE = 900.0  # a cold first build (apt in the image, wheels) fits well inside this
+
+
+@dataclass
+class Served:
+    port: int
+    proc: subprocess.Popen[bytes]
+    state_dir: Path
+    log: Path
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        finally:
+            conn.close()
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def docker_ps(*filters: str) -> list[str]:
+    argv = ["docker", "ps", "-a", "--format", "{{.Names}}"]
+    for f in filters:
+        argv += ["--filter", f]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    return sorted(out.split())
+
+
+def wait_ready(served: Served, deadline: float) -> None:
+    """Poll /healthz until 200, failing early if the server died."""
+    end = time.monotonic() + deadline
+    last = ""
+    while time.monotonic() < end:
+        if served.proc.poll() is not None:
+            pytest.fail(f"faaso exited with {served.proc.returncode}:\n{served.log_text()[-4000:]}")
+        try:
+            status, _, body = served.request("GET", "/healthz")
+            last = body.decode(errors="replace")
+            if status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)  # poll with a deadline
+    pytest.fail(
+        f"faaso not ready after {deadline} s; /healthz said {last}\n{served.log_text()[-4000:]}"
+    )
+
+
+def start_serve(config: Path, state_dir: Path, log: Path, *extra: str) -> Served:
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "faaso",
+                "serve",
+                str(config),
+                "--port",
+                str(port),
+                "--state-dir",
+                str(state_dir),
+                "--log-format",
+                "json",
+                *extra,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
+    return Served(port, proc, state_dir, log)
+
+
+def stop_serve(served: Served, timeout: float = 60.0) -> int:
+    if served.proc.poll() is None:
+        served.proc.send_signal(signal.SIGTERM)
+    try:
+        return served.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        served.proc.kill()
+        served.proc.wait()
+        raise
+
+
+def server_app(client: Any) -> web.Application:
+    """The aiohttp app behind a test client (typed loosely: tests reach into its state)."""
+    server = client.server
+    assert isinstance(server, TestServer)
+    return server.app
+
+
+def port_of(server: TestServer) -> int:
+    """The port a started test server listens on."""
+    assert server.port is not None
+    return server.port
