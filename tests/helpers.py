@@ -347,9 +347,8 @@ class AsyncRig:
         body: bytes = b"",
         headers: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
-        async with self.session.request(
-            method, self.url + path, data=body, headers=headers
-        ) as resp:
+        url = URL(self.url + path, encoded=True)  # sent as written
+        async with self.session.request(method, url, data=body, headers=headers) as resp:
             return resp.status, dict(resp.headers), await resp.read()
 
 
