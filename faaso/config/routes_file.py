@@ -19,7 +19,7 @@ import yaml
 from faaso.config.runtimes import RuntimeCatalog, load_function_file
 from faaso.config.yamlutil import load_strict
 from faaso.errors import ConfigError
-from faaso.spec.asyncjob import CONCURRENCY, RetryPolicy, valid_host_pattern
+from faaso.spec.asyncjob import check_async_annotations, valid_host_pattern
 from faaso.spec.function import (
     DEFAULT_HEALTH_FAILURES,
     DEFAULT_HEALTH_INTERVAL,
@@ -289,20 +289,6 @@ def _parse_async(check: _Checker, value: object) -> AsyncSettings:
             "must not be shorter than async.callback_min_wait",
         )
     return settings
-
-
-def check_async_annotations(annotations: Mapping[str, str]) -> str | None:
-    """What is wrong with a function's asynchronous annotations (retries, concurrency), or
-    None. Shared with API deployments."""
-    try:
-        RetryPolicy.from_annotations(annotations)
-    except ValueError as exc:
-        return str(exc)
-    if CONCURRENCY in annotations:
-        raw = annotations[CONCURRENCY].strip()
-        if not raw.isdigit() or not 1 <= int(raw) <= 1000:
-            return f"{CONCURRENCY}: must be a whole number from 1 to 1000"
-    return None
 
 
 def _check_route(check: _Checker, key: str, prefix: str) -> str:

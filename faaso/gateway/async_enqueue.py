@@ -98,9 +98,7 @@ async def async_function(request: web.Request) -> web.StreamResponse:
             )
     call_id = request.headers.get(CALL_ID)
     if call_id is not None and not CALL_ID_RE.match(call_id):
-        return json_error(
-            400, "X-Call-Id must be 1 to 128 letters, digits or ._:~+=@- characters"
-        )
+        return json_error(400, "X-Call-Id must be 1 to 128 letters, digits or ._:~+=@- characters")
     body = await _read_body(request, intake.max_body)
     if body is None:
         return json_error(

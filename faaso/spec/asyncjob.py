@@ -209,3 +209,17 @@ class CallbackHosts:
             if fnmatch.fnmatchcase(host, want_host):
                 return True
         return False
+
+
+def check_async_annotations(annotations: Mapping[str, str]) -> str | None:
+    """What is wrong with a function's asynchronous annotations (retries, concurrency), or
+    None. Shared with API deployments."""
+    try:
+        RetryPolicy.from_annotations(annotations)
+    except ValueError as exc:
+        return str(exc)
+    if CONCURRENCY in annotations:
+        raw = annotations[CONCURRENCY].strip()
+        if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+            return f"{CONCURRENCY}: must be a whole number from 1 to 1000"
+    return None

@@ -653,9 +653,7 @@ class JobQueue:
 
     # -- dead letters ------------------------------------------------------------------------
 
-    def _select(
-        self, ids: Sequence[str] | None, function: str | None
-    ) -> tuple[str, list[Any]]:
+    def _select(self, ids: Sequence[str] | None, function: str | None) -> tuple[str, list[Any]]:
         where = "state = ?"
         args: list[Any] = [DEAD]
         if ids is not None:
@@ -697,4 +695,3 @@ class JobQueue:
 
         result: list[str] = await self._run(op)
         return result
-

@@ -22,9 +22,9 @@ FAST_RETRY = {
 }
 
 
-def scripted(statuses: list[int], headers: dict[str, str] | None = None) -> tuple[
-    web.Application, list[float]
-]:
+def scripted(
+    statuses: list[int], headers: dict[str, str] | None = None
+) -> tuple[web.Application, list[float]]:
     """A function answering ``statuses`` in turn (then 200); records when each call came."""
     calls: list[float] = []
 
