@@ -393,7 +393,7 @@ async def async_rig(
         intake = AsyncIntake(
             queue,
             lambda: state.routes,
-            wake=workers.wake,
+            wake=workers.enqueued,
             hosts=CallbackHosts(settings.callback_hosts),
             max_body=settings.max_body,
         )

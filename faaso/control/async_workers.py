@@ -120,8 +120,17 @@ class AsyncWorkers:
             self._loops.append(asyncio.create_task(self._supervised(name, body)))
 
     def wake(self) -> None:
-        """Something changed (a job was enqueued, a slot freed): look at the queue now."""
+        """Something changed (a slot freed, jobs replayed): look at the queue now."""
         self._wake.set()
+
+    def enqueued(self, function: str) -> None:
+        """A job of ``function`` was enqueued: look at the queue if it could start now (when
+        every slot is taken, the end of a running job is what wakes the dispatcher)."""
+        if (
+            len(self._running) < self.settings.max_running
+            and self._per_function[function] < self.concurrency_of(function)
+        ):
+            self._wake.set()
 
     def stop_claiming(self) -> None:
         self._stopping = True

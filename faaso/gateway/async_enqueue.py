@@ -33,14 +33,15 @@ DEFAULT_MAX_BODY = 1024 * 1024
 
 
 class AsyncIntake:
-    """What the enqueue endpoint needs; ``hosts`` and ``max_body`` may be swapped on reload."""
+    """What the enqueue endpoint needs; ``hosts`` and ``max_body`` may be swapped on reload.
+    ``wake(function)`` tells the workers a job of that function is waiting."""
 
     def __init__(
         self,
         queue: JobQueue,
         routes: Callable[[], RouteTable],
         *,
-        wake: Callable[[], None] = lambda: None,
+        wake: Callable[[str], None] = lambda _function: None,
         hosts: CallbackHosts | None = None,
         max_body: int = DEFAULT_MAX_BODY,
     ) -> None:
@@ -120,7 +121,7 @@ async def async_function(request: web.Request) -> web.StreamResponse:
     stored, created = await intake.queue.enqueue(job)
     if created:
         intake.enqueued[base] += 1
-        intake.wake()
+        intake.wake(base)
     return web.Response(
         status=202,
         headers={CALL_ID: stored.id, START_TIME: str(int(stored.created * 1e9))},

@@ -178,7 +178,7 @@ def create_app(
         intake = AsyncIntake(
             queue,
             lambda: state.routes,
-            wake=workers.wake,
+            wake=workers.enqueued,
             hosts=CallbackHosts(settings.callback_hosts),
             max_body=settings.max_body,
         )

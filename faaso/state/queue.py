@@ -376,15 +376,19 @@ class JobQueue:
         def op(conn: sqlite3.Connection) -> list[Job]:
             if total <= 0 or not free:
                 return []
+            # How many are ready, counted no further than each function's free slots (an
+            # index range per function: the cost does not grow with the queue's length).
             ready: dict[str, int] = {}
-            for row in conn.execute(
-                "SELECT function, COUNT(*) AS n FROM jobs WHERE state = ? AND not_before <= ?"
-                " GROUP BY function",
-                (QUEUED, now),
-            ):
-                slots = min(row["n"], free.get(row["function"], 0))
-                if slots > 0:
-                    ready[row["function"]] = slots
+            for function, slots in free.items():
+                if slots <= 0:
+                    continue
+                n = conn.execute(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE state = ? AND function = ?"
+                    " AND not_before <= ? ORDER BY seq LIMIT ?)",
+                    (QUEUED, function, now, slots),
+                ).fetchone()[0]
+                if n > 0:
+                    ready[function] = n
             # In the order of ``free`` (the caller puts the least served functions first).
             ready = {f: ready[f] for f in free if f in ready}
             share: dict[str, int] = dict.fromkeys(ready, 0)
