@@ -135,7 +135,7 @@ class Server:
 
 
 async def enqueue_many(
-    session: aiohttp.ClientSession, port: int, ids: list[str], hook: str
+    session: aiohttp.ClientSession, port: int, ids: list[str], hook: str, function: str = "sum"
 ) -> tuple[float, int]:
     """Enqueue ``ids`` from CONNECTIONS concurrent clients; (seconds, number refused)."""
     todo = list(reversed(ids))
@@ -146,7 +146,7 @@ async def enqueue_many(
         while todo:
             call_id = todo.pop()
             async with session.post(
-                f"http://127.0.0.1:{port}/async-function/sum",
+                f"http://127.0.0.1:{port}/async-function/{function}",
                 data=b"[1, 2]",
                 headers={"X-Call-Id": call_id, "X-Callback-Url": hook},
             ) as r:
@@ -161,7 +161,7 @@ async def enqueue_many(
 
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p * (len(ordered) - 1)))]
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -170,6 +170,9 @@ async def main(args: argparse.Namespace) -> None:
     config.write_text(
         "functions:\n"
         f"  sum: {{source: {ROOT / 'conf' / 'functions' / 'sum'}, runtime: python}}\n"
+        # parked: no instance, so its jobs stay queued (the enqueue path measured alone)
+        f"  parked: {{source: {ROOT / 'conf' / 'functions' / 'sum'}, runtime: python,"
+        " replicas: 0}\n"
         "routes:\n  /sum: sum\n"
         "async: {concurrency: 16, max_running: 64, callback_min_wait: 0.2, callback_max_wait: 2}\n"
     )
@@ -182,12 +185,19 @@ async def main(args: argparse.Namespace) -> None:
         try:
             await server.ready(session)
             print(f"faaso log: {server.log}")
-            # 1. enqueue rate, with durability, 16 connections
+            # 1. enqueue rate, with durability, 16 connections: alone, then while jobs run
+            parked = [f"parked-{i}" for i in range(args.enqueue)]
+            seconds, refused = await enqueue_many(session, server.port, parked, sink.url, "parked")
+            print(
+                f"enqueue alone: {len(parked)} jobs from {CONNECTIONS} connections in"
+                f" {seconds:.2f} s = {len(parked) / seconds:.0f} durable enqueues/s"
+                f" (refused {refused})"
+            )
             ids = [f"rate-{i}" for i in range(args.enqueue)]
             seconds, refused = await enqueue_many(session, server.port, ids, sink.url)
             print(
-                f"enqueue: {len(ids)} jobs from {CONNECTIONS} connections in {seconds:.2f} s"
-                f" = {len(ids) / seconds:.0f} durable enqueues/s (refused {refused})"
+                f"enqueue while they run: {len(ids)} jobs from {CONNECTIONS} connections in"
+                f" {seconds:.2f} s = {len(ids) / seconds:.0f} durable enqueues/s (refused {refused})"
             )
             started = time.monotonic()
             ok = await sink.wait(set(ids), 600)
@@ -197,7 +207,7 @@ async def main(args: argparse.Namespace) -> None:
             )
             # 2. enqueue-to-callback latency, idle function
             latencies: list[float] = []
-            for i in range(args.latency):
+            for i in range(max(1, args.latency)):
                 call_id = f"lat-{i}"
                 sent = time.monotonic()
                 async with session.post(
@@ -210,8 +220,8 @@ async def main(args: argparse.Namespace) -> None:
                 latencies.append(sink.arrived[call_id] - sent)
             ms = [x * 1000 for x in latencies]
             print(
-                f"latency enqueue->callback ({len(ms)} jobs, idle): median {statistics.median(ms):.1f}"
-                f" ms, p95 {pct(ms, 0.95):.1f} ms, max {max(ms):.1f} ms"
+                f"latency enqueue->callback ({len(ms)} jobs, idle):"
+                f" median {statistics.median(ms):.1f} ms, p95 {pct(ms, 0.95):.1f} ms, max {max(ms):.1f} ms"
             )
             # 3. crash test
             ids = [f"crash-{i}" for i in range(args.crash)]
@@ -225,7 +235,9 @@ async def main(args: argparse.Namespace) -> None:
             before = sum(1 for i in ids if i in sink.seen)
             server.kill()
             killed = time.monotonic()
-            print(f"crash: {len(ids)} enqueued (refused {refused}); SIGKILL after {before} callbacks")
+            print(
+                f"crash: {len(ids)} enqueued (refused {refused}); SIGKILL after {before} callbacks"
+            )
             server.start()
             ready = await server.ready(session)
             ok = await sink.wait(accepted, 600)

@@ -126,10 +126,9 @@ class AsyncWorkers:
     def enqueued(self, function: str) -> None:
         """A job of ``function`` was enqueued: look at the queue if it could start now (when
         every slot is taken, the end of a running job is what wakes the dispatcher)."""
-        if (
-            len(self._running) < self.settings.max_running
-            and self._per_function[function] < self.concurrency_of(function)
-        ):
+        if len(self._running) < self.settings.max_running and self._per_function[
+            function
+        ] < self.concurrency_of(function):
             self._wake.set()
 
     def stop_claiming(self) -> None:

@@ -5,6 +5,7 @@ leases."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from pathlib import Path
 from types import MappingProxyType
@@ -70,7 +71,7 @@ async def test_429_and_5xx_are_retried_with_growing_backoff(tmp_path: Path) -> N
         await sink.down()
     assert callback.headers["X-Function-Status"] == "200"
     assert done.attempts == 4 and len(calls) == 4
-    gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
     # Equal jitter: at least half of min_wait * 2^(n-1), capped at max_wait.
     assert gaps[0] >= 0.1 and gaps[1] >= 0.2 and gaps[2] >= 0.2
 
