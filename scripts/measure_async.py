@@ -197,7 +197,8 @@ async def main(args: argparse.Namespace) -> None:
             seconds, refused = await enqueue_many(session, server.port, ids, sink.url)
             print(
                 f"enqueue while they run: {len(ids)} jobs from {CONNECTIONS} connections in"
-                f" {seconds:.2f} s = {len(ids) / seconds:.0f} durable enqueues/s (refused {refused})"
+                f" {seconds:.2f} s = {len(ids) / seconds:.0f} durable enqueues/s"
+                f" (refused {refused})"
             )
             started = time.monotonic()
             ok = await sink.wait(set(ids), 600)
@@ -221,7 +222,8 @@ async def main(args: argparse.Namespace) -> None:
             ms = [x * 1000 for x in latencies]
             print(
                 f"latency enqueue->callback ({len(ms)} jobs, idle):"
-                f" median {statistics.median(ms):.1f} ms, p95 {pct(ms, 0.95):.1f} ms, max {max(ms):.1f} ms"
+                f" median {statistics.median(ms):.1f} ms, p95 {pct(ms, 0.95):.1f} ms,"
+                f" max {max(ms):.1f} ms"
             )
             # 3. crash test
             ids = [f"crash-{i}" for i in range(args.crash)]
