@@ -7,6 +7,7 @@ another).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import os
 import signal
@@ -14,18 +15,29 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
+from faaso.config.routes_file import AsyncSettings
+from faaso.control.async_workers import AsyncWorkers
+from faaso.gateway.app import GatewayState, gateway_app
+from faaso.gateway.async_enqueue import INTAKE, AsyncIntake
 from faaso.gateway.fast.relay import FAST_PATH, FastSite
+from faaso.gateway.invoke import Invoker
+from faaso.logs import get_logger
+from faaso.spec.asyncjob import CallbackHosts
 from faaso.spec.endpoint import Endpoint
+from faaso.spec.function import FunctionSpec
+from faaso.spec.routing import RouteTable
+from faaso.state.queue import JobQueue
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -248,3 +260,151 @@ def port_of(server: TestServer) -> int:
     """The port a started test server listens on."""
     assert server.port is not None
     return server.port
+
+
+# -- asynchronous invocations: a callback server of our own and the gateway with its workers --
+
+
+@dataclass
+class Callback:
+    """One POST the callback server received."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class CallbackSink:
+    """A real callback server on 127.0.0.1. ``answers`` scripts its first statuses (then 200);
+    ``down()`` / ``up()`` stop and restart it on the same port."""
+
+    def __init__(self) -> None:
+        self.received: list[Callback] = []
+        self.answers: list[int] = []
+        self.changed = asyncio.Event()
+        self.port = free_port()
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        status = self.answers.pop(0) if self.answers else 200
+        if status < 400:
+            self.received.append(Callback(request.path_qs, dict(request.headers), body))
+        self.changed.set()
+        return web.Response(status=status)
+
+    async def up(self) -> None:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()
+
+    async def down(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def ids(self) -> list[str]:
+        return [c.headers.get("X-Call-Id", "") for c in self.received]
+
+    async def wait_for(self, count: int, timeout: float) -> list[Callback]:
+        """Wait until ``count`` callbacks arrived (fails at the deadline)."""
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                pytest.fail(f"{len(self.received)} callbacks of {count} after {timeout} s")
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self.changed.wait()
+        return self.received
+
+
+@dataclass
+class AsyncRig:
+    """The gateway (listening as ``faaso serve`` does) with its queue, intake and workers, in
+    front of real aiohttp servers standing for functions."""
+
+    url: str
+    queue: JobQueue
+    intake: AsyncIntake
+    workers: AsyncWorkers
+    state: GatewayState
+    session: aiohttp.ClientSession
+    specs: dict[str, FunctionSpec]
+
+    async def enqueue(
+        self,
+        path: str,
+        *,
+        method: str = "POST",
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        url = URL(self.url + path, encoded=True)  # sent as written
+        async with self.session.request(method, url, data=body, headers=headers) as resp:
+            return resp.status, dict(resp.headers), await resp.read()
+
+
+@contextlib.asynccontextmanager
+async def async_rig(
+    tmp: Path,
+    functions: dict[str, web.Application],
+    *,
+    settings: AsyncSettings | None = None,
+    specs: dict[str, FunctionSpec] | None = None,
+    start_workers: bool = True,
+    lease: float = 30.0,
+    renew_every: float = 10.0,
+) -> AsyncIterator[AsyncRig]:
+    settings = settings or AsyncSettings()
+    specs = dict(specs or {})
+    for name in functions:
+        specs.setdefault(name, FunctionSpec(name=name, image="test"))
+    async with contextlib.AsyncExitStack() as stack:
+        state = GatewayState(RouteTable({}, set(functions)))
+        for name, fapp in functions.items():
+            server = TestServer(fapp)
+            await server.start_server()
+            stack.push_async_callback(server.close)
+            state.pools.get(name).add(f"{name}-1", Endpoint("127.0.0.1", port_of(server)))
+        queue = await JobQueue.open(tmp / "queue.db")
+        stack.push_async_callback(queue.close)
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        invoke_session = await stack.enter_async_context(aiohttp.ClientSession())
+        workers = AsyncWorkers(
+            queue,
+            Invoker(invoke_session, state.pools, state.metrics),
+            session,
+            functions=lambda: state.routes.functions,
+            spec_of=specs.get,
+            timeout_of=lambda _name: 5.0,
+            settings=settings,
+            log=get_logger("faaso.test"),
+            lease=lease,
+            renew_every=renew_every,
+        )
+        intake = AsyncIntake(
+            queue,
+            lambda: state.routes,
+            wake=workers.enqueued,
+            hosts=CallbackHosts(settings.callback_hosts),
+            max_body=settings.max_body,
+        )
+        app = gateway_app(state)
+        app[INTAKE] = intake
+        front = FastTestServer(app)
+        await front.start_server()
+        stack.push_async_callback(front.close)
+        if start_workers:
+            await workers.start()
+            stack.push_async_callback(workers.close, 5.0)
+        yield AsyncRig(
+            f"http://127.0.0.1:{port_of(front)}", queue, intake, workers, state, session, specs
+        )

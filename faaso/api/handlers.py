@@ -54,6 +54,8 @@ class ApiContext:
     secrets: SecretStore
     metrics: Metrics
     backend: Backend
+    # The function's asynchronous queue for its status (set when the queue runs).
+    queue_of: Callable[[str], dict[str, Any]] | None = None
 
 
 class ApiHolder:
@@ -139,7 +141,7 @@ def _status(ctx: ApiContext, name: str) -> dict[str, Any] | None:
         created = min(stamps) if stamps else None
     stored = ctx.desired.deployed.get(name)
     requests = stored.deployment.get("requests") if stored else None
-    return function_status(
+    status = function_status(
         spec,
         image=image,
         available=available,
@@ -147,6 +149,9 @@ def _status(ctx: ApiContext, name: str) -> dict[str, Any] | None:
         created_at=created,
         requests=requests if isinstance(requests, dict) else None,
     )
+    if ctx.queue_of is not None:
+        status["asyncQueue"] = ctx.queue_of(name)
+    return status
 
 
 # -- functions ---------------------------------------------------------------------------------
@@ -412,8 +417,13 @@ async def not_found(request: web.Request) -> web.Response:
     return error(404, f"no such API route: {request.method} {request.path}")
 
 
-def api_app(holder: ApiHolder, middlewares: list[Any]) -> web.Application:
-    """The ``/system`` sub-application (auth applies to it alone)."""
+def api_app(
+    holder: ApiHolder,
+    middlewares: list[Any],
+    extra: Callable[[web.Application], None] | None = None,
+) -> web.Application:
+    """The ``/system`` sub-application (auth applies to it alone); ``extra`` adds routes
+    (the asynchronous jobs' ones) before the catch-all 404."""
     app = web.Application(middlewares=[*middlewares, errors_middleware], client_max_size=MAX_BODY)
     app[HOLDER] = holder
     r = app.router
@@ -430,5 +440,7 @@ def api_app(holder: ApiHolder, middlewares: list[Any]) -> web.Application:
     r.add_get("/logs", get_logs)
     r.add_get("/info", info)
     r.add_get("/namespaces", namespaces)
+    if extra is not None:
+        extra(app)
     r.add_route("*", "/{tail:.*}", not_found)
     return app

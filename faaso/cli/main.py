@@ -151,6 +151,7 @@ def _serve(args: argparse.Namespace) -> int:
             watch=not args.no_watch,
             auth=not args.no_auth,
             pull=not args.no_pull,
+            drain_timeout=args.drain_timeout,
         )
         await serve(app, options)
 

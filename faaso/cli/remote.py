@@ -194,7 +194,32 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--timeout", type=float, default=None, help="seconds to wait for the answer (no limit)"
     )
+    p.add_argument(
+        "--async",
+        dest="asynchronous",
+        action="store_true",
+        help="queue the call (/async-function/NAME) and print its call id",
+    )
+    p.add_argument("--callback", metavar="URL", default=None, help="X-Callback-Url (--async)")
+    p.add_argument("--call-id", default=None, help="X-Call-Id: the same id twice is one job")
     p.set_defaults(handler=_invoke)
+
+    jobs = sub.add_parser("async", help="asynchronous calls: list, show, replay, purge")
+    jsub = jobs.add_subparsers(dest="async_command", required=True, metavar="COMMAND")
+    p = jsub.add_parser("list", parents=common, help="list asynchronous calls, oldest first")
+    p.add_argument("--state", default=None, help="queued, running, succeeded, failed, dead...")
+    p.add_argument("--function", default=None)
+    p.add_argument("--limit", type=_positive, default=100)
+    _json_flag(p)
+    p.set_defaults(handler=_async_list)
+    p = jsub.add_parser("show", parents=common, help="one call: state, attempts, response")
+    p.add_argument("call_id")
+    p.set_defaults(handler=_async_show)
+    for action, what in (("replay", "queue dead letters again"), ("purge", "delete dead letters")):
+        p = jsub.add_parser(action, parents=common, help=f"{what} (the given ids, or all)")
+        p.add_argument("ids", nargs="*", metavar="CALL-ID")
+        p.add_argument("--function", default=None, help="only this function's")
+        p.set_defaults(handler=_async_dead, action=action)
 
     p = sub.add_parser(
         "logs", parents=common, help="print a function's logs: timestamp instance text"
@@ -468,17 +493,26 @@ def _invoke(args: argparse.Namespace) -> int:
     elif not sys.stdin.isatty():
         body = sys.stdin.buffer.read() or None
     method = args.method or ("POST" if body is not None else "GET")
+    headers = list(args.header)
+    if args.callback:
+        headers.append(("X-Callback-Url", args.callback))
+    if args.call_id:
+        headers.append(("X-Call-Id", args.call_id))
     answer = _with_client(
         args,
         lambda c: c.invoke(
             args.name,
             method=method,
             body=body,
-            headers=args.header,
+            headers=headers,
             path=args.path,
             timeout=args.timeout,
+            asynchronous=args.asynchronous,
         ),
     )
+    if args.asynchronous and answer.status == 202:
+        print(answer.headers.get("X-Call-Id", ""))
+        return EXIT_OK
     if answer.status >= 400 and answer.internal:
         # the gateway's own error (no such function, none ready...): a message, not a body
         raise ClientError(error_message(answer.body, None), answer.status)
@@ -487,6 +521,37 @@ def _invoke(args: argparse.Namespace) -> int:
     if answer.status >= 400:
         print(f"faaso: function {args.name!r} answered HTTP {answer.status}", file=sys.stderr)
         return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _async_list(args: argparse.Namespace) -> int:
+    jobs = _with_client(
+        args,
+        lambda c: c.async_jobs(state=args.state, function=args.function, limit=args.limit),
+    )
+    if args.json:
+        _print_json(jobs)
+        return EXIT_OK
+    rows = [
+        [j.get("callId"), j.get("function"), j.get("state"), j.get("attempts"),
+         j.get("status") or "-", _when(j.get("createdAt"))]
+        for j in jobs
+    ]  # fmt: skip
+    print(_table(["CALL ID", "FUNCTION", "STATE", "ATTEMPTS", "STATUS", "CREATED"], rows))
+    return EXIT_OK
+
+
+def _async_show(args: argparse.Namespace) -> int:
+    _print_json(_with_client(args, lambda c: c.async_job(args.call_id)))
+    return EXIT_OK
+
+
+def _async_dead(args: argparse.Namespace) -> int:
+    done = _with_client(
+        args, lambda c: c.async_dead(args.action, ids=args.ids, function=args.function)
+    )
+    verb = "replayed" if args.action == "replay" else "purged"
+    print(f"{verb} {len(done)} dead letter(s)" + (": " + " ".join(done) if done else ""))
     return EXIT_OK
 
 

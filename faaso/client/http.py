@@ -241,12 +241,16 @@ class Client:
         headers: Sequence[tuple[str, str]] = (),
         path: str = "",
         timeout: float | None = None,
+        asynchronous: bool = False,
     ) -> Invocation:
-        """Call a function at ``/function/<name><path>``. Any status is returned, not raised."""
+        """Call a function at ``/function/<name><path>`` (``/async-function/`` with
+        ``asynchronous``: the answer is then 202 with ``X-Call-Id``). Any status is returned,
+        not raised."""
         session = self._require_session()
         if path and not path.startswith(("/", "?")):
             path = "/" + path
-        url = self.url(f"/function/{_segment(name)}{path}")
+        prefix = "/async-function/" if asynchronous else "/function/"
+        url = self.url(f"{prefix}{_segment(name)}{path}")
         try:
             async with session.request(
                 method.upper(),
@@ -259,6 +263,36 @@ class Client:
                 return Invocation(resp.status, resp.headers, raw)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._unreachable(exc) from exc
+
+    # -- asynchronous calls ------------------------------------------------------------------
+
+    async def async_jobs(
+        self, *, state: str | None = None, function: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        params = {"limit": str(limit)}
+        if state:
+            params["state"] = state
+        if function:
+            params["function"] = function
+        doc = await self._json("GET", "/system/async", params=params)
+        return list(doc or [])
+
+    async def async_job(self, call_id: str) -> dict[str, Any]:
+        doc = await self._json("GET", f"/system/async/{_segment(call_id)}")
+        return dict(doc or {})
+
+    async def async_dead(
+        self, action: str, *, ids: Sequence[str] = (), function: str | None = None
+    ) -> list[str]:
+        """``replay`` or ``purge`` dead letters (all of them when neither is given)."""
+        body: dict[str, Any] = {}
+        if ids:
+            body["ids"] = list(ids)
+        if function:
+            body["function"] = function
+        doc = await self._json("POST", f"/system/async/{action}", body)
+        key = "replayed" if action == "replay" else "purged"
+        return [str(i) for i in (doc or {}).get(key, [])]
 
     # -- logs --------------------------------------------------------------------------------
 

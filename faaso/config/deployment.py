@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 from faaso.errors import InvalidRequest
+from faaso.spec.asyncjob import check_async_annotations
 from faaso.spec.function import (
     ENV_NAME_RE,
     FUNCTION_NAME_RE,
@@ -133,6 +134,9 @@ def deployment_to_spec(doc: object, *, created_at: float | None = None) -> Funct
     health_path = annotations.get(HEALTH_PATH_ANNOTATION, "/_/health")
     if not health_path.startswith("/"):
         raise InvalidRequest(f"annotation {HEALTH_PATH_ANNOTATION} must be a path")
+    problem = check_async_annotations(annotations)
+    if problem is not None:
+        raise InvalidRequest(f"annotation {problem}")
     _limits(doc, "requests")  # validated, reported back, not enforced (as on faasd)
     return FunctionSpec(
         name=name,

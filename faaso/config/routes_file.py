@@ -19,6 +19,7 @@ import yaml
 from faaso.config.runtimes import RuntimeCatalog, load_function_file
 from faaso.config.yamlutil import load_strict
 from faaso.errors import ConfigError
+from faaso.spec.asyncjob import check_async_annotations, valid_host_pattern
 from faaso.spec.function import (
     DEFAULT_HEALTH_FAILURES,
     DEFAULT_HEALTH_INTERVAL,
@@ -38,7 +39,7 @@ from faaso.spec.function import (
 )
 from faaso.spec.routing import RESERVED_PREFIXES, ROUTE_SEGMENT_RE, normalise_route
 
-TOP_KEYS = frozenset({"functions", "routes", "runtimes"})
+TOP_KEYS = frozenset({"functions", "routes", "runtimes", "async"})
 FUNCTION_KEYS = frozenset(
     {
         "source",
@@ -58,9 +59,36 @@ FUNCTION_KEYS = frozenset(
         "read_only_root",
         "annotations",
         "max_inflight",
+        "async_concurrency",
+    }
+)
+ASYNC_KEYS = frozenset(
+    {
+        "callback_hosts",
+        "concurrency",
+        "max_running",
+        "max_body",
+        "retention",
+        "callback_attempts",
+        "callback_min_wait",
+        "callback_max_wait",
     }
 )
 LIMIT_KEYS = frozenset({"memory", "cpus"})
+
+
+@dataclass(frozen=True, slots=True)
+class AsyncSettings:
+    """The routes file's ``async:`` block: asynchronous invocations."""
+
+    callback_hosts: tuple[str, ...] = ()  # host or host:port patterns; empty: any host
+    concurrency: int = 4  # jobs of one function run at once, unless the function says
+    max_running: int = 64  # jobs run at once over all functions
+    max_body: int = 1024 * 1024  # bytes an asynchronous request may carry
+    retention: float = 3600.0  # seconds a finished job (and its response) is kept
+    callback_attempts: int = 20  # deliveries tried before a callback is given up
+    callback_min_wait: float = 1.0  # seconds before the first callback retry (doubling)
+    callback_max_wait: float = 300.0  # longest wait between callback retries
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +99,7 @@ class Config:
     functions: Mapping[str, FunctionSpec]
     routes: Mapping[str, str]  # normalised path prefix -> function name
     runtime_dirs: tuple[Path, ...] = ()
+    async_settings: AsyncSettings = AsyncSettings()
 
 
 class _Checker:
@@ -188,7 +217,78 @@ def parse_config(doc: object, path: Path, extra_runtime_dirs: tuple[Path, ...] =
         functions=MappingProxyType(functions),
         routes=MappingProxyType(routes),
         runtime_dirs=catalog.dirs,
+        async_settings=_parse_async(check, top.get("async")),
     )
+
+
+def _whole(check: _Checker, key: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise check.fail(key, value, f"must be a whole number from {low} to {high}")
+    return value
+
+
+def _parse_async(check: _Checker, value: object) -> AsyncSettings:
+    doc = check.mapping("async", value)
+    check.known_keys("async", doc, ASYNC_KEYS)
+    default = AsyncSettings()
+    hosts = doc.get("callback_hosts", [])
+    if not isinstance(hosts, list):
+        raise check.fail("async.callback_hosts", hosts, "must be a list of host or host:port")
+    for host in hosts:
+        if not isinstance(host, str) or not valid_host_pattern(host):
+            raise check.fail(
+                "async.callback_hosts",
+                host,
+                "is not a host or host:port pattern (e.g. hooks.example.com, 127.0.0.1:9000, "
+                "*.example.com)",
+            )
+    max_body = default.max_body
+    if "max_body" in doc:
+        try:
+            max_body = parse_memory(doc["max_body"])
+        except ValueError as exc:
+            raise check.fail("async.max_body", doc["max_body"], f"{exc}; write e.g. 1Mi") from exc
+        if not 0 < max_body <= 64 * 2**20:
+            raise check.fail("async.max_body", doc["max_body"], "must be from 1 byte to 64Mi")
+    settings = AsyncSettings(
+        callback_hosts=tuple(hosts),
+        concurrency=_whole(
+            check, "async.concurrency", doc.get("concurrency", default.concurrency), 1, 1000
+        ),
+        max_running=_whole(
+            check, "async.max_running", doc.get("max_running", default.max_running), 1, 10000
+        ),
+        max_body=max_body,
+        retention=check.number(
+            "async.retention", doc.get("retention", default.retention), 0.0, 365 * 86400.0
+        ),
+        callback_attempts=_whole(
+            check,
+            "async.callback_attempts",
+            doc.get("callback_attempts", default.callback_attempts),
+            1,
+            1000,
+        ),
+        callback_min_wait=check.number(
+            "async.callback_min_wait",
+            doc.get("callback_min_wait", default.callback_min_wait),
+            0.0,
+            3600.0,
+        ),
+        callback_max_wait=check.number(
+            "async.callback_max_wait",
+            doc.get("callback_max_wait", default.callback_max_wait),
+            0.0,
+            86400.0,
+        ),
+    )
+    if settings.callback_max_wait < settings.callback_min_wait:
+        raise check.fail(
+            "async.callback_max_wait",
+            settings.callback_max_wait,
+            "must not be shorter than async.callback_min_wait",
+        )
+    return settings
 
 
 def _check_route(check: _Checker, key: str, prefix: str) -> str:
@@ -317,6 +417,14 @@ def _parse_function(
     read_only_root = doc.get("read_only_root", False)
     if not isinstance(read_only_root, bool):
         raise check.fail(f"{key}.read_only_root", read_only_root, "must be true or false")
+    async_concurrency = doc.get("async_concurrency")
+    if async_concurrency is not None:
+        async_concurrency = _whole(check, f"{key}.async_concurrency", async_concurrency, 1, 1000)
+    annotations = check.str_map(f"{key}.annotations", doc.get("annotations"), LABEL_KEY_RE)
+    problem = check_async_annotations(annotations)
+    if problem is not None:
+        bad = problem.partition(":")[0]
+        raise check.fail(f"{key}.annotations.{bad}", annotations.get(bad), problem)
 
     return FunctionSpec(
         name=name,
@@ -348,7 +456,8 @@ def _parse_function(
         secrets=tuple(dict.fromkeys(secrets)),
         read_only_root=read_only_root,
         max_inflight=max_inflight,
-        annotations=check.str_map(f"{key}.annotations", doc.get("annotations"), LABEL_KEY_RE),
+        async_concurrency=async_concurrency,
+        annotations=annotations,
     )
 
 

@@ -1,4 +1,5 @@
-"""The data plane's HTTP application: /healthz, /metrics and the proxy for everything else.
+"""The data plane's HTTP application: /healthz, /metrics, /async-function/ (enqueue, see
+:mod:`faaso.gateway.async_enqueue`) and the proxy for everything else.
 
 ``gateway_app()`` is the HTTP side alone, fed by a :class:`GatewayState`; the proxy tests use it
 with hand-made pools. :mod:`faaso.server.app` composes it with the API, the control plane and the
@@ -12,6 +13,8 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 from aiohttp import web
 
+from faaso.gateway.async_enqueue import PREFIX as ASYNC_PREFIX
+from faaso.gateway.async_enqueue import async_function
 from faaso.gateway.fast.relay import FAST_PATH, FastPath
 from faaso.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from faaso.gateway.metrics import Metrics
@@ -121,6 +124,9 @@ def gateway_app(
         mount(app)
     # What the app serves itself; the fast path hands those requests to it.
     reserved = [r.canonical for r in app.router.resources()]
+    # Asynchronous invocations (enqueue, cancel): served by aiohttp, never relayed.
+    app.router.add_route("*", ASYNC_PREFIX + "{tail:.*}", async_function)
+    reserved.append(ASYNC_PREFIX.rstrip("/"))
     app.router.add_route("*", "/{tail:.*}", proxy_handler)
     fast = FastPath(
         state.pools,

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 from prometheus_client.core import Metric
 
+from faaso.api.async_jobs import AsyncJobsHolder, Waker, add_async_routes
 from faaso.api.auth import basic_auth_middleware, ensure_password, password_path
 from faaso.api.handlers import ApiContext, ApiHolder, api_app
 from faaso.backends.docker.backend import DockerBackend
@@ -26,15 +27,20 @@ from faaso.config.desired import DesiredState
 from faaso.config.reloader import Reloader
 from faaso.config.routes_file import Config
 from faaso.config.runtimes import RuntimeCatalog
+from faaso.control.async_workers import AsyncWorkers
 from faaso.control.controller import Prober
 from faaso.control.supervisor import Supervisor
 from faaso.gateway import metrics
 from faaso.gateway.app import GatewayState, gateway_app
+from faaso.gateway.async_enqueue import INTAKE, AsyncIntake
+from faaso.gateway.invoke import Invoker
 from faaso.gateway.pools import Pools
 from faaso.logs import get_logger
+from faaso.spec.asyncjob import CallbackHosts
 from faaso.spec.routing import RouteTable
 from faaso.state.files import private_dir
 from faaso.state.paths import owner_id
+from faaso.state.queue import JobQueue
 from faaso.state.secret_store import SecretStore
 
 SUPERVISOR = web.AppKey("faaso_supervisor", Supervisor)
@@ -50,6 +56,7 @@ def create_app(
     watch: bool = True,
     auth: bool = True,
     pull: bool = True,
+    drain_timeout: float = 15.0,
 ) -> web.Application:
     """The whole server for one config: gateway, API, Docker, builder, supervisor, reloader."""
     log = get_logger("faaso")
@@ -66,15 +73,29 @@ def create_app(
     else:
         log.warning("auth.disabled", note="the /system API is open to anyone who can connect")
 
+    async_holder = AsyncJobsHolder()
+    async_waker = Waker()
+
     def mount_api(app: web.Application) -> None:
-        app.add_subapp("/system", api_app(holder, middlewares))
+        app.add_subapp(
+            "/system",
+            api_app(
+                holder,
+                middlewares,
+                lambda api: add_async_routes(api, async_holder, async_waker),
+            ),
+        )
 
     app = gateway_app(state, mount_api)
     secrets = SecretStore(state_dir / "function-secrets")
 
+    on_async_config: list[Callable[[Config], None]] = []
+
     def on_config(new: Config) -> None:
         # One assignment: a request sees the old table or the new one, never a mix.
         state.routes = RouteTable(new.routes, set(new.functions))
+        for hook in on_async_config:
+            hook(new)
 
     async def supervisor_ctx(app: web.Application) -> AsyncIterator[None]:
         docker = await docker_client.connect()
@@ -132,7 +153,91 @@ def create_app(
             await backend.close()
 
     app.cleanup_ctx.append(supervisor_ctx)
+
+    # -- asynchronous invocations (issue 15) ---------------------------------------------------
+    # The queue in the state directory, the enqueue endpoint's intake, the workers. Appended
+    # after the supervisor's context so that it stops first: the workers drain while the
+    # functions still run. Kept in this one block.
+    async def async_ctx(app: web.Application) -> AsyncIterator[None]:
+        settings = config.async_settings
+        queue = await JobQueue.open(state_dir / "async" / "queue.db")
+        invoke_session = _invoke_session()
+        callback_session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        supervisor = app[SUPERVISOR]
+        desired = app[DESIRED]
+        workers = AsyncWorkers(
+            queue,
+            Invoker(invoke_session, state.pools, state.metrics, supervisor.max_inflight_of),
+            callback_session,
+            functions=lambda: state.routes.functions,
+            spec_of=desired.spec,
+            timeout_of=supervisor.timeout_of,
+            settings=settings,
+            log=get_logger("faaso.async"),
+        )
+        intake = AsyncIntake(
+            queue,
+            lambda: state.routes,
+            wake=workers.enqueued,
+            hosts=CallbackHosts(settings.callback_hosts),
+            max_body=settings.max_body,
+        )
+
+        def on_reload(new: Config) -> None:
+            workers.settings = new.async_settings
+            intake.hosts = CallbackHosts(new.async_settings.callback_hosts)
+            intake.max_body = new.async_settings.max_body
+
+        on_async_config.append(on_reload)
+        state.metrics.add_collector(workers.collect)
+        state.metrics.add_collector(
+            lambda: [
+                metrics.counter(
+                    "faaso_async_enqueued",
+                    "Asynchronous jobs accepted",
+                    ["function_name"],
+                    {(metrics.label(f),): float(n) for f, n in intake.enqueued.items()},
+                )
+            ]
+        )
+        await workers.start()
+        app[INTAKE] = intake
+        async_holder.queue = queue
+        async_waker.wake = workers.wake
+        if holder.ctx is not None:
+            holder.ctx.queue_of = workers.queue_of
+        running.append(workers)
+        try:
+            yield
+        finally:
+            app.pop(INTAKE, None)
+            await workers.close(drain_timeout)
+            async_holder.queue = None
+            await queue.close()
+            await callback_session.close()
+            await invoke_session.close()
+
+    running: list[AsyncWorkers] = []
+
+    async def stop_claiming(_app: web.Application) -> None:
+        # Shutdown begins: claim nothing more (the cleanup above then drains).
+        for workers in running:
+            workers.stop_claiming()
+
+    app.cleanup_ctx.append(async_ctx)
+    app.on_shutdown.append(stop_claiming)
     return app
+
+
+def _invoke_session() -> aiohttp.ClientSession:
+    """The workers' connections to functions: kept alive, no limit of their own."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        timeout=aiohttp.ClientTimeout(total=None),
+    )
 
 
 def _live_metrics(supervisor: Supervisor, pools: Pools, reloader: Reloader) -> list[Metric]:

@@ -83,6 +83,7 @@ class FunctionSpec:
     annotations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     env_process: str | None = None  # OpenFaaS's fprocess, passed as the env var of that name
     max_inflight: int | None = None  # requests in flight to the function, over all replicas
+    async_concurrency: int | None = None  # asynchronous jobs run at once (None: the default)
     origin: str = "file"  # "file": from the routes file; "api": deployed through the API
     created_at: float | None = None  # API deployments: when they were first deployed
 

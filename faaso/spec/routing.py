@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 ROUTE_SEGMENT_RE = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@%-]+$")
 # Paths faaso itself answers; user routes may not shadow them.
-RESERVED_PREFIXES = ("/function", "/system", "/healthz", "/metrics", "/_")
+RESERVED_PREFIXES = ("/function", "/async-function", "/system", "/healthz", "/metrics", "/_")
 
 
 FUNCTION_PREFIX = "/function/"

@@ -1,0 +1,137 @@
+"""``/async-function/NAME[.openfaas-fn][/sub/path][?query]``: OpenFaaS's asynchronous
+invocation, made durable.
+
+Any method; the method, sub-path, query, headers and body are stored as sent and replayed to
+the function by the workers (:mod:`faaso.control.async_workers`). The answer is 202 with
+``X-Call-Id`` (the caller's own when it sent one: the same id twice is one job) and
+``X-Start-Time``, sent only once the job is committed to disk. Refused at once: an unknown
+function (404), a body over the limit (413), a malformed or not allowed ``X-Callback-Url`` or
+a bad ``X-Call-Id`` (400).
+
+``DELETE /async-function/CALL-ID`` (a path that names no function) cancels a job that has not
+started: 200, 404 when there is no such job, 409 when it already started.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+from aiohttp import web
+
+from faaso.gateway.messages import CALL_ID, START_TIME, json_error, new_call_id
+from faaso.gateway.proxy import upstream_headers
+from faaso.spec.asyncjob import CALL_ID_RE, CallbackHosts, parse_callback_url
+from faaso.spec.function import NAMESPACE
+from faaso.spec.routing import RouteTable
+from faaso.state.queue import JobQueue, NewJob
+
+PREFIX = "/async-function/"
+CALLBACK_URL = "X-Callback-Url"
+DEFAULT_MAX_BODY = 1024 * 1024
+
+
+class AsyncIntake:
+    """What the enqueue endpoint needs; ``hosts`` and ``max_body`` may be swapped on reload.
+    ``wake(function)`` tells the workers a job of that function is waiting."""
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        routes: Callable[[], RouteTable],
+        *,
+        wake: Callable[[str], None] = lambda _function: None,
+        hosts: CallbackHosts | None = None,
+        max_body: int = DEFAULT_MAX_BODY,
+    ) -> None:
+        self.queue = queue
+        self.routes = routes
+        self.wake = wake
+        self.hosts = hosts or CallbackHosts()
+        self.max_body = max_body
+        self.enqueued: defaultdict[str, int] = defaultdict(int)
+
+
+INTAKE = web.AppKey("faaso_async_intake", AsyncIntake)
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes | None:
+    """The whole body, or None when it is over ``limit`` bytes."""
+    length = request.content_length
+    if length is not None and length > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.readany()
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+
+
+async def async_function(request: web.Request) -> web.StreamResponse:
+    intake = request.app.get(INTAKE)
+    if intake is None:
+        return json_error(503, "asynchronous invocations are not enabled on this server")
+    raw_path, _, query = request.raw_path.partition("?")
+    rest = raw_path[len(PREFIX) :]
+    name, slash, sub = rest.partition("/")
+    base, dot, namespace = name.partition(".")
+    known = (not dot or namespace == NAMESPACE) and base in intake.routes().functions
+    if not known:
+        if request.method == "DELETE" and not slash and name:
+            return await _cancel(intake, name)
+        return json_error(404, f"no function named {name!r}", function=name)
+    callback = request.headers.get(CALLBACK_URL)
+    if callback is not None:
+        try:
+            url = parse_callback_url(callback)
+        except ValueError as exc:
+            return json_error(400, str(exc))
+        if not intake.hosts.allows(url):
+            return json_error(
+                400,
+                f"callback host {url.host}:{url.port} is not allowed by async.callback_hosts",
+            )
+    call_id = request.headers.get(CALL_ID)
+    if call_id is not None and not CALL_ID_RE.match(call_id):
+        return json_error(400, "X-Call-Id must be 1 to 128 letters, digits or ._:~+=@- characters")
+    body = await _read_body(request, intake.max_body)
+    if body is None:
+        return json_error(
+            413, f"the body is over the {intake.max_body} bytes an asynchronous call may carry"
+        )
+    headers = upstream_headers(request)
+    headers.popall(CALL_ID, None)
+    job = NewJob(
+        id=call_id or new_call_id(),
+        function=base,
+        method=request.method,
+        path="/" + sub if slash else "/",
+        query=query,
+        headers=tuple(headers.items()),
+        body=body,
+        callback_url=callback,
+        created=time.time(),
+    )
+    stored, created = await intake.queue.enqueue(job)
+    if created:
+        intake.enqueued[base] += 1
+        intake.wake(base)
+    return web.Response(
+        status=202,
+        headers={CALL_ID: stored.id, START_TIME: str(int(stored.created * 1e9))},
+    )
+
+
+async def _cancel(intake: AsyncIntake, call_id: str) -> web.Response:
+    outcome = await intake.queue.cancel(call_id, time.time())
+    if outcome == "missing":
+        return json_error(404, f"no function and no asynchronous call named {call_id!r}")
+    if outcome == "started":
+        return json_error(409, f"call {call_id!r} has already started; it cannot be cancelled")
+    return web.json_response({"callId": call_id, "state": "cancelled"})
