@@ -28,6 +28,7 @@ from faaso.api.openfaas import function_status
 from faaso.backends.base import Backend, Instance
 from faaso.config.deployment import check_namespace
 from faaso.config.desired import DesiredState
+from faaso.control.autoscaler import Autoscaler
 from faaso.control.supervisor import Supervisor
 from faaso.errors import (
     ConflictError,
@@ -54,6 +55,7 @@ class ApiContext:
     secrets: SecretStore
     metrics: Metrics
     backend: Backend
+    autoscaler: Autoscaler | None = None
 
 
 class ApiHolder:
@@ -115,7 +117,7 @@ async def read_json(request: web.Request) -> Any:
         raise InvalidRequest(f"the body is not valid JSON: {exc}") from exc
 
 
-def _name(request: web.Request) -> str:
+def name_of(request: web.Request) -> str:
     name = request.match_info["name"]
     base, dot, namespace = name.partition(".")
     if dot:
@@ -146,6 +148,7 @@ def _status(ctx: ApiContext, name: str) -> dict[str, Any] | None:
         invocations=ctx.metrics.invocations(name),
         created_at=created,
         requests=requests if isinstance(requests, dict) else None,
+        replicas=controller.replicas if controller is not None else None,
     )
 
 
@@ -161,7 +164,7 @@ async def list_functions(request: web.Request) -> web.Response:
 
 async def get_function(request: web.Request) -> web.Response:
     ctx = request.app[HOLDER].get()
-    name = _name(request)
+    name = name_of(request)
     status = _status(ctx, name)
     if status is None:
         return error(404, f"function {name!r} not found")
@@ -188,7 +191,7 @@ async def delete_function(request: web.Request) -> web.Response:
 
 async def scale_function(request: web.Request) -> web.Response:
     ctx = request.app[HOLDER].get()
-    name = _name(request)
+    name = name_of(request)
     body = await read_json(request)
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a ScaleServiceRequest object")
@@ -200,6 +203,9 @@ async def scale_function(request: web.Request) -> web.Response:
     if isinstance(replicas, bool) or not isinstance(replicas, int):
         raise InvalidRequest("replicas must be a whole number")
     await ctx.desired.scale(name, replicas)
+    controller = ctx.supervisor.controller(name)
+    if controller is not None:  # now, even when the spec's count did not change
+        controller.set_replicas(replicas, "scaled through the API")
     return web.json_response({"message": f"function {name!r} scaled to {replicas}"}, status=202)
 
 
@@ -412,7 +418,11 @@ async def not_found(request: web.Request) -> web.Response:
     return error(404, f"no such API route: {request.method} {request.path}")
 
 
-def api_app(holder: ApiHolder, middlewares: list[Any]) -> web.Application:
+def api_app(
+    holder: ApiHolder,
+    middlewares: list[Any],
+    add_more: Callable[[web.UrlDispatcher], None] | None = None,
+) -> web.Application:
     """The ``/system`` sub-application (auth applies to it alone)."""
     app = web.Application(middlewares=[*middlewares, errors_middleware], client_max_size=MAX_BODY)
     app[HOLDER] = holder
@@ -430,5 +440,7 @@ def api_app(holder: ApiHolder, middlewares: list[Any]) -> web.Application:
     r.add_get("/logs", get_logs)
     r.add_get("/info", info)
     r.add_get("/namespaces", namespaces)
+    if add_more is not None:
+        add_more(r)
     r.add_route("*", "/{tail:.*}", not_found)
     return app

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+from faaso.config.scaling import ScaleError, parse_scaling
 from faaso.errors import InvalidRequest
 from faaso.spec.function import (
     ENV_NAME_RE,
@@ -134,6 +135,10 @@ def deployment_to_spec(doc: object, *, created_at: float | None = None) -> Funct
     if not health_path.startswith("/"):
         raise InvalidRequest(f"annotation {HEALTH_PATH_ANNOTATION} must be a path")
     _limits(doc, "requests")  # validated, reported back, not enforced (as on faasd)
+    try:
+        policy = parse_scaling(labels).policy
+    except ScaleError as exc:
+        raise InvalidRequest(str(exc)) from None
     return FunctionSpec(
         name=name,
         image=image,
@@ -147,4 +152,6 @@ def deployment_to_spec(doc: object, *, created_at: float | None = None) -> Funct
         health_path=health_path,
         origin="api",
         created_at=created_at,
+        replicas=policy.min,  # OpenFaaS clients expect min replicas right after a deploy
+        scale=policy,
     )

@@ -17,6 +17,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.core import Metric
 
+from faaso.api import scaling as scaling_api
 from faaso.api.auth import basic_auth_middleware, ensure_password, password_path
 from faaso.api.handlers import ApiContext, ApiHolder, api_app
 from faaso.backends.docker.backend import DockerBackend
@@ -26,6 +27,7 @@ from faaso.config.desired import DesiredState
 from faaso.config.reloader import Reloader
 from faaso.config.routes_file import Config
 from faaso.config.runtimes import RuntimeCatalog
+from faaso.control.autoscaler import Autoscaler
 from faaso.control.controller import Prober
 from faaso.control.supervisor import Supervisor
 from faaso.gateway import metrics
@@ -67,7 +69,7 @@ def create_app(
         log.warning("auth.disabled", note="the /system API is open to anyone who can connect")
 
     def mount_api(app: web.Application) -> None:
-        app.add_subapp("/system", api_app(holder, middlewares))
+        app.add_subapp("/system", api_app(holder, middlewares, scaling_api.add_routes))
 
     app = gateway_app(state, mount_api)
     secrets = SecretStore(state_dir / "function-secrets")
@@ -109,9 +111,20 @@ def create_app(
         state.reload_status = lambda: reloader.last
         state.metrics.add_collector(lambda: _live_metrics(supervisor, state.pools, reloader))
         holder.ctx = ApiContext(desired, supervisor, secrets, state.metrics, backend)
+        # -- scaling (issue 11): the autoscaler, its metrics and the /system/alert API ------
+        autoscaler = Autoscaler(
+            supervisor.controllers,
+            state.metrics.started_count,
+            backend,
+            get_logger("faaso.autoscaler"),
+        )
+        holder.ctx.autoscaler = autoscaler
+        state.metrics.add_collector(autoscaler.metrics)
+        # -- end of scaling ----------------------------------------------------------------
         loop = asyncio.get_running_loop()
         try:
             await supervisor.start(desired.effective())
+            autoscaler.start()  # scaling
             reloader.start()
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
@@ -127,6 +140,7 @@ def create_app(
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGHUP)
             await reloader.close()
+            await autoscaler.close()  # scaling
             await supervisor.close()
             await probe_session.close()
             await backend.close()

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from faaso.spec.scaling import ScalePolicy
+
 # faaso has one OpenFaaS namespace (more come with the namespaces work).
 NAMESPACE = "openfaas-fn"
 
@@ -85,6 +87,7 @@ class FunctionSpec:
     max_inflight: int | None = None  # requests in flight to the function, over all replicas
     origin: str = "file"  # "file": from the routes file; "api": deployed through the API
     created_at: float | None = None  # API deployments: when they were first deployed
+    scale: ScalePolicy = field(default_factory=ScalePolicy)  # replicas starts at scale.min
 
     @property
     def built(self) -> bool:
