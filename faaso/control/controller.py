@@ -33,7 +33,7 @@ from faaso.errors import BackendError, FaasoError
 from faaso.gateway.pools import FunctionPool, drain
 from faaso.spec.endpoint import Endpoint
 from faaso.spec.function import FunctionSpec
-from faaso.spec.status import Phase
+from faaso.spec.status import SETTLED, Phase
 from faaso.state.secret_store import SecretStore
 
 STOP_TIMEOUT = 10.0
@@ -223,7 +223,7 @@ class FunctionController:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._converged.wait()
-        return self._converged.is_set() and self.phase is Phase.READY
+        return self._converged.is_set() and self.phase in SETTLED
 
     def update(self, spec: FunctionSpec, image: str) -> None:
         """New desired state: the loop rolls instances over if the fingerprint changed."""

@@ -254,7 +254,7 @@ async def test_autoscaler_up_and_down_under_load_without_failures(site_factory: 
         return len(site.containers("elastic")) == 1
 
     await eventually(one, 60, "back to min after the alert resolved")
-    bad = {"alerts": [{"labels": {}}]}
+    bad: dict[str, Any] = {"alerts": [{"labels": {}}]}
     assert (await site.call("POST", "/system/alert", bad))[0] == 400
     unknown = {"status": "firing", "alerts": [{"labels": {"function_name": "nope"}}]}
     assert (await site.call("POST", "/system/alert", unknown))[0] == 404
@@ -310,7 +310,7 @@ async def test_wake_is_bounded_by_the_timeout(site_factory: Any) -> None:
     assert site.status("slow")["available"] == 0
 
     async def up() -> bool:
-        return site.status("slow")["available"] == 1
+        return bool(site.status("slow")["available"] == 1)
 
     await eventually(up, 60, "the woken instance to come up anyway")
     status, body, headers = await site.call("GET", "/slow")
