@@ -590,7 +590,7 @@ class FunctionController:
                     f"within {spec.startup_timeout:g} s"
                 )
             await asyncio.sleep(delay)  # poll with backoff, bounded by the deadline
-            delay = min(delay * 2, 0.2)
+            delay = min(delay * 2, 0.05)  # fine-grained: a request may be waiting (a wake)
 
     async def _probe_loop(self) -> None:
         """Periodic health checks of ready instances; N failures in a row take one out."""
