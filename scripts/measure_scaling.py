@@ -312,7 +312,7 @@ def main() -> int:
     (work / "routes.yml").write_text(CONFIG)
     state = work / "state"
     port = free_port()
-    log = (work / "serve.log").open("wb")
+    log = Path(os.environ.get("FAASO_MEASURE_LOG", work / "serve.log")).open("wb")
     proc = subprocess.Popen(
         [
             sys.executable,

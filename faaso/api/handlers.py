@@ -204,8 +204,10 @@ async def scale_function(request: web.Request) -> web.Response:
         raise InvalidRequest("replicas must be a whole number")
     await ctx.desired.scale(name, replicas)
     controller = ctx.supervisor.controller(name)
-    if controller is not None:  # now, even when the spec's count did not change
+    if controller is not None and controller.replicas != replicas:
+        # now, even when the spec's count did not change (the autoscaler or a wake moved it)
         controller.set_replicas(replicas, "scaled through the API")
+        await controller.wait_converged(controller.spec.startup_timeout + 30)
     return web.json_response({"message": f"function {name!r} scaled to {replicas}"}, status=202)
 
 

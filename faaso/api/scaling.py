@@ -73,8 +73,9 @@ async def reset_scale(request: web.Request) -> web.Response:
     name = name_of(request)
     spec = await ctx.desired.reset_scale(name)
     controller = ctx.supervisor.controller(name)
-    if controller is not None:
+    if controller is not None and controller.replicas != spec.replicas:
         controller.set_replicas(spec.replicas, "the API override was reset")
+        await controller.wait_converged(controller.spec.startup_timeout + 30)
     return web.json_response(
         {"message": f"function {name!r}: replica override dropped; {spec.replicas} replicas"},
         status=202,

@@ -468,7 +468,8 @@ class FunctionController:
         try:
             await self._backend.unpause(instance.id)
             tracked.paused = False
-            await self._wait_healthy(tracked)
+            # No health check first: a thawed process is exactly as it was when it was frozen,
+            # healthy and listening; the periodic probes watch it from here on.
         except FaasoError as exc:
             self._log.warning("instance.thaw_failed", container=instance.name, error=str(exc))
             await self._retire([tracked], "could not be woken", 0.0)
