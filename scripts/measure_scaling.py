@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 POLL = 0.005
 CONNECTIONS = 64
 STEP_SCALE = (
-    "{type: capacity, target: 16, target_proportion: 1, min: 1, max: 4, "
+    "{type: rps, target: 1000, target_proportion: 0.9, min: 1, max: 4, "
     "stable_window: 20, panic_window: 6, scale_down_delay: 10}"
 )
 CONFIG = f"""
@@ -290,7 +290,7 @@ def plot(result: dict[str, Any], out: Path) -> None:
     lines = ax.get_legend_handles_labels()
     more = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper right")
-    ax.set_title("faaso autoscaler: a load step (capacity target 16 in flight per replica)")
+    ax.set_title("faaso autoscaler: a load step (target 1000 requests/s per replica x 0.9)")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
@@ -307,12 +307,15 @@ def main() -> int:
     parser.add_argument("--load-seconds", type=float, default=40.0)
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "scaling.png")
     args = parser.parse_args()
+    # stopped early: still stop our server and its containers (the finally below)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     work = Path(tempfile.mkdtemp(prefix="faaso-scaling-"))
     shutil.copytree(ROOT / "conf" / "functions" / "sum", work / "sum")
     (work / "routes.yml").write_text(CONFIG)
     state = work / "state"
     port = free_port()
-    log = Path(os.environ.get("FAASO_MEASURE_LOG", work / "serve.log")).open("wb")
+    log_path = Path(os.environ.get("FAASO_MEASURE_LOG", work / "serve.log"))
+    log = log_path.open("wb")  # closed in the finally below
     proc = subprocess.Popen(
         [
             sys.executable,
