@@ -69,6 +69,7 @@ class _State:
     stable_load: float = 0.0
     panic_load: float = 0.0
     decision: dict[str, object] = field(default_factory=dict)
+    ticks: int = 0  # decisions made (each tick), for the status
 
 
 def _average(samples: deque[tuple[float, float]], since: float) -> float:
@@ -129,6 +130,7 @@ class Autoscaler:
             "panicking": state.panic_since is not None,
             "alert_floor": state.floor,
             "last_decision": state.decision or None,
+            "ticks": state.ticks,
         }
 
     def metrics(self) -> list[Metric]:
@@ -227,6 +229,13 @@ class Autoscaler:
         state.cpu_total, state.cpu_at = total, now
 
     async def _decide(self, controller: FunctionController, state: _State, now: float) -> None:
+        state.ticks += 1
+        try:
+            await self._decide_now(controller, state, now)
+        finally:
+            controller.autoscaler_view = self.status(controller.name)
+
+    async def _decide_now(self, controller: FunctionController, state: _State, now: float) -> None:
         policy = controller.spec.scale
         current = controller.replicas
         if state.set_by_us is not None and current != state.set_by_us:
@@ -253,7 +262,6 @@ class Autoscaler:
         state.desired = desired
         if desired != current:
             self._set(controller, state, desired, why, now)
-        controller.autoscaler_view = self.status(controller.name)
 
     def _desired(
         self, controller: FunctionController, policy: ScalePolicy, state: _State, now: float
