@@ -238,7 +238,10 @@ async def test_autoscaler_up_and_down_under_load_without_failures(site_factory: 
     def scaled_down() -> bool:
         return len(site.containers("elastic")) == 1
 
-    down_statuses = await _load(site, "/elastic?s=0.05", 1, 60, scaled_down)
+    began = time.monotonic()
+    down_statuses = await _load(
+        site, "/elastic?s=0.05", 1, 60, lambda: scaled_down() and time.monotonic() > began + 2
+    )
     assert scaled_down(), site.status("elastic")
     assert set(down_statuses) == {200}
 
