@@ -17,7 +17,7 @@ import datetime as dt
 import json
 import platform
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ from faaso.api.openfaas import function_status
 from faaso.backends.base import Backend, Instance
 from faaso.config.deployment import check_namespace
 from faaso.config.desired import DesiredState
+from faaso.control.autoscaler import Autoscaler
 from faaso.control.supervisor import Supervisor
 from faaso.errors import (
     ConflictError,
@@ -56,6 +57,7 @@ class ApiContext:
     backend: Backend
     # The function's asynchronous queue for its status (set when the queue runs).
     queue_of: Callable[[str], dict[str, Any]] | None = None
+    autoscaler: Autoscaler | None = None
 
 
 class ApiHolder:
@@ -117,7 +119,7 @@ async def read_json(request: web.Request) -> Any:
         raise InvalidRequest(f"the body is not valid JSON: {exc}") from exc
 
 
-def _name(request: web.Request) -> str:
+def name_of(request: web.Request) -> str:
     name = request.match_info["name"]
     base, dot, namespace = name.partition(".")
     if dot:
@@ -148,6 +150,7 @@ def _status(ctx: ApiContext, name: str) -> dict[str, Any] | None:
         invocations=ctx.metrics.invocations(name),
         created_at=created,
         requests=requests if isinstance(requests, dict) else None,
+        replicas=controller.replicas if controller is not None else None,
     )
     if ctx.queue_of is not None:
         status["asyncQueue"] = ctx.queue_of(name)
@@ -166,7 +169,7 @@ async def list_functions(request: web.Request) -> web.Response:
 
 async def get_function(request: web.Request) -> web.Response:
     ctx = request.app[HOLDER].get()
-    name = _name(request)
+    name = name_of(request)
     status = _status(ctx, name)
     if status is None:
         return error(404, f"function {name!r} not found")
@@ -193,7 +196,7 @@ async def delete_function(request: web.Request) -> web.Response:
 
 async def scale_function(request: web.Request) -> web.Response:
     ctx = request.app[HOLDER].get()
-    name = _name(request)
+    name = name_of(request)
     body = await read_json(request)
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a ScaleServiceRequest object")
@@ -205,6 +208,11 @@ async def scale_function(request: web.Request) -> web.Response:
     if isinstance(replicas, bool) or not isinstance(replicas, int):
         raise InvalidRequest("replicas must be a whole number")
     await ctx.desired.scale(name, replicas)
+    controller = ctx.supervisor.controller(name)
+    if controller is not None and controller.replicas != replicas:
+        # now, even when the spec's count did not change (the autoscaler or a wake moved it)
+        controller.set_replicas(replicas, "scaled through the API")
+        await controller.wait_converged(controller.spec.startup_timeout + 30)
     return web.json_response({"message": f"function {name!r} scaled to {replicas}"}, status=202)
 
 
@@ -420,10 +428,10 @@ async def not_found(request: web.Request) -> web.Response:
 def api_app(
     holder: ApiHolder,
     middlewares: list[Any],
-    extra: Callable[[web.Application], None] | None = None,
+    extra: Sequence[Callable[[web.Application], None]] = (),
 ) -> web.Application:
-    """The ``/system`` sub-application (auth applies to it alone); ``extra`` adds routes
-    (the asynchronous jobs' ones) before the catch-all 404."""
+    """The ``/system`` sub-application (auth applies to it alone); each of ``extra`` adds its
+    routes (asynchronous jobs, scaling) before the catch-all 404."""
     app = web.Application(middlewares=[*middlewares, errors_middleware], client_max_size=MAX_BODY)
     app[HOLDER] = holder
     r = app.router
@@ -440,7 +448,7 @@ def api_app(
     r.add_get("/logs", get_logs)
     r.add_get("/info", info)
     r.add_get("/namespaces", namespaces)
-    if extra is not None:
-        extra(app)
+    for add in extra:
+        add(app)
     r.add_route("*", "/{tail:.*}", not_found)
     return app

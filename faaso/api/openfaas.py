@@ -31,6 +31,7 @@ def function_status(
     invocations: int,
     created_at: str | None,
     requests: Mapping[str, Any] | None = None,
+    replicas: int | None = None,
 ) -> dict[str, Any]:
     """A FunctionStatus, with OpenFaaS's habit of leaving out zero counts."""
     status: dict[str, Any] = {
@@ -52,8 +53,9 @@ def function_status(
         status["requests"] = dict(requests)
     if invocations:
         status["invocationCount"] = invocations
-    if spec.replicas:
-        status["replicas"] = spec.replicas
+    replicas = spec.replicas if replicas is None else replicas  # the running count wanted now
+    if replicas:
+        status["replicas"] = replicas
     if available:
         status["availableReplicas"] = available
     if created_at:

@@ -49,6 +49,7 @@ class Instance:
     fingerprint: str
     endpoint: Endpoint | None
     running: bool = True
+    paused: bool = False
     exit_code: int | None = None
     created: str | None = None  # RFC 3339, as the engine reports it
 
@@ -72,6 +73,15 @@ class Backend(Protocol):
 
     async def stop(self, instance_id: str, timeout: float = 10.0) -> None:
         """Stop (SIGTERM, then SIGKILL after ``timeout``) and remove an instance. Idempotent."""
+
+    async def pause(self, instance_id: str) -> None:
+        """Freeze an instance: its memory is kept, it gets no CPU, it answers nothing."""
+
+    async def unpause(self, instance_id: str) -> None:
+        """Thaw a paused instance; it answers again at once."""
+
+    async def cpu_seconds(self, instance_id: str) -> float | None:
+        """CPU time the instance has used so far (seconds), or None when it is gone."""
 
     async def list_instances(self) -> list[Instance]:
         """Every instance this faaso owns, running or not."""

@@ -165,9 +165,18 @@ def register(sub: Any) -> None:
     p.add_argument("name")
     p.set_defaults(handler=_remove)
 
-    p = sub.add_parser("scale", parents=common, help="set a function's number of replicas")
+    p = sub.add_parser(
+        "scale",
+        parents=common,
+        help="set a function's number of replicas (an API override), or --reset it",
+    )
     p.add_argument("name")
-    p.add_argument("replicas", type=_replicas)
+    p.add_argument("replicas", type=_replicas, nargs="?")
+    p.add_argument(
+        "--reset",
+        action="store_true",
+        help="drop the API override: the routes file's (or deployment's) replicas apply again",
+    )
     p.set_defaults(handler=_scale)
 
     p = sub.add_parser(
@@ -478,7 +487,13 @@ def _remove(args: argparse.Namespace) -> int:
 
 @_quiet_broken_pipe
 def _scale(args: argparse.Namespace) -> int:
-    print(_with_client(args, lambda c: c.scale(args.name, args.replicas)))
+    if args.reset == (args.replicas is not None):
+        print("faaso scale: give either REPLICAS or --reset", file=sys.stderr)
+        return EXIT_USAGE
+    if args.reset:
+        print(_with_client(args, lambda c: c.reset_scale(args.name)))
+    else:
+        print(_with_client(args, lambda c: c.scale(args.name, args.replicas)))
     return EXIT_OK
 
 

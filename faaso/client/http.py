@@ -232,6 +232,10 @@ class Client:
         )
         return self._message(doc, f"function {name!r} scaled to {replicas}")
 
+    async def reset_scale(self, name: str) -> str:
+        doc = await self._json("DELETE", f"/system/scale-function/{_segment(name)}", None)
+        return self._message(doc, f"function {name!r}: replica override dropped")
+
     async def invoke(
         self,
         name: str,

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+from faaso.config.scaling import ScaleError, parse_scaling
 from faaso.errors import InvalidRequest
 from faaso.spec.asyncjob import check_async_annotations
 from faaso.spec.function import (
@@ -138,6 +139,10 @@ def deployment_to_spec(doc: object, *, created_at: float | None = None) -> Funct
     if problem is not None:
         raise InvalidRequest(f"annotation {problem}")
     _limits(doc, "requests")  # validated, reported back, not enforced (as on faasd)
+    try:
+        policy = parse_scaling(labels).policy
+    except ScaleError as exc:
+        raise InvalidRequest(str(exc)) from None
     return FunctionSpec(
         name=name,
         image=image,
@@ -151,4 +156,6 @@ def deployment_to_spec(doc: object, *, created_at: float | None = None) -> Funct
         health_path=health_path,
         origin="api",
         created_at=created_at,
+        replicas=policy.min,  # OpenFaaS clients expect min replicas right after a deploy
+        scale=policy,
     )

@@ -26,6 +26,7 @@ from typing import Any
 from faaso.config.deployment import deployment_to_spec
 from faaso.config.routes_file import Config
 from faaso.errors import ConfigError, ConflictError, InvalidRequest, NotFoundError
+from faaso.logs import get_logger
 from faaso.spec.function import MAX_REPLICAS, FunctionSpec
 from faaso.state.files import atomic_write
 
@@ -136,6 +137,23 @@ class DesiredState:
                 for n, c in self.replicas.items()
                 if n in new_file.functions or n in self.deployed
             }
+            # Precedence: an edit of a function's replicas or scale settings in the file wins
+            # over an older API override (which is dropped, and logged).
+            for name in list(replicas):
+                before = self.file_config.functions.get(name)
+                after = new_file.functions.get(name)
+                if (
+                    before is not None
+                    and after is not None
+                    and (before.replicas, before.scale) != (after.replicas, after.scale)
+                ):
+                    get_logger("faaso.desired").info(
+                        "scale.override_dropped",
+                        function=name,
+                        override=replicas.pop(name),
+                        replicas=after.replicas,
+                        why="the routes file's replicas or scale settings changed",
+                    )
             result = await self._apply(self.effective(new_file, replicas=replicas))
             self.file_config = new_file
             if replicas != self.replicas:
@@ -192,6 +210,34 @@ class DesiredState:
             await self._apply(self.effective(replicas=replicas))
             self.replicas = replicas
             self._save()
+            get_logger("faaso.desired").info(
+                "scale.override",
+                function=name,
+                replicas=count,
+                note="set now; the autoscaler may move it within min..max; an edit of the "
+                "file's replicas or scale settings, or faaso scale --reset, drops it",
+            )
+
+    async def reset_scale(self, name: str) -> FunctionSpec:
+        """Drop the API's replica override (``faaso scale NAME --reset``): the file's (or the
+        deployment's) replicas apply again. Raises NotFoundError."""
+        async with self._lock:
+            if name not in self.file_config.functions and name not in self.deployed:
+                raise NotFoundError(f"function {name!r} does not exist")
+            replicas = {n: c for n, c in self.replicas.items() if n != name}
+            config = self.effective(replicas=replicas)
+            if replicas != self.replicas:
+                await self._apply(config)
+                get_logger("faaso.desired").info(
+                    "scale.override_dropped",
+                    function=name,
+                    override=self.replicas[name],
+                    replicas=config.functions[name].replicas,
+                    why="reset through the API",
+                )
+                self.replicas = replicas
+                self._save()
+            return config.functions[name]
 
     async def refresh(self) -> None:
         """Re-apply as it is (a secret changed: functions that use it roll over)."""

@@ -6,6 +6,7 @@ the file, the dotted key and the offending value, so the operator can fix it wit
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from typing import Any
 import yaml
 
 from faaso.config.runtimes import RuntimeCatalog, load_function_file
+from faaso.config.scaling import ScaleError, parse_scaling
 from faaso.config.yamlutil import load_strict
 from faaso.errors import ConfigError
 from faaso.spec.asyncjob import check_async_annotations, valid_host_pattern
@@ -60,6 +62,7 @@ FUNCTION_KEYS = frozenset(
         "annotations",
         "max_inflight",
         "async_concurrency",
+        "scale",
     }
 )
 ASYNC_KEYS = frozenset(
@@ -363,7 +366,18 @@ def _parse_function(
     else:
         raise check.fail(key, fdoc, "needs either 'image' or 'source' (with 'runtime')")
 
-    replicas = doc.get("replicas", 1)
+    labels = _user_labels(check, f"{key}.labels", doc.get("labels"))
+    try:
+        scaling = parse_scaling(
+            labels,
+            check.mapping(f"{key}.scale", doc.get("scale")),
+            labels_key=f"{key}.labels",
+            block_key=f"{key}.scale",
+        )
+    except ScaleError as exc:
+        raise check.fail(exc.key, exc.value, exc.problem) from None
+    policy = scaling.policy
+    replicas = doc.get("replicas", policy.min)
     if (
         isinstance(replicas, bool)
         or not isinstance(replicas, int)
@@ -372,6 +386,15 @@ def _parse_function(
         raise check.fail(
             f"{key}.replicas", replicas, f"must be a whole number from 0 to {MAX_REPLICAS}"
         )
+    if "replicas" in doc and replicas > 0:
+        if "min" not in scaling.given:  # replicas: N alone keeps at least N running
+            policy = dataclasses.replace(policy, min=replicas, max=max(policy.max, replicas))
+        elif not policy.min <= replicas <= policy.max:
+            raise check.fail(
+                f"{key}.replicas",
+                replicas,
+                f"must be 0 or within scale min..max ({policy.min}..{policy.max})",
+            )
 
     health_failures = doc.get("health_failures", DEFAULT_HEALTH_FAILURES)
     if (
@@ -433,7 +456,8 @@ def _parse_function(
         image=image,
         replicas=replicas,
         env=check.str_map(f"{key}.env", doc.get("env"), ENV_NAME_RE),
-        labels=_user_labels(check, f"{key}.labels", doc.get("labels")),
+        labels=labels,
+        scale=policy,
         timeout=check.number(f"{key}.timeout", doc.get("timeout", DEFAULT_TIMEOUT), 0.0, 86400.0),
         startup_timeout=check.number(
             f"{key}.startup_timeout",

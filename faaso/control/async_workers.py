@@ -215,6 +215,11 @@ class AsyncWorkers:
         if total > 0:
             for function in self._functions():
                 if not self._invoker.ready(function):
+                    queued = self.stats.get(function)
+                    if queued is not None and queued.queued > 0:
+                        # A function at zero starts for its queued jobs; they are claimed
+                        # once it is holding (its instance on the way) or live.
+                        self._invoker.wake(function)
                     continue
                 slots = self.concurrency_of(function) - self._per_function[function]
                 if slots > 0:
@@ -458,6 +463,11 @@ class AsyncWorkers:
                 {(o,): float(n) for o, n in self.callbacks.items()},
             ),
         ]
+
+    def pending(self, function: str) -> int:
+        """Jobs queued or running for ``function``: the autoscaler keeps it from idling."""
+        queued = self.stats.get(function)
+        return self._per_function[function] + (queued.queued if queued is not None else 0)
 
     def queue_of(self, function: str) -> dict[str, Any]:
         """The function's queue, for its status."""

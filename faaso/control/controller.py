@@ -33,7 +33,7 @@ from faaso.errors import BackendError, FaasoError
 from faaso.gateway.pools import FunctionPool, drain
 from faaso.spec.endpoint import Endpoint
 from faaso.spec.function import FunctionSpec
-from faaso.spec.status import Phase
+from faaso.spec.status import SETTLED, Phase
 from faaso.state.secret_store import SecretStore
 
 STOP_TIMEOUT = 10.0
@@ -76,6 +76,7 @@ class Tracked:
     instance: Instance
     started_at: float = field(default_factory=time.monotonic)
     ready: bool = False
+    paused: bool = False  # frozen by the engine: scaled to zero (first step) or a spare
     probe_failures: int = 0
 
 
@@ -133,6 +134,14 @@ class FunctionController:
         self.last_exit_code: int | None = None
         self.last_logs: list[str] = []
         self.restart_delays: list[float] = []  # the backoff chosen at each restart, newest last
+        # scaling: the replicas wanted now. The spec's count (file or API) sets it; the
+        # autoscaler and a wake move it (set_replicas); 0 is "at zero".
+        self.replicas = spec.replicas
+        self.scaled_because = "deployed"
+        self.scaled_at = time.time()
+        self._remove_paused = False
+        self.waking: str | None = None  # "paused" or "cold" while a request wakes it from zero
+        self.autoscaler_view: dict[str, object] | None = None  # written by the autoscaler
 
     # -- what others read --------------------------------------------------------------------
 
@@ -143,6 +152,13 @@ class FunctionController:
     def ready_count(self) -> int:
         return sum(1 for t in self._tracked.values() if t.ready)
 
+    def inflight(self) -> int:
+        """Requests in flight to this function now, over all its instances."""
+        return self._pool.inflight()
+
+    def paused_count(self) -> int:
+        return sum(1 for t in self._tracked.values() if t.paused)
+
     def instances(self) -> list[Instance]:
         return [t.instance for t in self._tracked.values()]
 
@@ -150,8 +166,12 @@ class FunctionController:
         return {
             "function": self.name,
             "phase": str(self.phase),
-            "replicas": self.spec.replicas,
+            "replicas": self.replicas,
             "available": len(self._pool),
+            "paused": self.paused_count(),
+            "scaled_because": self.scaled_because,
+            "scaled_at": self.scaled_at,
+            "autoscaler": self.autoscaler_view,
             "image": self.image,
             "error": self.error,
             "restarts": self.restarts,
@@ -167,7 +187,8 @@ class FunctionController:
         for instance in candidates:
             taken = sum(1 for t in self._tracked.values() if t.ready)
             if (
-                taken < self.spec.replicas
+                taken < self.replicas
+                and not instance.paused
                 and instance.fingerprint == self.fingerprint
                 and instance.running
                 and instance.endpoint is not None
@@ -189,7 +210,9 @@ class FunctionController:
         return rest
 
     def start(self) -> None:
-        self._pool.holding = self.spec.replicas > 0
+        # Always holding: a request for a function at zero waits for the wake it starts.
+        self._pool.holding = True
+        self._pool.wake = self.wake
         self._tasks = [
             asyncio.create_task(self._run(), name=f"controller-{self.name}"),
             asyncio.create_task(self._probe_loop(), name=f"probe-{self.name}"),
@@ -200,14 +223,18 @@ class FunctionController:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._converged.wait()
-        return self._converged.is_set() and self.phase is Phase.READY
+        return self._converged.is_set() and self.phase in SETTLED
 
     def update(self, spec: FunctionSpec, image: str) -> None:
         """New desired state: the loop rolls instances over if the fingerprint changed."""
+        previous = self.spec
         self.spec = spec
         self.image = image
         self.fingerprint = instance_fingerprint(image, spec, self._secrets)
-        self._pool.holding = spec.replicas > 0
+        if spec.replicas != previous.replicas or spec.scale != previous.scale:
+            self.set_replicas(spec.replicas, "the configured replicas changed")
+        elif self.replicas > 0:  # keep what the autoscaler chose, within the new bounds
+            self.set_replicas(spec.scale.clamp(self.replicas), "the scale bounds changed")
         self._converged.clear()
         self._young_deaths = 0
         self._not_before = 0.0
@@ -217,12 +244,47 @@ class FunctionController:
         """Stop reconciling; take every instance out of the pool, drain it, stop it."""
         self._closing = True
         self._pool.holding = False
+        self._pool.wake = None
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*self._cleanups, return_exceptions=True)
         await self._retire(list(self._tracked.values()), "shutdown", drain_timeout)
         self.phase = Phase.STOPPED
+
+    # -- scaling -----------------------------------------------------------------------------
+
+    def set_replicas(self, replicas: int, why: str) -> None:
+        """Run ``replicas`` instances from now on (0: scale to zero, pausing them first)."""
+        if replicas > 0:
+            self._remove_paused = False
+        if replicas == self.replicas:
+            return
+        self._log.info("function.scale", replicas_from=self.replicas, replicas_to=replicas, why=why)
+        self.replicas = replicas
+        self.scaled_because = why
+        self.scaled_at = time.time()
+        self._converged.clear()
+        self._wake.set()
+
+    def remove_paused(self) -> None:
+        """Scale to zero, second step: remove the paused instances (memory given back)."""
+        if not self._remove_paused and self.paused_count():
+            self._log.info("function.remove_paused", paused=self.paused_count())
+        self._remove_paused = True
+        self._wake.set()
+
+    def wake(self) -> str | None:
+        """A request found no instance: start one if the function is at zero (the gateway's
+        pool calls this). Every request that arrives meanwhile joins the same start. Returns
+        how it wakes (``paused`` or ``cold``), or None when it is not at zero (healing)."""
+        if self._closing:
+            return None
+        if self.replicas > 0:
+            return self.waking
+        self.waking = "paused" if self.paused_count() else "cold"
+        self.set_replicas(max(1, self.spec.scale.min), f"woken by a request ({self.waking})")
+        return self.waking
 
     # -- events ------------------------------------------------------------------------------
 
@@ -314,10 +376,31 @@ class FunctionController:
 
     async def _reconcile(self) -> float | None:
         """One pass. Returns how long to sleep at most before the next pass (None: until woken)."""
-        spec = self.spec
+        target = self.replicas
         current = [t for t in self._tracked.values() if t.instance.fingerprint == self.fingerprint]
         old = [t for t in self._tracked.values() if t.instance.fingerprint != self.fingerprint]
-        missing = spec.replicas - len(current)
+        paused = [t for t in current if t.paused]
+        active = [t for t in current if not t.paused]
+        if target == 0:
+            # At zero: out of the pool, drained, then frozen (memory kept, no CPU); removed
+            # only when asked to (after the longer idle time), or at once if a pause fails.
+            if active:
+                await self._park(active)
+            if old:
+                await self._retire(old, "replaced by a newer spec", DRAIN_TIMEOUT)
+            if self._remove_paused:
+                gone = [t for t in self._tracked.values() if t.paused]
+                if gone:
+                    await self._retire(gone, "idle at zero: removed", 0.0)
+            self.error = None
+            self._set_phase()
+            self._converged.set()
+            return None
+        missing = target - len(active)
+        if missing > 0 and paused:
+            # A paused instance answers tens of milliseconds after it is thawed: use those first.
+            thawed = await asyncio.gather(*(self._thaw(t) for t in paused[:missing]))
+            missing -= sum(thawed)
         if missing > 0:
             wait = self._not_before - time.monotonic()
             if wait > 0:
@@ -336,16 +419,72 @@ class FunctionController:
                 self._log.error("instance.start_failed", error=str(first), failed=len(failures))
                 return self._backoff_after_failure()
         elif missing < 0:
-            extra = sorted(current, key=lambda t: t.started_at)[:-missing]
+            extra = sorted(active, key=lambda t: t.started_at)[:-missing]
             await self._retire(extra, "scaled down", DRAIN_TIMEOUT)
-        if old and len(self._ready_current()) >= spec.replicas:
+        if self._remove_paused:
+            spares = [t for t in self._tracked.values() if t.paused]
+            if spares:
+                await self._retire(spares, "idle spare: removed", 0.0)
+        if old and len(self._ready_current()) >= target:
             await self._retire(old, "replaced by a newer spec", DRAIN_TIMEOUT)
-        if len(self._ready_current()) >= spec.replicas and not old:
+        if len(self._ready_current()) >= target and not old:
             self.error = None
+        if len(self._pool):
+            self.waking = None  # woken: later requests find an instance
         self._set_phase()
         if self.phase is Phase.READY:
             self._converged.set()
         return None
+
+    async def _park(self, victims: list[Tracked]) -> None:
+        """Scale to zero, first step: out of the pool, drain, pause (retire if it cannot)."""
+        members = []
+        for tracked in victims:
+            tracked.ready = False
+            member = self._pool.remove(tracked.instance.id)
+            if member is not None:
+                members.append(member)
+        await asyncio.gather(*(drain(m, DRAIN_TIMEOUT) for m in members))
+        results = await asyncio.gather(
+            *(self._backend.pause(t.instance.id) for t in victims), return_exceptions=True
+        )
+        failed = []
+        for tracked, result in zip(victims, results, strict=True):
+            if isinstance(result, BaseException):
+                self._log.warning(
+                    "instance.pause_failed", container=tracked.instance.name, error=str(result)
+                )
+                failed.append(tracked)
+            else:
+                tracked.paused = True
+                self._log.info("instance.paused", container=tracked.instance.name)
+        if failed:
+            await self._retire(failed, "could not be paused", 0.0)
+
+    async def _thaw(self, tracked: Tracked) -> bool:
+        """Unpause an instance and put it back in the pool once it answers; False if it fails."""
+        instance = tracked.instance
+        began = time.monotonic()
+        try:
+            await self._backend.unpause(instance.id)
+            tracked.paused = False
+            # No health check first: a thawed process is exactly as it was when it was frozen,
+            # healthy and listening; the periodic probes watch it from here on.
+        except FaasoError as exc:
+            self._log.warning("instance.thaw_failed", container=instance.name, error=str(exc))
+            await self._retire([tracked], "could not be woken", 0.0)
+            return False
+        if instance.id not in self._tracked:  # died meanwhile
+            return False
+        tracked.ready = True
+        assert instance.endpoint is not None
+        self._pool.add(instance.id, pool_endpoint(instance.endpoint))
+        self._log.info(
+            "instance.thawed",
+            container=instance.name,
+            seconds=round(time.monotonic() - began, 4),
+        )
+        return True
 
     def _ready_current(self) -> list[Tracked]:
         return [
@@ -356,9 +495,12 @@ class FunctionController:
 
     def _set_phase(self) -> None:
         ready = len(self._ready_current())
-        if self._young_deaths >= self._policy.crash_loop_after:
+        if self.replicas == 0:
+            paused = any(t.paused for t in self._tracked.values())
+            self.phase = Phase.PAUSED if paused else Phase.SCALED_TO_ZERO
+        elif self._young_deaths >= self._policy.crash_loop_after:
             self.phase = Phase.CRASH_LOOP
-        elif ready >= self.spec.replicas:
+        elif ready >= self.replicas:
             self.phase = Phase.READY
         elif any(t.ready for t in self._tracked.values()):
             self.phase = Phase.DEGRADED
@@ -449,7 +591,7 @@ class FunctionController:
                     f"within {spec.startup_timeout:g} s"
                 )
             await asyncio.sleep(delay)  # poll with backoff, bounded by the deadline
-            delay = min(delay * 2, 0.2)
+            delay = min(delay * 2, 0.05)  # fine-grained: a request may be waiting (a wake)
 
     async def _probe_loop(self) -> None:
         """Periodic health checks of ready instances; N failures in a row take one out."""

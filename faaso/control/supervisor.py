@@ -26,7 +26,7 @@ from faaso.control.controller import STOP_TIMEOUT, FunctionController, Prober, R
 from faaso.errors import BackendError, FaasoError, ReloadError
 from faaso.gateway.pools import Pools
 from faaso.spec.function import FunctionSpec
-from faaso.spec.status import Phase
+from faaso.spec.status import SETTLED, Phase
 from faaso.state.secret_store import SecretStore
 
 RECONNECT_MAX = 10.0
@@ -92,10 +92,14 @@ class Supervisor:
         return sorted(out, key=lambda s: str(s["function"]))
 
     def not_ready(self) -> list[dict[str, object]]:
-        return [s for s in self.statuses() if s["phase"] != str(Phase.READY)]
+        settled = {str(p) for p in SETTLED}
+        return [s for s in self.statuses() if s["phase"] not in settled]
 
     def controller(self, name: str) -> FunctionController | None:
         return self._controllers.get(name)
+
+    def controllers(self) -> list[FunctionController]:
+        return list(self._controllers.values())
 
     def max_inflight_of(self, function: str) -> int | None:
         controller = self._controllers.get(function)

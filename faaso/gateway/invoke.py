@@ -68,6 +68,12 @@ class Invoker:
         pool = self._pools.get(function)
         return len(pool) > 0 or pool.holding
 
+    def wake(self, function: str) -> bool:
+        """Start a function that is at zero (its pool's ``wake``, set by the control plane).
+        True when a start was begun or joined."""
+        wake = self._pools.get(function).wake
+        return wake is not None and wake() is not None
+
     async def invoke(
         self,
         function: str,

@@ -16,6 +16,8 @@ INTERNAL_HEADER = "X-OpenFaaS-Internal"
 CALL_ID = "X-Call-Id"
 START_TIME = "X-Start-Time"
 DURATION = "X-Duration-Seconds"
+COLD_START = "X-Faaso-Cold-Start"  # on a response that had to wake its function: paused|cold
+RETRY_AFTER_WAKE = "2"  # seconds, on the 503 of a request whose wake did not finish in time
 CLIENT_GONE = 499  # nginx's code for "the client closed the connection": metrics only
 
 # Call ids: a random prefix per process and a counter, as unique as uuid4 without a system call
@@ -42,6 +44,10 @@ def msg_too_many(function: str, limit: int) -> str:
 
 def msg_not_ready(function: str) -> str:
     return f"function {function!r} has no ready instance"
+
+
+def msg_wake_timed_out(function: str, how: str) -> str:
+    return f"function {function!r} is waking from zero ({how}) and was not ready within its timeout"
 
 
 def msg_timed_out(function: str) -> str:

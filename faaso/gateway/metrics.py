@@ -74,6 +74,10 @@ class Metrics:
         histogram.total += seconds
         self._counts[function] += 1
 
+    def started_count(self, function: str) -> int:
+        """Requests started for a function so far (the autoscaler's request rate)."""
+        return self._started.get(function, 0)
+
     def invocations(self, function: str) -> int:
         return self._counts.get(function, 0)
 

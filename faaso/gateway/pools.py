@@ -4,12 +4,18 @@ Members are added by the function's controller only once healthy, and removed at
 die or are drained. ``pick()`` returns the member with the fewest requests in flight. While a
 function is expected back (its only instance died and a replacement is starting), the pool is
 ``holding``: the proxy waits for a member instead of failing at once.
+
+Scale from zero: the control plane injects a ``wake`` callable into each pool (the gateway never
+imports the control plane). A request that finds no member calls :meth:`FunctionPool.hold`,
+which calls ``wake()`` (starting, or joining, the one start of a function at zero) and then
+waits for the pool's "not empty" event, within the request's budget.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from faaso.spec.endpoint import Endpoint
@@ -29,13 +35,16 @@ class Member:
 class FunctionPool:
     """The live endpoints of one function."""
 
-    __slots__ = ("_members", "_nonempty", "holding", "name")
+    __slots__ = ("_members", "_nonempty", "holding", "name", "wake")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self._members: dict[str, Member] = {}
         self._nonempty = asyncio.Event()
         self.holding = False
+        # Set by the control plane: wakes the function if it is at zero; returns how
+        # ("paused" or "cold"), or None when it is not at zero.
+        self.wake: Callable[[], str | None] | None = None
 
     def add(self, instance_id: str, endpoint: Endpoint) -> Member:
         member = Member(instance_id, endpoint)
@@ -98,6 +107,13 @@ class FunctionPool:
             except TimeoutError:
                 return None
         return self.pick()
+
+    async def hold(self, timeout: float) -> tuple[Member | None, str | None]:
+        """For a request that found no member: wake the function if it is at zero, then wait
+        (while ``holding``) up to ``timeout`` seconds. Returns the member (or None) and how the
+        function was woken (None when it did not have to be)."""
+        woken = self.wake() if self.wake is not None else None
+        return await self.wait_member(timeout), woken
 
 
 async def drain(member: Member, timeout: float) -> bool:

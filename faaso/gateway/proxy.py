@@ -20,8 +20,10 @@ from yarl import URL
 from faaso.gateway.messages import (
     CALL_ID,
     CLIENT_GONE,
+    COLD_START,
     DURATION,
     HOP_BY_HOP,
+    RETRY_AFTER_WAKE,
     START_TIME,
     json_error,
     msg_cannot_connect,
@@ -29,6 +31,7 @@ from faaso.gateway.messages import (
     msg_not_routed,
     msg_timed_out,
     msg_too_many,
+    msg_wake_timed_out,
     new_call_id,
 )
 from faaso.gateway.metrics import Metrics
@@ -140,11 +143,19 @@ class Proxy:
                 function=match.function,
             )
         member = pool.pick()
+        woken: str | None = None  # scaling: how this request's function was woken, if it was
         if member is None and pool.holding:
-            # Its instance died and a replacement is on its way: hold, within the timeout.
-            member = await pool.wait_member(budget)
+            # Its instance died and a replacement is on its way, or it is at zero and this
+            # request wakes it (scaling): hold, within the timeout.
+            member, woken = await pool.hold(budget)
             budget -= time.monotonic() - started
         if member is None or budget <= 0:
+            if woken is not None:  # scaling: the wake did not finish in time
+                response = json_error(
+                    503, msg_wake_timed_out(match.function, woken), function=match.function
+                )
+                response.headers["Retry-After"] = RETRY_AFTER_WAKE
+                return response
             return json_error(503, msg_not_ready(match.function), function=match.function)
         headers = upstream_headers(request)
         call_id = headers.get(CALL_ID) or new_call_id()
@@ -179,6 +190,8 @@ class Proxy:
                     timeout=timeout,
                 ) as upstream:
                     extra = {CALL_ID: call_id, DURATION: f"{time.monotonic() - started:.6f}"}
+                    if woken is not None:  # scaling
+                        extra[COLD_START] = woken
                     return await self._respond(request, upstream, extra)
             except aiohttp.ClientConnectorError as exc:
                 refused = exc

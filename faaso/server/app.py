@@ -17,6 +17,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.core import Metric
 
+from faaso.api import scaling as scaling_api
 from faaso.api.async_jobs import AsyncJobsHolder, Waker, add_async_routes
 from faaso.api.auth import basic_auth_middleware, ensure_password, password_path
 from faaso.api.handlers import ApiContext, ApiHolder, api_app
@@ -28,6 +29,7 @@ from faaso.config.reloader import Reloader
 from faaso.config.routes_file import Config
 from faaso.config.runtimes import RuntimeCatalog
 from faaso.control.async_workers import AsyncWorkers
+from faaso.control.autoscaler import Autoscaler
 from faaso.control.controller import Prober
 from faaso.control.supervisor import Supervisor
 from faaso.gateway import metrics
@@ -46,6 +48,7 @@ from faaso.state.secret_store import SecretStore
 SUPERVISOR = web.AppKey("faaso_supervisor", Supervisor)
 RELOADER = web.AppKey("faaso_reloader", Reloader)
 DESIRED = web.AppKey("faaso_desired", DesiredState)
+AUTOSCALER = web.AppKey("faaso_autoscaler", Autoscaler)
 
 
 def create_app(
@@ -82,7 +85,10 @@ def create_app(
             api_app(
                 holder,
                 middlewares,
-                lambda api: add_async_routes(api, async_holder, async_waker),
+                (
+                    lambda api: add_async_routes(api, async_holder, async_waker),
+                    lambda api: scaling_api.add_routes(api.router),
+                ),
             ),
         )
 
@@ -130,9 +136,21 @@ def create_app(
         state.reload_status = lambda: reloader.last
         state.metrics.add_collector(lambda: _live_metrics(supervisor, state.pools, reloader))
         holder.ctx = ApiContext(desired, supervisor, secrets, state.metrics, backend)
+        # -- scaling (issue 11): the autoscaler, its metrics and the /system/alert API ------
+        autoscaler = Autoscaler(
+            supervisor.controllers,
+            state.metrics.started_count,
+            backend,
+            get_logger("faaso.autoscaler"),
+        )
+        holder.ctx.autoscaler = autoscaler
+        app[AUTOSCALER] = autoscaler
+        state.metrics.add_collector(autoscaler.metrics)
+        # -- end of scaling ----------------------------------------------------------------
         loop = asyncio.get_running_loop()
         try:
             await supervisor.start(desired.effective())
+            autoscaler.start()  # scaling
             reloader.start()
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
@@ -148,6 +166,7 @@ def create_app(
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGHUP)
             await reloader.close()
+            await autoscaler.close()  # scaling
             await supervisor.close()
             await probe_session.close()
             await backend.close()
@@ -201,6 +220,7 @@ def create_app(
             ]
         )
         await workers.start()
+        app[AUTOSCALER].pending = workers.pending  # queued jobs keep a function from idling
         app[INTAKE] = intake
         async_holder.queue = queue
         async_waker.wake = workers.wake

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from faaso.spec.scaling import ScalePolicy
+
 # faaso has one OpenFaaS namespace (more come with the namespaces work).
 NAMESPACE = "openfaas-fn"
 
@@ -86,6 +88,7 @@ class FunctionSpec:
     async_concurrency: int | None = None  # asynchronous jobs run at once (None: the default)
     origin: str = "file"  # "file": from the routes file; "api": deployed through the API
     created_at: float | None = None  # API deployments: when they were first deployed
+    scale: ScalePolicy = field(default_factory=ScalePolicy)  # replicas starts at scale.min
 
     @property
     def built(self) -> bool:

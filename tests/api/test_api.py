@@ -71,11 +71,12 @@ class Api:
         assert controller is not None
         return controller.image
 
-    def containers(self, function: str) -> list[str]:
+    def containers(self, function: str, *, paused: bool = False) -> list[str]:
         out = subprocess.run(
             [
                 "docker",
                 "ps",
+                *(["--filter", "status=paused"] if paused else []),
                 "--format",
                 "{{.Names}}",
                 "--filter",
@@ -196,10 +197,16 @@ async def test_file_functions_are_read_only_but_scalable(api: Api) -> None:
     assert (fn["replicas"], fn["availableReplicas"]) == (2, 2)
     status, _, _ = await api.call("POST", "/system/scale-function/sum", {"replicas": 0})
     assert status == 202
-    assert api.containers("sum") == []
+    # at zero: both instances paused (the first step), none serving
+    assert api.containers("sum", paused=True) == api.containers("sum")
+    assert len(api.containers("sum")) == 2
     _, fn, _ = await api.call("GET", "/system/function/sum")
     assert "replicas" not in fn and "availableReplicas" not in fn
-    assert (await api.call("GET", "/sum?a=1", auth=False))[0] == 503
+    # a request wakes it (min replicas: 1)
+    status, body, headers = await api.call("GET", "/sum?a=1", auth=False)
+    assert (status, body, headers.get("X-Faaso-Cold-Start")) == (200, 1, "paused")
+    _, fn, _ = await api.call("GET", "/system/function/sum")
+    assert (fn["replicas"], fn["availableReplicas"]) == (1, 1)
     bad: object
     for bad in ({"replicas": -1}, {"replicas": "2"}, {"replicas": True}, {}, [], {"replicas": 99}):
         status, body, _ = await api.call("POST", "/system/scale-function/sum", bad)

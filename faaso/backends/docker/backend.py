@@ -230,6 +230,36 @@ class DockerBackend:
         if socket_dir is not None:
             self._remove_socket_dir(socket_dir)
 
+    async def pause(self, instance_id: str) -> None:
+        try:
+            await self._docker.containers.container(instance_id).pause()
+        except aiodocker.DockerError as exc:
+            raise BackendError(f"cannot pause {instance_id[:12]}: {_message(exc)}") from exc
+
+    async def unpause(self, instance_id: str) -> None:
+        try:
+            await self._docker.containers.container(instance_id).unpause()
+        except aiodocker.DockerError as exc:
+            raise BackendError(f"cannot unpause {instance_id[:12]}: {_message(exc)}") from exc
+
+    async def cpu_seconds(self, instance_id: str) -> float | None:
+        # one-shot: the engine's stats without waiting a second for a "previous" sample; the
+        # autoscaler makes the rate from two of its own readings.
+        try:
+            stats = await self._docker._query_json(
+                f"containers/{instance_id}/stats",
+                params={"stream": "false", "one-shot": "true"},
+            )
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise BackendError(
+                f"cannot read the stats of {instance_id[:12]}: {_message(exc)}"
+            ) from exc
+        usage = ((stats or {}).get("cpu_stats") or {}).get("cpu_usage") or {}
+        total = usage.get("total_usage")
+        return float(total) / 1e9 if isinstance(total, int | float) else None
+
     async def list_instances(self) -> list[Instance]:
         try:
             found = await self._docker.containers.list(
@@ -374,6 +404,7 @@ class DockerBackend:
                 break
         state = info.get("State") or {}
         running = bool(state.get("Running"))
+        paused = bool(state.get("Paused"))
         exit_code = state.get("ExitCode")
         return Instance(
             id=str(info["Id"]),
@@ -382,6 +413,7 @@ class DockerBackend:
             fingerprint=str(labels.get(LABEL_FINGERPRINT, "")),
             endpoint=endpoint,
             running=running,
+            paused=paused,
             exit_code=None if running or exit_code is None else int(exit_code),
             created=str(info["Created"]) if info.get("Created") else None,
         )
