@@ -29,7 +29,7 @@ from yarl import URL
 from faaso.config.routes_file import AsyncSettings
 from faaso.control.async_workers import AsyncWorkers
 from faaso.gateway.app import GatewayState, gateway_app
-from faaso.gateway.async_enqueue import INTAKE, AsyncIntake
+from faaso.gateway.async_enqueue import INTAKE, AsyncIntake, IntakeHolder
 from faaso.gateway.fast.relay import FAST_PATH, FastSite
 from faaso.gateway.invoke import Invoker
 from faaso.logs import get_logger
@@ -398,7 +398,8 @@ async def async_rig(
             max_body=settings.max_body,
         )
         app = gateway_app(state)
-        app[INTAKE] = intake
+        app[INTAKE] = IntakeHolder()
+        app[INTAKE].intake = intake
         front = FastTestServer(app)
         await front.start_server()
         stack.push_async_callback(front.close)

@@ -53,7 +53,15 @@ class AsyncIntake:
         self.enqueued: defaultdict[str, int] = defaultdict(int)
 
 
-INTAKE = web.AppKey("faaso_async_intake", AsyncIntake)
+class IntakeHolder:
+    """Set in the app before it starts (a started app's keys are frozen); the intake comes and
+    goes with the queue's lifecycle."""
+
+    def __init__(self) -> None:
+        self.intake: AsyncIntake | None = None
+
+
+INTAKE = web.AppKey("faaso_async_intake", IntakeHolder)
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes | None:
@@ -74,7 +82,8 @@ async def _read_body(request: web.Request, limit: int) -> bytes | None:
 
 
 async def async_function(request: web.Request) -> web.StreamResponse:
-    intake = request.app.get(INTAKE)
+    holder = request.app.get(INTAKE)
+    intake = holder.intake if holder is not None else None
     if intake is None:
         return json_error(503, "asynchronous invocations are not enabled on this server")
     raw_path, _, query = request.raw_path.partition("?")

@@ -34,7 +34,7 @@ from faaso.control.controller import Prober
 from faaso.control.supervisor import Supervisor
 from faaso.gateway import metrics
 from faaso.gateway.app import GatewayState, gateway_app
-from faaso.gateway.async_enqueue import INTAKE, AsyncIntake
+from faaso.gateway.async_enqueue import INTAKE, AsyncIntake, IntakeHolder
 from faaso.gateway.invoke import Invoker
 from faaso.gateway.pools import Pools
 from faaso.logs import get_logger
@@ -221,7 +221,7 @@ def create_app(
         )
         await workers.start()
         app[AUTOSCALER].pending = workers.pending  # queued jobs keep a function from idling
-        app[INTAKE] = intake
+        app[INTAKE].intake = intake
         async_holder.queue = queue
         async_waker.wake = workers.wake
         if holder.ctx is not None:
@@ -230,7 +230,7 @@ def create_app(
         try:
             yield
         finally:
-            app.pop(INTAKE, None)
+            app[INTAKE].intake = None
             await workers.close(drain_timeout)
             async_holder.queue = None
             await queue.close()
@@ -244,6 +244,7 @@ def create_app(
         for workers in running:
             workers.stop_claiming()
 
+    app[INTAKE] = IntakeHolder()
     app.cleanup_ctx.append(async_ctx)
     app.on_shutdown.append(stop_claiming)
     return app

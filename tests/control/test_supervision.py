@@ -80,6 +80,9 @@ class Site:
         return next(s for s in supervisor.statuses() if s["function"] == function)
 
 
+FIXED_ONE = ", scale: {min: 1, max: 1}"
+
+
 def write_config(
     path: Path, functions: dict[str, str], routes: dict[str, str], extra: str = ""
 ) -> None:
@@ -199,7 +202,11 @@ async def test_crash_loop_backs_off_and_is_reported(site_factory: Any) -> None:
 async def test_zero_failed_requests_during_reload_and_rolling_update(
     site_factory: Any, workdir: Path
 ) -> None:
-    site = await site_factory({"sum": "sum", "mul": "mul"}, {"/sum": "sum", "/mul": "mul"})
+    # Fixed replicas (min == max): the load must not make the autoscaler add instances, so
+    # that "untouched" can be checked by container names.
+    site = await site_factory(
+        {"sum": "sum", "mul": "mul"}, {"/sum": "sum", "/mul": "mul"}, FIXED_ONE
+    )
     outcomes: Counter[str] = Counter()
     stop = asyncio.Event()
     deadline = time.monotonic() + 120
@@ -237,7 +244,10 @@ async def test_zero_failed_requests_during_reload_and_rolling_update(
     await eventually(rolled, 120, "sum to roll over")
     # 2. a reload that adds a route and a function, leaving the others alone
     write_config(
-        site.config, {"sum": "sum", "mul": "mul"}, {"/sum": "sum", "/mul": "mul", "/add": "sum"}
+        site.config,
+        {"sum": "sum", "mul": "mul"},
+        {"/sum": "sum", "/mul": "mul", "/add": "sum"},
+        FIXED_ONE,
     )
 
     async def added() -> bool:
