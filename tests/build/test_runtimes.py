@@ -534,7 +534,10 @@ def test_node_server_contract(spawn: Spawn, tmp_path: Path) -> None:
 
     folder = write(tmp_path / "fn", handler__js=NODE_HANDLER)
     proc, port = spawn(
-        ["node", str(NODE_SERVER)], FAASO_FUNCTION_DIR=str(folder), FAASO_MAX_BODY="100000"
+        ["node", str(NODE_SERVER)],
+        FAASO_FUNCTION_DIR=str(folder),
+        FAASO_MAX_BODY="100000",
+        FAASO_DEBUG="1",
     )
     _serving(proc, port)
     text, js = "text/plain; charset=utf-8", "application/json"
@@ -564,7 +567,9 @@ def test_node_server_contract(spawn: Spawn, tmp_path: Path) -> None:
     ]:
         status, headers, body = _request(port, "GET", f"/?kind={kind}")
         assert (status, json.loads(body)["type"]) == (500, error_type), kind
-    assert json.loads(_request(port, "GET", "/?kind=throw")[2])["error"] == "boom"
+    thrown = json.loads(_request(port, "GET", "/?kind=throw", **{"X-Call-Id": "c-9"})[2])
+    assert (thrown["error"], thrown["call_id"]) == ("boom", "c-9")
+    assert "RangeError: boom" in thrown["traceback"]
 
     status, _, body = _request(
         port, "POST", "/a/b%20c?kind=event&a=1&a=2", b"\x07" * 5000, **{"X-Test": "yes"}
@@ -600,6 +605,30 @@ def test_node_server_contract(spawn: Spawn, tmp_path: Path) -> None:
     status, _, body = result["r"]
     assert (status, body) == (200, b"done")
     assert proc.wait(10) == 0
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node on the host")
+def test_node_errors_reach_the_client_only_in_debug_mode(spawn: Spawn, tmp_path: Path) -> None:
+    import json
+
+    folder = write(tmp_path / "fn", handler__js=NODE_HANDLER)
+    proc, port = spawn(["node", str(NODE_SERVER)], FAASO_FUNCTION_DIR=str(folder))
+    _serving(proc, port)
+    status, headers, body = _request(port, "GET", "/?kind=throw", **{"X-Call-Id": "call-7"})
+    assert (status, headers["x-call-id"]) == (500, "call-7")
+    assert json.loads(body) == {
+        "error": "the function failed; its traceback is in the container's log "
+        "under call id call-7",
+        "call_id": "call-7",
+    }
+    assert b"boom" not in body and b"RangeError" not in body
+    status, headers, body = _request(port, "GET", "/?kind=nan")  # no call id: one is made
+    assert (status, json.loads(body)["call_id"]) == (500, headers["x-call-id"])
+    assert len(headers["x-call-id"]) == 36
+    proc.terminate()
+    _, err = proc.communicate(timeout=10)
+    assert "call call-7: GET /?kind=throw failed:" in err.decode()
+    assert "RangeError: boom" in err.decode()
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="needs node on the host")
