@@ -31,7 +31,7 @@ import yarl
 from structlog.typing import FilteringBoundLogger
 
 from faaso.build import engine as docker_client
-from faaso.build.builder import IGNORED_NAMES, IGNORED_SUFFIXES, Builder
+from faaso.build.builder import IGNORED_NAMES, IGNORED_SUFFIXES, Builder, ignored_by
 from faaso.config.runtimes import (
     FUNCTION_FILE,
     STARTER_DIR,
@@ -507,13 +507,13 @@ class DevRun:
     def _watched(self) -> list[Path]:
         return [self.fdir.source, self.fdir.runtime.path]
 
-    @staticmethod
-    def _relevant(change: watchfiles.Change, raw: str) -> bool:
+    def _relevant(self, change: watchfiles.Change, raw: str) -> bool:
         path = Path(raw)
-        return not (
-            any(part in IGNORED_NAMES for part in path.parts)
-            or path.name.endswith(IGNORED_SUFFIXES)
-        )
+        if any(part in IGNORED_NAMES for part in path.parts) or path.name.endswith(
+            IGNORED_SUFFIXES
+        ):
+            return False
+        return not ignored_by(self.fdir.source)(path)  # .faasoignore: not in the image
 
     async def _refresh(self, builder: Builder, session: aiohttp.ClientSession) -> None:
         assert self._docker is not None

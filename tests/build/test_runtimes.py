@@ -224,6 +224,44 @@ def test_a_handler_without_handle_is_refused(tmp_path: Path, handler: str, ok: b
         check(folder)
 
 
+@pytest.mark.parametrize(
+    ("handler", "problem", "line"),
+    [
+        ("from .helpers import shout\n", None, None),
+        ("from . import helpers\n", None, None),
+        ("from .lib.words import WORD\n", None, None),
+        ("from .lib import words\n", None, None),
+        ("from .loose import anything\n", None, None),  # star import there: cannot tell
+        ("x = 1\nfrom .helperz import shout\n", "no helperz.py (nor a package", 2),
+        ("from .helpers import shoutt\n", "cannot import name 'shoutt' from .helpers", 1),
+        ("from .lib.nope import x\n", "no lib/nope.py", 1),
+        ("from .. import x\n", "goes above the function's folder", 1),
+        ("from . import nothing_here\n", "cannot import name 'nothing_here' from .", 1),
+    ],
+)
+def test_relative_imports_that_would_fail_are_named_before_a_build(
+    tmp_path: Path, handler: str, problem: str | None, line: int | None
+) -> None:
+    folder = write(
+        tmp_path / "fn",
+        handler__py=handler + "\ndef handle(event, context):\n    return 1\n",
+        helpers__py="import os\nif os.environ.get('X'):\n    def shout(t):\n        return t\n",
+        loose__py="from os.path import *\n",
+    )
+    (folder / "__init__.py").write_text("")
+    (folder / "lib").mkdir()
+    (folder / "lib" / "__init__.py").write_text("")
+    (folder / "lib" / "words.py").write_text("from ..helpers import shout\nWORD = 'hi'\n")
+    if problem is None:
+        check(folder)
+        return
+    with pytest.raises(SourceError) as info:
+        check(folder)
+    assert (info.value.path, info.value.line) == (folder / "handler.py", line)
+    assert problem in str(info.value)
+    assert "ImportError" in str(info.value)
+
+
 @pytest.mark.skipif(shutil.which("node") is None, reason="node checks need node on the host")
 def test_a_node_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     handler = "'use strict';\nmodule.exports = async (event) => {\n  return {a: 1,,};\n};\n"
