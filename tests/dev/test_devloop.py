@@ -464,7 +464,10 @@ def test_run_restarts_without_refusing_a_request(
     try:
         handler = folder / "handler.py"
         handler.write_text(handler.read_text() + "\n# an edit: a new image, a restart\n")
-        until(lambda: "run.stopped" in log.read_text(), "the old container to be replaced")
+        until(
+            lambda: log.read_text().count("run.serving") >= 2 and "run.stopped" in log.read_text(),
+            "the new container to serve and the old one to be removed",
+        )
         during = len(results)
         until(lambda: len(results) > during + 20, "requests after the restart")
     finally:
