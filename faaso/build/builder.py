@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
@@ -55,6 +56,7 @@ IGNORED_NAMES = frozenset({".git", "__pycache__", ".faaso", ".venv", "node_modul
 IGNORED_SUFFIXES = (".pyc", ".pyo", ".swp", "~")
 BUILD_HASH_VERSION = "faaso-build-2"
 LOG_TAIL = 30
+PROGRESS_INTERVAL = 5.0  # seconds a build step may be quiet before a build.progress line
 NODE_CHECK_TIMEOUT = 30.0
 DYNAMIC_NAMES = frozenset({"globals", "vars", "locals", "exec", "setattr", "__dict__"})
 
@@ -550,6 +552,7 @@ class Builder:
         self._slots = asyncio.Semaphore(concurrency)
         self._base_lock = asyncio.Lock()
         self._base_id: str | None = None
+        self.progress_interval = PROGRESS_INTERVAL
 
     async def base_image_id(self) -> str:
         async with self._base_lock:
@@ -609,15 +612,49 @@ class Builder:
         started = time.monotonic()
         log.info("build.start", nocache=nocache)
         tail: list[str] = []
+        step = ""
+        last_output = time.monotonic()
 
         def on_line(line: str) -> None:
-            nonlocal tail
+            nonlocal tail, step, last_output
+            last_output = time.monotonic()
             tail = [*tail[-(LOG_TAIL - 1) :], line]
             if line.startswith("Step "):
+                step = line
                 log.info("build.step", step=line)
-            else:
-                log.debug("build.output", line=line)
+            else:  # a long step (apt, a compile) shows that it is alive
+                log.info("build.output", line=line)
 
+        async def heartbeat() -> None:
+            # A step that prints nothing for a while still says it is running.
+            while True:
+                await asyncio.sleep(self.progress_interval)
+                quiet = time.monotonic() - last_output
+                if quiet >= self.progress_interval:
+                    log.info(
+                        "build.progress",
+                        step=step or None,
+                        seconds=round(time.monotonic() - started, 1),
+                        quiet_s=round(quiet, 1),
+                    )
+
+        beat = asyncio.create_task(heartbeat())
+        try:
+            await self._build_streamed(build_plan, log, nocache, on_line, tail_of=lambda: tail)
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+        log.info("build.done", seconds=round(time.monotonic() - started, 1))
+
+    async def _build_streamed(
+        self,
+        build_plan: BuildPlan,
+        log: FilteringBoundLogger,
+        nocache: bool,
+        on_line: Callable[[str], None],
+        tail_of: Callable[[], list[str]],
+    ) -> None:
         with tempfile.TemporaryDirectory(prefix="faaso-build-") as tmp:
             try:
                 extra = await self._fetch_wheels(build_plan, Path(tmp), log)
@@ -641,8 +678,7 @@ class Builder:
                     )
                 except (aiodocker.DockerError, BackendError) as exc:
                     message = getattr(exc, "message", None) or str(exc)
-                    raise BuildError(build_plan.function, message.strip(), tail) from exc
-        log.info("build.done", seconds=round(time.monotonic() - started, 1))
+                    raise BuildError(build_plan.function, message.strip(), tail_of()) from exc
 
     async def _fetch_wheels(
         self, build_plan: BuildPlan, tmp: Path, log: FilteringBoundLogger
