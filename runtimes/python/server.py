@@ -36,10 +36,11 @@ Environment: ``PORT`` (8080), ``FAASO_HOST`` (0.0.0.0), ``FAASO_FUNCTION_DIR`` (
 ``FAASO_MAX_BODY`` (largest request body in bytes, 64 MiB), ``FAASO_THREADS`` (sync handler
 threads, 32), ``FAASO_SHUTDOWN_GRACE`` (seconds, 9: just under Docker's 10 s stop timeout),
 ``FAASO_ACCESS_LOG`` (``1`` prints one line per request to stdout), ``FAASO_DEBUG`` (``1``:
-exception details in 500 bodies), ``FAASO_SOCKET`` (unset: TCP only; a path, which faaso sets to ``/run/faaso/function.sock``: the same app is also served on
-that Unix socket, made mode 0666 after a stale file there is removed, listening before the TCP
-port so it is ready whenever a health check passes, and removed again on exit; if it cannot be
-made, a warning goes to stderr and TCP serves alone).
+exception details in 500 bodies), ``FAASO_SOCKET`` (unset: TCP only; a path, which faaso sets
+to ``/run/faaso/function.sock``: the same app is also served on that Unix socket, made mode 0666
+after a stale file there is removed, listening before the TCP port so it is ready whenever a
+health check passes, and removed again on exit; if it cannot be made, a warning goes to stderr
+and TCP serves alone).
 """
 
 from __future__ import annotations

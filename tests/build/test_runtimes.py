@@ -605,7 +605,7 @@ def test_node_server_contract(spawn: Spawn, tmp_path: Path) -> None:
     ]:
         status, headers, body = _request(port, "GET", f"/?kind={kind}")
         assert (status, json.loads(body)["type"]) == (500, error_type), kind
-    thrown = json.loads(_request(port, "GET", "/?kind=throw", **{"X-Call-Id": "c-9"})[2])
+    thrown = json.loads(_request(port, "GET", "/?kind=throw", None, **{"X-Call-Id": "c-9"})[2])
     assert (thrown["error"], thrown["call_id"]) == ("boom", "c-9")
     assert "RangeError: boom" in thrown["traceback"]
 
@@ -652,7 +652,7 @@ def test_node_errors_reach_the_client_only_in_debug_mode(spawn: Spawn, tmp_path:
     folder = write(tmp_path / "fn", handler__js=NODE_HANDLER)
     proc, port = spawn(["node", str(NODE_SERVER)], FAASO_FUNCTION_DIR=str(folder))
     _serving(proc, port)
-    status, headers, body = _request(port, "GET", "/?kind=throw", **{"X-Call-Id": "call-7"})
+    status, headers, body = _request(port, "GET", "/?kind=throw", None, **{"X-Call-Id": "call-7"})
     assert (status, headers["x-call-id"]) == (500, "call-7")
     assert json.loads(body) == {
         "error": "the function failed; its traceback is in the container's log "
