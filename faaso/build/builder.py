@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
@@ -24,7 +25,7 @@ import shutil
 import tarfile
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
@@ -32,6 +33,7 @@ from typing import Any
 
 import aiodocker
 import jinja2
+import pathspec
 from structlog.typing import FilteringBoundLogger
 
 from faaso.build.baseimage import BASE_IMAGE, ensure_base_image
@@ -49,11 +51,14 @@ from faaso.errors import BackendError, BuildError, ConfigError, NpmError, Source
 from faaso.spec.function import FunctionSpec
 
 FUNCTION_DIR = "function"  # where the function's files sit in the build context
+IGNORE_FILE = ".faasoignore"  # gitignore syntax: files kept out of the image and its hash
 IGNORED_NAMES = frozenset({".git", "__pycache__", ".faaso", ".venv", "node_modules", ".DS_Store"})
 IGNORED_SUFFIXES = (".pyc", ".pyo", ".swp", "~")
 BUILD_HASH_VERSION = "faaso-build-2"
 LOG_TAIL = 30
+PROGRESS_INTERVAL = 5.0  # seconds a build step may be quiet before a build.progress line
 NODE_CHECK_TIMEOUT = 30.0
+DYNAMIC_NAMES = frozenset({"globals", "vars", "locals", "exec", "setattr", "__dict__"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,18 +82,61 @@ def function_files(source: Path) -> dict[str, Path]:
 
     Editor and cache leftovers are skipped, and so is ``function.yml``: faaso reads it (its
     options are hashed on their own), the image does not need it, and editing a test must not
-    make a new image.
+    make a new image. So is what ``.faasoignore`` (gitignore syntax) names, and that file itself:
+    they are neither in the build context nor in the hash.
     """
+    ignored = ignore_spec(source)
     out: dict[str, Path] = {}
     for item in sorted(source.rglob("*")):
         rel = item.relative_to(source)
         if any(part in IGNORED_NAMES for part in rel.parts) or item.name.endswith(IGNORED_SUFFIXES):
             continue
-        if rel.parts == (FUNCTION_FILE,):
+        if rel.parts in ((FUNCTION_FILE,), (IGNORE_FILE,)):
             continue
         if item.is_file():
-            out[str(PurePosixPath(*rel.parts))] = item
+            posix = str(PurePosixPath(*rel.parts))
+            if ignored is not None and ignored.match_file(posix):
+                continue
+            out[posix] = item
     return out
+
+
+def ignore_spec(source: Path) -> pathspec.GitIgnoreSpec | None:
+    """The patterns of ``source/.faasoignore``, or None when there is none.
+
+    Raises :class:`SourceError` when it cannot be read or a pattern is not valid.
+    """
+    path = source / IGNORE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return pathspec.GitIgnoreSpec.from_lines(path.read_text(encoding="utf-8").splitlines())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SourceError(path, f"cannot be read: {exc}") from exc
+    except (ValueError, TypeError) as exc:  # pathspec's error for a malformed pattern
+        raise SourceError(path, f"not a valid gitignore pattern: {exc}") from exc
+
+
+def ignored_by(source: Path) -> Callable[[Path], bool]:
+    """A predicate: is this path under ``source`` kept out of the image (by the built-in rules or
+    ``.faasoignore``)? For watchers, so that an ignored file's change does not rebuild."""
+
+    def check(path: Path) -> bool:
+        try:
+            rel = path.relative_to(source)
+        except ValueError:
+            return False
+        if any(part in IGNORED_NAMES for part in rel.parts) or path.name.endswith(IGNORED_SUFFIXES):
+            return True
+        try:
+            spec = ignore_spec(source)
+        except SourceError:
+            return False  # the build says what is wrong with it
+        return (
+            spec is not None and bool(rel.parts) and spec.match_file(str(PurePosixPath(*rel.parts)))
+        )
+
+    return check
 
 
 def dockerfile_string(value: object) -> str:
@@ -241,6 +289,7 @@ def _source_files(source: Path, suffixes: tuple[str, ...]) -> list[Path]:
 
 
 def _check_python(source: Path) -> None:
+    trees: dict[Path, ast.Module] = {}
     for path in _source_files(source, (".py",)):
         try:
             text = path.read_bytes()
@@ -258,6 +307,103 @@ def _check_python(source: Path) -> None:
             raise SourceError(
                 path, "defines no handle(event, context): faaso calls handle for every request"
             )
+        assert isinstance(tree, ast.Module)
+        trees[path] = tree
+    for path, tree in trees.items():
+        _check_relative_imports(source, path, tree, trees)
+
+
+def _check_relative_imports(
+    source: Path, path: Path, tree: ast.Module, trees: Mapping[Path, ast.Module]
+) -> None:
+    """The relative imports (``from .helpers import x``) that would fail at start-up: the folder
+    is the package ``function`` in the image, so each must name a module of the folder, and a
+    name that module (when its top level is plain enough to tell) defines."""
+    package = list(path.relative_to(source).parent.parts)
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom) or node.level == 0:
+            continue
+        shown = "." * node.level + (node.module or "")
+        if node.level - 1 > len(package):
+            raise SourceError(
+                path,
+                f"ImportError: from {shown} import ... goes above the function's folder, "
+                "which is the top package",
+                node.lineno,
+            )
+        base = source.joinpath(*package[: len(package) - (node.level - 1)])
+        target = base.joinpath(*node.module.split(".")) if node.module else base
+        module_file = _module_file(target)
+        if node.module and module_file is None and not target.is_dir():
+            raise SourceError(
+                path,
+                f"ImportError: from {shown} import ...: the function's folder has no "
+                f"{target.relative_to(source)}.py (nor a package of that name)",
+                node.lineno,
+            )
+        module_tree = trees.get(module_file) if module_file is not None else None
+        names = _top_level_names(module_tree) if module_tree is not None else None
+        for alias in node.names:
+            if alias.name == "*" or names is None or alias.name in names:
+                continue
+            if target.is_dir() and (
+                _module_file(target / alias.name) or (target / alias.name).is_dir()
+            ):
+                continue  # a submodule: from . import helpers
+            where = module_file.relative_to(source) if module_file is not None else target
+            raise SourceError(
+                path,
+                f"ImportError: cannot import name {alias.name!r} from {shown} ({where})",
+                node.lineno,
+            )
+
+
+def _module_file(target: Path) -> Path | None:
+    """The file a module path names: ``target.py`` or ``target/__init__.py``."""
+    for candidate in (target.with_name(target.name + ".py"), target / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _top_level_names(tree: ast.Module) -> set[str] | None:
+    """The names a module's top level binds, or None when that cannot be told from the source
+    (a star import, a module ``__getattr__``, names made at run time)."""
+    names: set[str] = set()
+    pending: list[ast.stmt] = list(tree.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            if node.name == "__getattr__":
+                return None
+            names.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            for alias in node.names:
+                if alias.name == "*":
+                    return None
+                names.add(alias.asname or alias.name.split(".")[0])
+        elif isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+        elif isinstance(node, ast.If | ast.Try | ast.With | ast.For | ast.While):
+            for field_name in ("body", "orelse", "finalbody", "handlers"):
+                for child in getattr(node, field_name, []):
+                    if isinstance(child, ast.ExceptHandler):
+                        pending.extend(child.body)
+                    else:
+                        pending.append(child)
+            if isinstance(node, ast.For):
+                names.update(n.id for n in ast.walk(node.target) if isinstance(n, ast.Name))
+        elif isinstance(node, ast.Match | ast.TryStar):
+            return None  # rare at a module's top level: leave it to the runtime
+        elif isinstance(node, ast.Expr):
+            for sub in ast.walk(node.value):
+                if isinstance(sub, ast.Name) and sub.id in DYNAMIC_NAMES:
+                    return None  # globals().update(...) and the like: names we cannot see
+                if isinstance(sub, ast.NamedExpr):
+                    names.add(sub.target.id)
+    return names
 
 
 def _binds_handle(tree: ast.AST) -> bool:
@@ -406,6 +552,7 @@ class Builder:
         self._slots = asyncio.Semaphore(concurrency)
         self._base_lock = asyncio.Lock()
         self._base_id: str | None = None
+        self.progress_interval = PROGRESS_INTERVAL
 
     async def base_image_id(self) -> str:
         async with self._base_lock:
@@ -465,15 +612,49 @@ class Builder:
         started = time.monotonic()
         log.info("build.start", nocache=nocache)
         tail: list[str] = []
+        step = ""
+        last_output = time.monotonic()
 
         def on_line(line: str) -> None:
-            nonlocal tail
+            nonlocal tail, step, last_output
+            last_output = time.monotonic()
             tail = [*tail[-(LOG_TAIL - 1) :], line]
             if line.startswith("Step "):
+                step = line
                 log.info("build.step", step=line)
-            else:
-                log.debug("build.output", line=line)
+            else:  # a long step (apt, a compile) shows that it is alive
+                log.info("build.output", line=line)
 
+        async def heartbeat() -> None:
+            # A step that prints nothing for a while still says it is running.
+            while True:
+                await asyncio.sleep(self.progress_interval)
+                quiet = time.monotonic() - last_output
+                if quiet >= self.progress_interval:
+                    log.info(
+                        "build.progress",
+                        step=step or None,
+                        seconds=round(time.monotonic() - started, 1),
+                        quiet_s=round(quiet, 1),
+                    )
+
+        beat = asyncio.create_task(heartbeat())
+        try:
+            await self._build_streamed(build_plan, log, nocache, on_line, tail_of=lambda: tail)
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+        log.info("build.done", seconds=round(time.monotonic() - started, 1))
+
+    async def _build_streamed(
+        self,
+        build_plan: BuildPlan,
+        log: FilteringBoundLogger,
+        nocache: bool,
+        on_line: Callable[[str], None],
+        tail_of: Callable[[], list[str]],
+    ) -> None:
         with tempfile.TemporaryDirectory(prefix="faaso-build-") as tmp:
             try:
                 extra = await self._fetch_wheels(build_plan, Path(tmp), log)
@@ -497,8 +678,7 @@ class Builder:
                     )
                 except (aiodocker.DockerError, BackendError) as exc:
                     message = getattr(exc, "message", None) or str(exc)
-                    raise BuildError(build_plan.function, message.strip(), tail) from exc
-        log.info("build.done", seconds=round(time.monotonic() - started, 1))
+                    raise BuildError(build_plan.function, message.strip(), tail_of()) from exc
 
     async def _fetch_wheels(
         self, build_plan: BuildPlan, tmp: Path, log: FilteringBoundLogger

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,21 @@ def _add_logging(parser: argparse.ArgumentParser) -> None:
         choices=["auto", "console", "json"],
         help="console on a terminal, JSON lines otherwise (default: auto)",
     )
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number no smaller than ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, not {text!r}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,8 +98,30 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not watch the routes file and sources (SIGHUP still reloads)",
     )
+    serve.add_argument(
+        "--keep-images",
+        type=_at_least(0),
+        default=3,
+        metavar="N",
+        help="after each successful rollout, prune the function's images beyond the N newest "
+        "(3; 0: never prune automatically)",
+    )
     _add_logging(serve)
     serve.set_defaults(handler=_serve)
+
+    prune = sub.add_parser(
+        "prune",
+        help="remove old images faaso built: tags beyond the N newest not used by any "
+        "container, and old build stages",
+    )
+    prune.add_argument("functions", nargs="*", help="only these functions (default: all)")
+    prune.add_argument(
+        "--keep", type=_at_least(1), default=3, metavar="N", help="newest to keep (3)"
+    )
+    prune.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
+    prune.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_logging(prune)
+    prune.set_defaults(handler=_prune)
 
     check = sub.add_parser("check", help="validate a routes file and print what it defines")
     check.add_argument("config", type=Path)
@@ -152,6 +190,7 @@ def _serve(args: argparse.Namespace) -> int:
             auth=not args.no_auth,
             pull=not args.no_pull,
             drain_timeout=args.drain_timeout,
+            keep_images=args.keep_images,
         )
         await serve(app, options)
 
@@ -192,3 +231,42 @@ def _bootstrap(args: argparse.Namespace) -> int:
     image = run(main)
     print(f"{BASE_IMAGE} {image}")
     return EXIT_OK
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from faaso.build import engine as docker_client
+    from faaso.build.prune import PruneResult, prune
+    from faaso.cli.run import run
+    from faaso.logs import get_logger
+
+    _configure_logging(args)
+
+    async def main() -> PruneResult:
+        docker = await docker_client.connect()
+        try:
+            return await prune(
+                docker,
+                get_logger("faaso.prune"),
+                keep=args.keep,
+                functions=args.functions or None,
+                dry_run=args.dry_run,
+            )
+        finally:
+            await docker.close()
+
+    result = run(main)
+    if args.json:
+        print(json.dumps(result.as_json(), indent=2))
+    else:
+        verb = "would remove" if args.dry_run else "removed"
+        for tag in result.tags:
+            print(f"{verb} {tag}")
+        for image in result.images:
+            print(f"{verb} untagged {image[:19]}")
+        print(
+            f"kept {len(result.kept)} tags; {verb} {len(result.tags)} tags and "
+            f"{len(result.images)} untagged images"
+        )
+        for error in result.errors:
+            print(f"could not remove {error}", file=sys.stderr)
+    return EXIT_FAILURE if result.errors else EXIT_OK

@@ -23,6 +23,7 @@ from structlog.typing import FilteringBoundLogger
 from faaso.backends.base import Backend, BackendEvent, Instance
 from faaso.config.routes_file import Config
 from faaso.control.controller import STOP_TIMEOUT, FunctionController, Prober, RestartPolicy
+from faaso.control.hooks import RolloutHook, run_rollout_hook
 from faaso.errors import BackendError, FaasoError, ReloadError
 from faaso.gateway.pools import Pools
 from faaso.spec.function import FunctionSpec
@@ -68,7 +69,9 @@ class Supervisor:
         on_config: Callable[[Config], None] = lambda _config: None,
         policy: RestartPolicy | None = None,
         secrets: SecretStore | None = None,
+        after_rollout: RolloutHook | None = None,
     ) -> None:
+        self._after_rollout = after_rollout  # see faaso.control.hooks
         self._secrets = secrets
         self._backend = backend
         self._images = images
@@ -258,6 +261,8 @@ class Supervisor:
             for name in removed:
                 self._pools.drop(name)
             self._log.info("reload.done", added=added, removed=removed, changed=changed)
+            if self._after_rollout is not None and (added or changed):
+                self._spawn(run_rollout_hook(self._after_rollout, added + changed, self._log))
             return {"added": added, "removed": removed, "changed": changed}
 
     def _differs(self, name: str, new: Config, images: dict[str, str]) -> bool:

@@ -3,7 +3,8 @@
 Every command takes a function folder. Its name is the folder's name, lowercased, and must be a
 valid function name; its runtime is ``runtime:`` in its ``function.yml``, else the one asked for
 on the command line, else ``python``. Containers started here publish port 8080 on 127.0.0.1
-only, carry the label ``faaso.dev=true`` and are removed when the command ends (Ctrl-C included).
+only (on a port of their own; ``faaso run`` serves its port through the gateway's proxy), carry
+the label ``faaso.dev=true`` and are removed when the command ends (Ctrl-C included).
 
 Library code: it raises :class:`faaso.errors.FaasoError` subclasses and reports through a
 structlog logger and callbacks; :mod:`faaso.cli.dev` prints and picks exit codes.
@@ -28,10 +29,11 @@ import aiodocker
 import aiohttp
 import watchfiles
 import yarl
+from aiohttp import web
 from structlog.typing import FilteringBoundLogger
 
 from faaso.build import engine as docker_client
-from faaso.build.builder import IGNORED_NAMES, IGNORED_SUFFIXES, Builder
+from faaso.build.builder import IGNORED_NAMES, IGNORED_SUFFIXES, Builder, ignored_by
 from faaso.config.runtimes import (
     FUNCTION_FILE,
     STARTER_DIR,
@@ -41,7 +43,11 @@ from faaso.config.runtimes import (
     load_function_file,
 )
 from faaso.errors import ConfigError, DevError, FaasoError
+from faaso.gateway.pools import Pools, drain
+from faaso.gateway.proxy import Proxy
+from faaso.spec.endpoint import Endpoint
 from faaso.spec.function import FUNCTION_NAME_RE, FunctionSpec
+from faaso.spec.routing import RouteTable
 
 DEFAULT_RUNTIME = "python"
 FUNCTION_PORT = 8080
@@ -444,7 +450,14 @@ async def export(
 
 @dataclass(slots=True)
 class DevRun:
-    """``faaso run``: keeps the newest good build of a function serving on one port."""
+    """``faaso run``: keeps the newest good build of a function serving on one port.
+
+    The port is faaso's own little proxy (the gateway's :class:`Proxy`), not a container's: a
+    new build's container starts on a port of its own, and only once it is healthy does the
+    proxy send new requests to it; the old container then finishes what it has in flight and is
+    removed. So a rebuild never refuses a connection, and a new build that does not start
+    leaves the old one serving.
+    """
 
     fdir: FunctionDir
     catalog: RuntimeCatalog
@@ -456,6 +469,11 @@ class DevRun:
     _follower: asyncio.Task[None] | None = None
     rebuilds: int = 0
     _docker: aiodocker.Docker | None = field(default=None, repr=False)
+    _pools: Pools = field(default_factory=Pools, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     async def run(self) -> None:
         """Build, serve, then rebuild and restart on every change until cancelled (Ctrl-C) or
@@ -465,8 +483,9 @@ class DevRun:
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGTERM, stop.set)
-        async with _engine() as docker, _session() as session:
+        async with _engine() as docker, _session() as session, _proxy_session() as upstream:
             self._docker = docker
+            runner = await self._listen(upstream)
             builder = Builder(docker, self.catalog, self.log)
             # Watch before the first build, so that no change made meanwhile goes unseen.
             watcher = asyncio.create_task(self._watch(changed))
@@ -488,9 +507,29 @@ class DevRun:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
+                await runner.cleanup()
                 await self._stop()
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.remove_signal_handler(signal.SIGTERM)
+
+    async def _listen(self, upstream: aiohttp.ClientSession) -> web.AppRunner:
+        """Serve the function's port with the gateway's proxy, to whichever container is live."""
+        name = self.fdir.name
+        routes = RouteTable({"/": name}, {name})
+        proxy = Proxy(upstream, self._pools, lambda: routes, lambda _name: REQUEST_TIMEOUT)
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", proxy.handle)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", self.port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise DevError(
+                f"cannot listen on 127.0.0.1:{self.port} ({exc.strerror or exc}); "
+                "choose another port with --port"
+            ) from exc
+        return runner
 
     async def _watch(self, changed: asyncio.Event) -> None:
         async for changes in watchfiles.awatch(
@@ -507,13 +546,13 @@ class DevRun:
     def _watched(self) -> list[Path]:
         return [self.fdir.source, self.fdir.runtime.path]
 
-    @staticmethod
-    def _relevant(change: watchfiles.Change, raw: str) -> bool:
+    def _relevant(self, change: watchfiles.Change, raw: str) -> bool:
         path = Path(raw)
-        return not (
-            any(part in IGNORED_NAMES for part in path.parts)
-            or path.name.endswith(IGNORED_SUFFIXES)
-        )
+        if any(part in IGNORED_NAMES for part in path.parts) or path.name.endswith(
+            IGNORED_SUFFIXES
+        ):
+            return False
+        return not ignored_by(self.fdir.source)(path)  # .faasoignore: not in the image
 
     async def _refresh(self, builder: Builder, session: aiohttp.ClientSession) -> None:
         assert self._docker is not None
@@ -529,25 +568,40 @@ class DevRun:
             if state.get("Running"):
                 self.log.info("run.unchanged", image=tag)
                 return
-        await self._stop()
-        try:
-            container = await LocalContainer.start(self._docker, tag, self.fdir.name, self.port)
+        try:  # on a port of its own: the old container keeps serving until this one is healthy
+            container = await LocalContainer.start(self._docker, tag, self.fdir.name)
         except DevError as exc:
             if self.rebuilds == 0:
-                raise  # e.g. the port is taken: nothing to wait for
+                raise
             self.log.error("run.start_failed", error=str(exc))
             return
-        self.container = container
-        self._follower = asyncio.create_task(self._follow(container))
+        follower = asyncio.create_task(self._follow(container))
         try:
             seconds = await container.wait_healthy(session)
         except DevError as exc:
             self.log.error("run.unhealthy", error=str(exc), note="fix it and save: it rebuilds")
-            await self._stop()
+            await _cancel(follower)
+            await container.remove()
             return
+        old, old_follower = self.container, self._follower
+        pool = self._pools.get(self.fdir.name)
+        pool.add(container.id, Endpoint("127.0.0.1", container.port))
+        self.container, self._follower = container, follower
         self.rebuilds += 1
-        self.log.info("run.serving", url=container.url, image=tag, ready_s=round(seconds, 2))
-        self.on_serving(container.url, tag)
+        self.log.info("run.serving", url=self.url, image=tag, ready_s=round(seconds, 2))
+        self.on_serving(self.url, tag)
+        if old is not None:
+            await self._retire(old, old_follower)
+
+    async def _retire(self, container: LocalContainer, follower: asyncio.Task[None] | None) -> None:
+        """Take a container out of the proxy, let its requests in flight finish, remove it."""
+        member = self._pools.get(self.fdir.name).remove(container.id)
+        if member is not None:
+            await drain(member, REQUEST_TIMEOUT)
+        if follower is not None:
+            await _cancel(follower)
+        await container.remove()
+        self.log.info("run.stopped", container=container.name)
 
     async def _follow(self, container: LocalContainer) -> None:
         with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError):
@@ -555,12 +609,24 @@ class DevRun:
                 self.on_output(line)
 
     async def _stop(self) -> None:
-        if self._follower is not None:
-            self._follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._follower
-            self._follower = None
         if self.container is not None:
-            await self.container.remove()
-            self.log.info("run.stopped", container=self.container.name)
-            self.container = None
+            await self._retire(self.container, self._follower)
+            self.container, self._follower = None, None
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+@contextlib.asynccontextmanager
+async def _proxy_session() -> AsyncIterator[aiohttp.ClientSession]:
+    """The proxy's client: relays bodies as they are (no decompression), adds no headers."""
+    async with aiohttp.ClientSession(
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        timeout=aiohttp.ClientTimeout(total=None),
+    ) as session:
+        yield session

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -24,6 +24,7 @@ from faaso.api.handlers import ApiContext, ApiHolder, api_app
 from faaso.backends.docker.backend import DockerBackend
 from faaso.build import engine as docker_client
 from faaso.build.builder import Builder
+from faaso.build.prune import DEFAULT_KEEP, prune
 from faaso.config.desired import DesiredState
 from faaso.config.reloader import Reloader
 from faaso.config.routes_file import Config
@@ -60,6 +61,7 @@ def create_app(
     auth: bool = True,
     pull: bool = True,
     drain_timeout: float = 15.0,
+    keep_images: int = DEFAULT_KEEP,
 ) -> web.Application:
     """The whole server for one config: gateway, API, Docker, builder, supervisor, reloader."""
     log = get_logger("faaso")
@@ -110,6 +112,12 @@ def create_app(
             docker, RuntimeCatalog(config.runtime_dirs), get_logger("faaso.build"), allow_pull=pull
         )
         probe_session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        prune_log = get_logger("faaso.prune")
+
+        async def prune_after_rollout(functions: Sequence[str]) -> None:
+            found = await prune(docker, prune_log, keep=keep_images, functions=functions)
+            prune_log.info("prune.done", functions=list(functions), **found.as_json())
+
         supervisor = Supervisor(
             backend,
             builder,
@@ -118,6 +126,7 @@ def create_app(
             get_logger("faaso.supervisor"),
             on_config=on_config,
             secrets=secrets,
+            after_rollout=prune_after_rollout if keep_images > 0 else None,
         )
         desired = DesiredState(config, state_dir / "deployments.json", supervisor.apply)
         reloader = Reloader(

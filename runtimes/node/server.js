@@ -17,20 +17,24 @@
 // - a string: text/plain; charset=utf-8 -- a Buffer: application/octet-stream;
 // - any other object, an array, a number or a boolean: JSON (NaN and Infinity are refused);
 // - null or undefined: 200 with an empty body.
-// A thrown error (or a value that cannot be sent) becomes a 500 with the JSON body
-// {"error": "<message>", "type": "<error name>"} and the stack on stderr; the server keeps
-// serving. /_/health answers 200 {"status":"ok"} without calling the handler. SIGTERM or
+// A thrown error (or a value that cannot be sent) becomes a 500, its stack on stderr under the
+// request's call id (X-Call-Id, made up when absent); the server keeps serving. The 500's JSON
+// body is {"error": "the function failed; ... call id <id>", "call_id": "<id>"}; only with
+// FAASO_DEBUG=1 does it carry the error's message, name and stack ({"error", "type",
+// "traceback", "call_id"}), which may reveal secrets. /_/health answers 200 {"status":"ok"} without calling the handler. SIGTERM or
 // SIGINT: stop accepting, give in-flight requests the shutdown grace to finish, exit 0.
 //
 // Environment: PORT (8080), FAASO_HOST (0.0.0.0), FAASO_FUNCTION_DIR (/app/function),
 // FAASO_MAX_BODY (largest request body in bytes, 64 MiB), FAASO_SHUTDOWN_GRACE (seconds, 9),
-// FAASO_ACCESS_LOG (1 prints one line per request to stdout), FAASO_SOCKET (unset: TCP only; a
+// FAASO_ACCESS_LOG (1 prints one line per request to stdout), FAASO_DEBUG (1: error details in
+// 500 bodies), FAASO_SOCKET (unset: TCP only; a
 // path, which faaso sets to /run/faaso/function.sock: the same handler is also served on that
 // Unix socket, made mode 0666 after a stale file there is removed, listening before the TCP port
 // so it is ready whenever a health check passes, and removed again on exit; if it cannot be
 // made, a warning goes to stderr and TCP serves alone).
 "use strict";
 
+const crypto = require("crypto");
 const fs = require("fs");
 const http = require("http");
 const os = require("os");
@@ -38,6 +42,7 @@ const path = require("path");
 const { pathToFileURL } = require("url");
 
 const PREFIX = "faaso node runtime:";
+const CALL_ID = "X-Call-Id";
 const HEALTH_PATH = "/_/health";
 const HEALTH_BODY = Buffer.from('{"status":"ok"}');
 const JSON_TYPE = "application/json";
@@ -143,12 +148,22 @@ function explicitResponse(result) {
   return [status, headers, data];
 }
 
-function errorResponse(err) {
-  const payload = {
-    error: (err instanceof Error ? err.message : String(err)) || (err && err.name) || "Error",
-    type: err instanceof Error ? err.name : typeof err,
+// The 500 for a handler's error: its message, name and stack only in debug mode (they may carry
+// secrets or internals); otherwise a message with the call id to find the stack by in the log.
+function errorResponse(err, callId, debug) {
+  let payload = {
+    error: `the function failed; its traceback is in the container's log under call id ${callId}`,
+    call_id: callId,
   };
-  return [500, [["Content-Type", JSON_TYPE]], Buffer.from(JSON.stringify(payload))];
+  if (debug) {
+    payload = {
+      error: (err instanceof Error ? err.message : String(err)) || (err && err.name) || "Error",
+      type: err instanceof Error ? err.name : typeof err,
+      traceback: err && err.stack ? String(err.stack) : describe(err),
+      call_id: callId,
+    };
+  }
+  return [500, [["Content-Type", JSON_TYPE], [CALL_ID, callId]], Buffer.from(JSON.stringify(payload))];
 }
 
 function readBody(req, limit) {
@@ -200,6 +215,7 @@ async function main() {
   const maxBody = Math.trunc(envNumber("FAASO_MAX_BODY", 64 * 1024 * 1024));
   const grace = envNumber("FAASO_SHUTDOWN_GRACE", 9) * 1000;
   const accessLog = process.env.FAASO_ACCESS_LOG === "1";
+  const debug = process.env.FAASO_DEBUG === "1";
   const socketPath = process.env.FAASO_SOCKET || "";
   const handle = await loadHandler(functionDir);
   const context = Object.freeze({ hostname: os.hostname() });
@@ -239,8 +255,11 @@ async function main() {
       try {
         response = toResponse(await handle(makeEvent(req, body), context));
       } catch (err) {
-        process.stderr.write(`${PREFIX} ${req.method} ${req.url} failed:\n${err && err.stack ? err.stack : describe(err)}\n`);
-        response = errorResponse(err);
+        const callId = req.headers["x-call-id"] || crypto.randomUUID();
+        process.stderr.write(
+          `${PREFIX} call ${callId}: ${req.method} ${req.url} failed:\n${err && err.stack ? err.stack : describe(err)}\n`,
+        );
+        response = errorResponse(err, callId, debug);
       }
       status = response[0];
       send(res, ...response, stopping);

@@ -1,7 +1,8 @@
 """faaso python runtime: the HTTP server inside each function's container.
 
-It imports ``handle(event, context)`` from ``handler.py`` in ``FAASO_FUNCTION_DIR`` and calls it
-for every request, with the calling convention of OpenFaaS's python3-http template, so OpenFaaS
+It imports ``handle(event, context)`` from ``handler.py`` in ``FAASO_FUNCTION_DIR`` (the folder
+loaded as the package ``function``, so ``from .helpers import x`` works) and calls it for every
+request, with the calling convention of OpenFaaS's python3-http template, so OpenFaaS
 functions run unchanged.
 
 ``event``
@@ -21,27 +22,33 @@ What ``handle`` returns becomes the response:
 - any other ``dict``, a ``list`` or ``tuple``, ``int``, ``float``, ``bool``: JSON;
 - ``None``: 200 with an empty body.
 
-An exception (or a value that cannot be sent, like NaN) becomes a 500 with the JSON body
-``{"error": "<message>", "type": "<exception class>"}`` and the traceback on stderr; the server
-keeps serving. Sync handlers run in a bounded thread pool, ``async def`` ones on the event loop,
-so a slow handler never holds up other requests. ``/_/health`` answers 200 ``{"status":"ok"}``
-without calling the handler. SIGTERM or SIGINT: stop accepting, give in-flight requests the
-shutdown grace to finish, exit 0.
+An exception (or a value that cannot be sent, like NaN) becomes a 500 and its traceback goes to
+stderr under the request's call id (``X-Call-Id``, made up when absent); the server keeps
+serving. The 500's JSON body says ``{"error": "the function failed; ... call id <id>",
+"call_id": "<id>"}``; only with ``FAASO_DEBUG=1`` does it carry the exception's text, type and
+traceback (``{"error", "type", "traceback", "call_id"}``), which may reveal secrets. Sync
+handlers run in a bounded thread pool, ``async def`` ones on the event loop, so a slow handler
+never holds up other requests. ``/_/health`` answers 200 ``{"status":"ok"}`` without calling
+the handler. SIGTERM or SIGINT: stop accepting, give in-flight requests the shutdown grace to
+finish, exit 0.
 
 Environment: ``PORT`` (8080), ``FAASO_HOST`` (0.0.0.0), ``FAASO_FUNCTION_DIR`` (/app/function),
 ``FAASO_MAX_BODY`` (largest request body in bytes, 64 MiB), ``FAASO_THREADS`` (sync handler
 threads, 32), ``FAASO_SHUTDOWN_GRACE`` (seconds, 9: just under Docker's 10 s stop timeout),
-``FAASO_ACCESS_LOG`` (``1`` prints one line per request to stdout), ``FAASO_SOCKET`` (unset: TCP
-only; a path, which faaso sets to ``/run/faaso/function.sock``: the same app is also served on
-that Unix socket, made mode 0666 after a stale file there is removed, listening before the TCP
-port so it is ready whenever a health check passes, and removed again on exit; if it cannot be
-made, a warning goes to stderr and TCP serves alone).
+``FAASO_ACCESS_LOG`` (``1`` prints one line per request to stdout), ``FAASO_DEBUG`` (``1``:
+exception details in 500 bodies), ``FAASO_SOCKET`` (unset: TCP only; a path, which faaso sets
+to ``/run/faaso/function.sock``: the same app is also served on that Unix socket, made mode 0666
+after a stale file there is removed, listening before the TCP port so it is ready whenever a
+health check passes, and removed again on exit; if it cannot be made, a warning goes to stderr
+and TCP serves alone).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
+import importlib.machinery
 import importlib.util
 import inspect
 import json
@@ -51,6 +58,7 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -66,6 +74,8 @@ HEALTH_BODY = b'{"status":"ok"}'
 THREAD_PREFIX = "faaso-handler"
 LISTEN_BACKLOG = 2048
 PREFIX = "faaso python runtime:"
+PACKAGE = "function"  # the function folder's package name, as in OpenFaaS's template
+CALL_ID = "X-Call-Id"
 
 Handler = Callable[[Any, Any], Any]
 
@@ -104,21 +114,37 @@ def env_number(name: str, default: int | float) -> int | float:
 
 
 def load_handler(function_dir: Path) -> Handler:
-    """Import ``handle`` from ``function_dir/handler.py``; exit non-zero saying why if we cannot."""
+    """Import ``handle`` from ``function_dir/handler.py``; exit non-zero saying why if we cannot.
+
+    The folder is loaded as the package ``function`` (its ``__init__.py`` runs first if it has
+    one), as OpenFaaS's python3-http template does, so ``from .helpers import x`` works; the
+    folder is on ``sys.path`` too, so ``import helpers`` keeps working.
+    """
     source = function_dir / "handler.py"
     if not source.is_file():
         sys.exit(f"{PREFIX} no handler.py in {function_dir} (set FAASO_FUNCTION_DIR)")
     sys.path.insert(0, str(function_dir))  # so handler.py can import its sibling modules
-    spec = importlib.util.spec_from_file_location("handler", source)
-    if spec is None or spec.loader is None:
-        sys.exit(f"{PREFIX} cannot load {source}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["handler"] = module
+    init = function_dir / "__init__.py"
+    package_spec = (
+        importlib.util.spec_from_file_location(
+            PACKAGE, init, submodule_search_locations=[str(function_dir)]
+        )
+        if init.is_file()
+        else importlib.machinery.ModuleSpec(PACKAGE, None, is_package=True)
+    )
+    if package_spec is None:
+        sys.exit(f"{PREFIX} cannot load {init}")
+    package_spec.submodule_search_locations = [str(function_dir)]
+    package = importlib.util.module_from_spec(package_spec)
+    sys.modules[PACKAGE] = package
     try:
-        spec.loader.exec_module(module)
+        if package_spec.loader is not None:
+            package_spec.loader.exec_module(package)
+        module = importlib.import_module(f"{PACKAGE}.handler")
     except Exception as exc:  # the function's own code: show exactly what broke, then stop
         traceback.print_exc()
         sys.exit(f"{PREFIX} importing {source} failed: {type(exc).__name__}: {exc}")
+    sys.modules.setdefault("handler", module)  # as it was known before it was a package
     handle = getattr(module, "handle", None)
     if not callable(handle):
         sys.exit(f"{PREFIX} {source} defines no callable handle(event, context)")
@@ -168,16 +194,32 @@ def explicit_response(result: dict[str, Any]) -> web.Response:
     return web.Response(status=status, headers=headers, body=data)
 
 
-def error_response(exc: Exception) -> web.Response:
-    payload = {"error": str(exc) or type(exc).__name__, "type": type(exc).__name__}
+def error_response(exc: Exception, call_id: str, debug: bool) -> web.Response:
+    """The 500 for a handler's exception: its text and type only in debug mode (they may carry
+    secrets or internals); otherwise a message with the call id to find the traceback by."""
+    payload: dict[str, str] = {
+        "error": "the function failed; its traceback is in the container's log "
+        f"under call id {call_id}",
+        "call_id": call_id,
+    }
+    if debug:
+        payload = {
+            "error": str(exc) or type(exc).__name__,
+            "type": type(exc).__name__,
+            "traceback": "".join(traceback.format_exception(exc)),
+            "call_id": call_id,
+        }
     return web.Response(status=500, body=encode_json(payload), content_type=JSON_TYPE)
 
 
 class Runtime:
     """The single catch-all request handler: health checks, then the user's ``handle``."""
 
-    def __init__(self, handle: Handler, threads: int, access_log: bool) -> None:
+    def __init__(
+        self, handle: Handler, threads: int, access_log: bool, debug: bool = False
+    ) -> None:
         self.handle = handle
+        self.debug = debug
         self.is_async = inspect.iscoroutinefunction(handle)
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=THREAD_PREFIX)
         self.context = Context(hostname=socket.gethostname())
@@ -198,13 +240,16 @@ class Runtime:
         try:
             response = to_response(await self.call(event))
         except Exception as exc:  # the function's bug: report it and keep serving
+            call_id = request.headers.get(CALL_ID) or str(uuid.uuid4())
             print(
-                f"{PREFIX} {request.method} {request.path_qs} failed:\n{traceback.format_exc()}",
+                f"{PREFIX} call {call_id}: {request.method} {request.path_qs} failed:\n"
+                f"{traceback.format_exc()}",
                 end="",
                 file=sys.stderr,
                 flush=True,
             )
-            response = error_response(exc)
+            response = error_response(exc, call_id, self.debug)
+            response.headers[CALL_ID] = call_id
         if self.access_log:
             print(f"{request.method} {request.path_qs} {response.status}", flush=True)
         return response
@@ -286,6 +331,7 @@ def main() -> None:
         load_handler(function_dir),
         threads=threads,
         access_log=os.environ.get("FAASO_ACCESS_LOG", "") == "1",
+        debug=os.environ.get("FAASO_DEBUG", "") == "1",
     )
     app = web.Application(client_max_size=max_body)
     app.router.add_route("*", "/{path:.*}", runtime.serve)

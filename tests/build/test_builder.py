@@ -96,6 +96,36 @@ def test_function_options_and_requirements(setup: tuple[RuntimeCatalog, Function
     assert dict(p.wheel_sets) == {"function/requirements.txt": "wheels/function"}
 
 
+def test_faasoignore_keeps_files_out_of_the_context_and_the_hash(
+    setup: tuple[RuntimeCatalog, FunctionSpec],
+) -> None:
+    catalog, spec = setup
+    assert spec.source is not None
+    (spec.source / "data").mkdir()
+    (spec.source / "data" / "big.csv").write_text("1,2\n")
+    (spec.source / "notes.csv").write_text("x\n")
+    (spec.source / "keep.csv").write_text("y\n")
+    (spec.source / "sub").mkdir()
+    (spec.source / "sub" / "TODO").write_text("z\n")
+    (spec.source / "TODO").write_text("z\n")
+    before = plan(spec, catalog, BASE)
+    assert "function/data/big.csv" in before.files
+    (spec.source / ".faasoignore").write_text("# comments work\ndata/\n*.csv\n!keep.csv\n/TODO\n")
+    p = plan(spec, catalog, BASE)
+    assert sorted(f for f in p.files if f.startswith("function/")) == [
+        "function/keep.csv",
+        "function/main.sh",
+        "function/sub/TODO",  # "/TODO" is anchored at the folder
+    ]
+    # Editing an ignored file changes nothing; editing a kept one does.
+    (spec.source / "data" / "big.csv").write_text("3,4\n")
+    (spec.source / "data" / "new.bin").write_bytes(b"\0")
+    (spec.source / "TODO").write_text("changed\n")
+    assert plan(spec, catalog, BASE).tag == p.tag
+    (spec.source / "keep.csv").write_text("changed\n")
+    assert plan(spec, catalog, BASE).tag != p.tag
+
+
 @pytest.mark.parametrize(
     ("text", "key"),
     [

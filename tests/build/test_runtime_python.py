@@ -401,7 +401,7 @@ RETURN_CASES: list[tuple[str, int, str | None, bytes]] = [
 async def test_return_values_become_responses(
     start: Callable[..., Awaitable[Runtime]], http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    runtime = await start(write_function(tmp_path / "fn", RETURNS_HANDLER))
+    runtime = await start(write_function(tmp_path / "fn", RETURNS_HANDLER), FAASO_DEBUG="1")
     for kind, status, content_type, body in RETURN_CASES:
         reply = await call(http, runtime, "GET", f"/?kind={kind}")
         assert (reply.status, reply.body) == (status, body), kind
@@ -448,12 +448,22 @@ async def test_exception_is_a_500_and_the_server_keeps_serving(
     start: Callable[..., Awaitable[Runtime]], http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     runtime = await start(write_function(tmp_path / "fn", FAILING_HANDLER))
-    reply = await call(http, runtime, "GET", "/?fail")
+    reply = await call(http, runtime, "GET", "/?fail", headers={"X-Call-Id": "call-1"})
     assert reply.status == 500
     assert reply.headers["Content-Type"] == "application/json"
-    assert reply.json() == {"error": "boom", "type": "ValueError"}
-    reply = await call(http, runtime, "POST", "/?fail-silently")
-    assert (reply.status, reply.json()) == (500, {"error": "KeyError", "type": "KeyError"})
+    assert reply.headers["X-Call-Id"] == "call-1"
+    # By default the client learns that it failed and the call id, not what the exception said.
+    assert reply.json() == {
+        "error": "the function failed; its traceback is in the container's log "
+        "under call id call-1",
+        "call_id": "call-1",
+    }
+    assert b"boom" not in reply.body and b"ValueError" not in reply.body
+    reply = await call(http, runtime, "POST", "/?fail-silently")  # no call id: one is made
+    made = reply.headers["X-Call-Id"]
+    assert len(made) == 36
+    assert (reply.status, reply.json()["call_id"]) == (500, made)
+    assert b"KeyError" not in reply.body
 
     assert (await call(http, runtime, "GET", "/")).body == b"fine"
     health = await call(http, runtime, "GET", "/_/health")  # never reaches the handler
@@ -461,10 +471,54 @@ async def test_exception_is_a_500_and_the_server_keeps_serving(
 
     assert await runtime.stop() == 0
     _, stderr = runtime.output()
-    assert "GET /?fail failed:" in stderr
+    assert "call call-1: GET /?fail failed:" in stderr
+    assert f"call {made}: POST /?fail-silently failed:" in stderr
     assert "Traceback (most recent call last)" in stderr
     assert 'raise ValueError("boom")' in stderr
     assert "ValueError: boom" in stderr
+
+
+async def test_debug_mode_sends_the_exception_to_the_client(
+    start: Callable[..., Awaitable[Runtime]], http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    runtime = await start(write_function(tmp_path / "fn", FAILING_HANDLER), FAASO_DEBUG="1")
+    reply = await call(http, runtime, "GET", "/?fail", headers={"X-Call-Id": "c-2"})
+    body = reply.json()
+    assert (reply.status, body["error"], body["type"], body["call_id"]) == (
+        500,
+        "boom",
+        "ValueError",
+        "c-2",
+    )
+    assert 'raise ValueError("boom")' in body["traceback"]
+    reply = await call(http, runtime, "POST", "/?fail-silently")
+    assert (reply.json()["error"], reply.json()["type"]) == ("KeyError", "KeyError")
+
+
+async def test_the_function_folder_is_a_package_as_in_openfaas(
+    start: Callable[..., Awaitable[Runtime]], http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """OpenFaaS's python3-http layout: handler.py imports its siblings relatively, a
+    sub-package does the same, and an absolute import of a sibling still works."""
+    folder = write_function(
+        tmp_path / "fn",
+        """
+        from .helpers import shout
+        from .lib.words import WORD
+        import helpers
+
+        def handle(event, context):
+            return shout(WORD) + " " + helpers.__name__ + " " + __name__
+        """,
+        helpers="def shout(text):\n    return text.upper()\n",
+        __init__="",
+    )
+    (folder / "lib").mkdir()
+    (folder / "lib" / "__init__.py").write_text("")
+    (folder / "lib" / "words.py").write_text("from ..helpers import shout\nWORD = shout('hi')\n")
+    runtime = await start(folder)
+    reply = await call(http, runtime, "GET", "/")
+    assert (reply.status, reply.body) == (200, b"HI helpers function.handler")
 
 
 GATED_HANDLER = """

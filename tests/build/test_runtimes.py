@@ -224,6 +224,44 @@ def test_a_handler_without_handle_is_refused(tmp_path: Path, handler: str, ok: b
         check(folder)
 
 
+@pytest.mark.parametrize(
+    ("handler", "problem", "line"),
+    [
+        ("from .helpers import shout\n", None, None),
+        ("from . import helpers\n", None, None),
+        ("from .lib.words import WORD\n", None, None),
+        ("from .lib import words\n", None, None),
+        ("from .loose import anything\n", None, None),  # star import there: cannot tell
+        ("x = 1\nfrom .helperz import shout\n", "no helperz.py (nor a package", 2),
+        ("from .helpers import shoutt\n", "cannot import name 'shoutt' from .helpers", 1),
+        ("from .lib.nope import x\n", "no lib/nope.py", 1),
+        ("from .. import x\n", "goes above the function's folder", 1),
+        ("from . import nothing_here\n", "cannot import name 'nothing_here' from .", 1),
+    ],
+)
+def test_relative_imports_that_would_fail_are_named_before_a_build(
+    tmp_path: Path, handler: str, problem: str | None, line: int | None
+) -> None:
+    folder = write(
+        tmp_path / "fn",
+        handler__py=handler + "\ndef handle(event, context):\n    return 1\n",
+        helpers__py="import os\nif os.environ.get('X'):\n    def shout(t):\n        return t\n",
+        loose__py="from os.path import *\n",
+    )
+    (folder / "__init__.py").write_text("")
+    (folder / "lib").mkdir()
+    (folder / "lib" / "__init__.py").write_text("")
+    (folder / "lib" / "words.py").write_text("from ..helpers import shout\nWORD = 'hi'\n")
+    if problem is None:
+        check(folder)
+        return
+    with pytest.raises(SourceError) as info:
+        check(folder)
+    assert (info.value.path, info.value.line) == (folder / "handler.py", line)
+    assert problem in str(info.value)
+    assert "ImportError" in str(info.value)
+
+
 @pytest.mark.skipif(shutil.which("node") is None, reason="node checks need node on the host")
 def test_a_node_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     handler = "'use strict';\nmodule.exports = async (event) => {\n  return {a: 1,,};\n};\n"
@@ -534,7 +572,10 @@ def test_node_server_contract(spawn: Spawn, tmp_path: Path) -> None:
 
     folder = write(tmp_path / "fn", handler__js=NODE_HANDLER)
     proc, port = spawn(
-        ["node", str(NODE_SERVER)], FAASO_FUNCTION_DIR=str(folder), FAASO_MAX_BODY="100000"
+        ["node", str(NODE_SERVER)],
+        FAASO_FUNCTION_DIR=str(folder),
+        FAASO_MAX_BODY="100000",
+        FAASO_DEBUG="1",
     )
     _serving(proc, port)
     text, js = "text/plain; charset=utf-8", "application/json"
@@ -564,7 +605,9 @@ def test_node_server_contract(spawn: Spawn, tmp_path: Path) -> None:
     ]:
         status, headers, body = _request(port, "GET", f"/?kind={kind}")
         assert (status, json.loads(body)["type"]) == (500, error_type), kind
-    assert json.loads(_request(port, "GET", "/?kind=throw")[2])["error"] == "boom"
+    thrown = json.loads(_request(port, "GET", "/?kind=throw", None, **{"X-Call-Id": "c-9"})[2])
+    assert (thrown["error"], thrown["call_id"]) == ("boom", "c-9")
+    assert "RangeError: boom" in thrown["traceback"]
 
     status, _, body = _request(
         port, "POST", "/a/b%20c?kind=event&a=1&a=2", b"\x07" * 5000, **{"X-Test": "yes"}
@@ -600,6 +643,30 @@ def test_node_server_contract(spawn: Spawn, tmp_path: Path) -> None:
     status, _, body = result["r"]
     assert (status, body) == (200, b"done")
     assert proc.wait(10) == 0
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node on the host")
+def test_node_errors_reach_the_client_only_in_debug_mode(spawn: Spawn, tmp_path: Path) -> None:
+    import json
+
+    folder = write(tmp_path / "fn", handler__js=NODE_HANDLER)
+    proc, port = spawn(["node", str(NODE_SERVER)], FAASO_FUNCTION_DIR=str(folder))
+    _serving(proc, port)
+    status, headers, body = _request(port, "GET", "/?kind=throw", None, **{"X-Call-Id": "call-7"})
+    assert (status, headers["x-call-id"]) == (500, "call-7")
+    assert json.loads(body) == {
+        "error": "the function failed; its traceback is in the container's log "
+        "under call id call-7",
+        "call_id": "call-7",
+    }
+    assert b"boom" not in body and b"RangeError" not in body
+    status, headers, body = _request(port, "GET", "/?kind=nan")  # no call id: one is made
+    assert (status, json.loads(body)["call_id"]) == (500, headers["x-call-id"])
+    assert len(headers["x-call-id"]) == 36
+    proc.terminate()
+    _, err = proc.communicate(timeout=10)
+    assert "call call-7: GET /?kind=throw failed:" in err.decode()
+    assert "RangeError: boom" in err.decode()
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="needs node on the host")

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -429,6 +430,56 @@ def test_run_serves_rebuilds_on_change_and_cleans_up(
     assert proc.wait(DEADLINE) == 0
     assert not dev_containers("greet-run")
     assert http_request(port, "/")[0] == 0
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT)
+def test_run_restarts_without_refusing_a_request(
+    tmp_path: Path, running: list[subprocess.Popen[bytes]]
+) -> None:
+    """The new container starts and is healthy before the old one stops: requests made all
+    through a rebuild-restart get answers, from the old version and then the new."""
+    folder = copy_function("sum", tmp_path / "sum-restart")
+    port = free_port()
+    log = tmp_path / "run.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "faaso", "run", str(folder), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    running.append(proc)
+    until(lambda: http_request(port, "/?a=2&b=3") == (200, b"5"), "the first build", BUILD_TIMEOUT)
+
+    results: list[tuple[int, bytes]] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set() and len(results) < 20000:  # bounded
+            results.append(http_request(port, "/?a=2&b=3"))
+
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    try:
+        handler = folder / "handler.py"
+        handler.write_text(handler.read_text() + "\n# an edit: a new image, a restart\n")
+        until(
+            lambda: log.read_text().count("run.serving") >= 2 and "run.stopped" in log.read_text(),
+            "the new container to serve and the old one to be removed",
+        )
+        during = len(results)
+        until(lambda: len(results) > during + 20, "requests after the restart")
+    finally:
+        stop.set()
+        thread.join(30)
+    assert log.read_text().count("run.serving") == 2
+    failed = [r for r in results if r != (200, b"5")]
+    assert not failed, f"{len(failed)} of {len(results)} requests failed, e.g. {failed[:3]}"
+    assert len(results) > 40
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(DEADLINE) == 0
+    assert not dev_containers("sum-restart")
 
 
 # --------------------------------------------------------------------------- export
