@@ -31,6 +31,7 @@ from structlog.typing import FilteringBoundLogger
 from faaso.backends.base import Backend, BackendEvent, Instance, InstanceSpec
 from faaso.errors import BackendError, FaasoError
 from faaso.gateway.pools import FunctionPool, drain
+from faaso.guard import TaskGuard
 from faaso.spec.endpoint import Endpoint
 from faaso.spec.function import FunctionSpec
 from faaso.spec.status import Phase
@@ -121,7 +122,7 @@ class FunctionController:
         self._policy = policy or RestartPolicy()
         self._tracked: dict[str, Tracked] = {}
         self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []  # the reconcile and probe loops
+        self._guard = TaskGuard(self._log)  # the reconcile and probe loops
         self._cleanups: set[asyncio.Task[None]] = set()  # removing dead containers
         self._closing = False
         self._young_deaths = 0
@@ -190,10 +191,8 @@ class FunctionController:
 
     def start(self) -> None:
         self._pool.holding = self.spec.replicas > 0
-        self._tasks = [
-            asyncio.create_task(self._run(), name=f"controller-{self.name}"),
-            asyncio.create_task(self._probe_loop(), name=f"probe-{self.name}"),
-        ]
+        self._guard.spawn(f"controller-{self.name}", self._run)
+        self._guard.spawn(f"probe-{self.name}", self._probe_loop)
 
     async def wait_converged(self, timeout: float) -> bool:
         """Wait until the running instances match the spec (or the controller gave up)."""
@@ -217,9 +216,7 @@ class FunctionController:
         """Stop reconciling; take every instance out of the pool, drain it, stop it."""
         self._closing = True
         self._pool.holding = False
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._guard.close()
         await asyncio.gather(*self._cleanups, return_exceptions=True)
         await self._retire(list(self._tracked.values()), "shutdown", drain_timeout)
         self.phase = Phase.STOPPED

@@ -25,6 +25,7 @@ from faaso.config.routes_file import Config
 from faaso.control.controller import STOP_TIMEOUT, FunctionController, Prober, RestartPolicy
 from faaso.errors import BackendError, FaasoError, ReloadError
 from faaso.gateway.pools import Pools
+from faaso.guard import TaskGuard
 from faaso.spec.function import FunctionSpec
 from faaso.spec.status import Phase
 from faaso.state.secret_store import SecretStore
@@ -80,7 +81,8 @@ class Supervisor:
         self._controllers: dict[str, FunctionController] = {}
         self._pending: dict[str, Pending] = {}
         self._leftovers: dict[str, list[Instance]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._guard = TaskGuard(log)
+        self._engine_seen = False  # the event stream was open once: a restart resyncs first
         self._apply_lock = asyncio.Lock()
         self.config: Config | None = None
 
@@ -127,14 +129,12 @@ class Supervisor:
             if name not in config.functions:
                 del self._leftovers[name]
         for spec in config.functions.values():
-            self._spawn(self._bring_up(spec))
-        self._spawn(self._watch_engine())
+            self._guard.spawn(f"bring-up-{spec.name}", self._bring_up_fn(spec), restart=False)
+        self._guard.spawn("engine-watch", self._watch_engine)
 
     async def close(self) -> None:
         """Cancel what is in progress, then drain and stop every instance faaso owns."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._guard.close()
         await asyncio.gather(*(c.close(drain_timeout=5.0) for c in self._controllers.values()))
         await self._stop_all(
             [i for found in self._leftovers.values() for i in found], reason="shutdown"
@@ -143,10 +143,8 @@ class Supervisor:
 
     # -- bringing functions up ---------------------------------------------------------------
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _bring_up_fn(self, spec: FunctionSpec) -> Callable[[], Coroutine[Any, Any, None]]:
+        return lambda: self._bring_up(spec)
 
     async def _image_for(self, spec: FunctionSpec) -> str:
         pending = self._pending.setdefault(spec.name, Pending(spec.name, spec.replicas))
@@ -282,14 +280,15 @@ class Supervisor:
     # -- the engine's events -----------------------------------------------------------------
 
     async def _watch_engine(self) -> None:
+        """Follow the engine's events. Losing the engine is expected (reconnect with backoff);
+        anything else ends in the guard, which restarts this loop (and it resyncs first)."""
         delay = 0.5
-        connected_once = False
         while True:
             try:
-                if connected_once:
+                if self._engine_seen:
                     await self._resync()
                     self._log.info("engine.reconnected")
-                connected_once = True
+                self._engine_seen = True
                 async for event in self._backend.events():
                     delay = 0.5
                     controller = self._controllers.get(event.function)
