@@ -145,6 +145,5 @@ def deployment_to_spec(doc: object, *, created_at: float | None = None) -> Funct
         read_only_root=read_only,
         env_process=env_process or None,
         health_path=health_path,
-        origin="api",
         created_at=created_at,
     )

@@ -34,7 +34,7 @@ from faaso.gateway.pools import FunctionPool, drain
 from faaso.guard import TaskGuard
 from faaso.spec.endpoint import Endpoint
 from faaso.spec.function import FunctionSpec
-from faaso.spec.status import Phase
+from faaso.spec.status import FunctionStatus, Phase
 from faaso.state.secret_store import SecretStore
 
 STOP_TIMEOUT = 10.0
@@ -147,18 +147,18 @@ class FunctionController:
     def instances(self) -> list[Instance]:
         return [t.instance for t in self._tracked.values()]
 
-    def as_json(self) -> dict[str, object]:
-        return {
-            "function": self.name,
-            "phase": str(self.phase),
-            "replicas": self.spec.replicas,
-            "available": len(self._pool),
-            "image": self.image,
-            "error": self.error,
-            "restarts": self.restarts,
-            "last_exit_code": self.last_exit_code,
-            "last_logs": self.last_logs,
-        }
+    def status(self) -> FunctionStatus:
+        return FunctionStatus(
+            function=self.name,
+            phase=self.phase,
+            replicas=self.spec.replicas,
+            available=len(self._pool),
+            image=self.image,
+            error=self.error,
+            restarts=self.restarts,
+            last_exit_code=self.last_exit_code,
+            last_logs=tuple(self.last_logs),
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 

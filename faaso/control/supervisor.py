@@ -27,7 +27,7 @@ from faaso.errors import BackendError, FaasoError, ReloadError
 from faaso.gateway.pools import Pools
 from faaso.guard import TaskGuard
 from faaso.spec.function import FunctionSpec
-from faaso.spec.status import Phase
+from faaso.spec.status import FunctionStatus, Phase
 from faaso.state.secret_store import SecretStore
 
 RECONNECT_MAX = 10.0
@@ -47,14 +47,8 @@ class Pending:
     phase: Phase = Phase.BUILDING
     error: str | None = None
 
-    def as_json(self) -> dict[str, object]:
-        return {
-            "function": self.name,
-            "phase": str(self.phase),
-            "replicas": self.replicas,
-            "available": 0,
-            "error": self.error,
-        }
+    def status(self) -> FunctionStatus:
+        return FunctionStatus(self.name, self.phase, self.replicas, error=self.error)
 
 
 class Supervisor:
@@ -88,13 +82,14 @@ class Supervisor:
 
     # -- what the app reads ------------------------------------------------------------------
 
-    def statuses(self) -> list[dict[str, object]]:
-        out = [c.as_json() for c in self._controllers.values()]
-        out += [p.as_json() for p in self._pending.values() if p.name not in self._controllers]
-        return sorted(out, key=lambda s: str(s["function"]))
+    def statuses(self) -> list[FunctionStatus]:
+        """Every function the supervisor knows, by name: running, starting, building, failed."""
+        out = [c.status() for c in self._controllers.values()]
+        out += [p.status() for p in self._pending.values() if p.name not in self._controllers]
+        return sorted(out, key=lambda s: s.function)
 
-    def not_ready(self) -> list[dict[str, object]]:
-        return [s for s in self.statuses() if s["phase"] != str(Phase.READY)]
+    def not_ready(self) -> list[FunctionStatus]:
+        return [s for s in self.statuses() if not s.ready]
 
     def controller(self, name: str) -> FunctionController | None:
         return self._controllers.get(name)
@@ -314,7 +309,6 @@ class Supervisor:
                             instance.id,
                             controller.name,
                             current.exit_code if current else None,
-                            "found dead after reconnect",
                         )
                     )
 

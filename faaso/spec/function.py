@@ -83,13 +83,7 @@ class FunctionSpec:
     annotations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     env_process: str | None = None  # OpenFaaS's fprocess, passed as the env var of that name
     max_inflight: int | None = None  # requests in flight to the function, over all replicas
-    origin: str = "file"  # "file": from the routes file; "api": deployed through the API
     created_at: float | None = None  # API deployments: when they were first deployed
-
-    @property
-    def built(self) -> bool:
-        """True when faaso builds the image from ``source`` with ``runtime``."""
-        return self.source is not None
 
     def run_fingerprint(self) -> str:
         """A hash of everything about the function's containers except its image.

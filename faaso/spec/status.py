@@ -1,12 +1,12 @@
-"""What a function is doing: its phase, as the supervisor reports it."""
+"""What a function is doing, as the supervisor reports it: its phase and a FunctionStatus."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 
 class Phase(StrEnum):
-    PENDING = "pending"
     BUILDING = "building"
     STARTING = "starting"
     READY = "ready"
@@ -14,3 +14,41 @@ class Phase(StrEnum):
     CRASH_LOOP = "crash-looping"
     FAILED = "failed"  # cannot run at all (build failed, image missing)
     STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionStatus:
+    """One function's state: read by /healthz, the metrics and the ``faaso status`` command.
+
+    ``available`` counts the instances in the proxy's pool; ``image`` is None while the image is
+    being built (or could not be); ``last_logs`` are the last lines of the last instance that
+    died.
+    """
+
+    function: str
+    phase: Phase
+    replicas: int
+    available: int = 0
+    image: str | None = None
+    error: str | None = None
+    restarts: int = 0
+    last_exit_code: int | None = None
+    last_logs: tuple[str, ...] = ()
+
+    @property
+    def ready(self) -> bool:
+        return self.phase is Phase.READY
+
+    def to_json(self) -> dict[str, object]:
+        """The shape /healthz shows under ``not_ready``."""
+        return {
+            "function": self.function,
+            "phase": str(self.phase),
+            "replicas": self.replicas,
+            "available": self.available,
+            "image": self.image,
+            "error": self.error,
+            "restarts": self.restarts,
+            "last_exit_code": self.last_exit_code,
+            "last_logs": list(self.last_logs),
+        }

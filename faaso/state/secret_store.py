@@ -34,9 +34,6 @@ class SecretStore:
             p.name for p in self.root.iterdir() if p.is_file() and not p.name.startswith(".")
         )
 
-    def exists(self, name: str) -> bool:
-        return valid_secret_name(name) and (self.root / name).is_file()
-
     def path(self, name: str) -> Path:
         path = self._path(name)
         if not path.is_file():

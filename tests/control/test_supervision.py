@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient
 
 from faaso.config.routes_file import load_config
 from faaso.server.app import SUPERVISOR, create_app
+from faaso.spec.status import FunctionStatus, Phase
 from faaso.state.paths import owner_id
 from tests.helpers import ROOT, eventually, server_app
 
@@ -75,9 +76,9 @@ class Site:
         out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
         return sorted(out.split())
 
-    def status(self, function: str) -> dict[str, Any]:
+    def status(self, function: str) -> FunctionStatus:
         supervisor = server_app(self.client)[SUPERVISOR]
-        return next(s for s in supervisor.statuses() if s["function"] == function)
+        return next(s for s in supervisor.statuses() if s.function == function)
 
 
 def write_config(
@@ -151,8 +152,8 @@ async def test_killed_container_is_replaced_and_requests_are_held(site_factory: 
     (new,) = site.containers("sum")
     assert new != old
     status = site.status("sum")
-    assert status["restarts"] == 1 and status["last_exit_code"] == 137
-    assert status["phase"] == "ready"
+    assert status.restarts == 1 and status.last_exit_code == 137
+    assert status.phase is Phase.READY
 
 
 async def test_unhealthy_container_is_replaced(site_factory: Any) -> None:
@@ -179,11 +180,11 @@ async def test_crash_loop_backs_off_and_is_reported(site_factory: Any) -> None:
 
     async def looping() -> bool:
         status = site.status("crash")
-        return bool(status["phase"] == "crash-looping" and status["restarts"] >= 3)
+        return status.phase is Phase.CRASH_LOOP and status.restarts >= 3
 
     await eventually(looping, 120, "the crash loop to be reported")
     status = site.status("crash")
-    assert status["last_exit_code"] == 3
+    assert status.last_exit_code == 3
     code, body = await site.get("/healthz")
     assert code == 503
     assert [s["function"] for s in body["not_ready"]] == ["crash"]
