@@ -26,6 +26,7 @@ from yarl import URL
 
 from faaso.gateway.fast.relay import FAST_PATH, FastSite
 from faaso.spec.endpoint import Endpoint
+from faaso.state.paths import owner_id
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -169,6 +170,30 @@ class Served:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+async def docker(*argv: str) -> str:
+    """Run the docker CLI without blocking the event loop; its stdout. Fails the test on error."""
+    proc = await asyncio.create_subprocess_exec(
+        "docker", *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        pytest.fail(f"docker {' '.join(argv)} failed ({proc.returncode}): {err.decode()}")
+    return out.decode()
+
+
+async def containers_of(
+    state_dir: Path, function: str | None = None, running: bool = True
+) -> list[str]:
+    """Names of the containers a faaso on ``state_dir`` owns (of one function, if given)."""
+    owner = f"label=faaso.owner={owner_id(state_dir)}"
+    argv = ["ps", "--format", "{{.Names}}", "--filter", owner]
+    if not running:
+        argv.insert(1, "-a")
+    if function:
+        argv += ["--filter", f"label=faaso.function={function}"]
+    return sorted((await docker(*argv)).split())
 
 
 def docker_ps(*filters: str) -> list[str]:

@@ -68,9 +68,9 @@ def load_runtime(path: Path) -> Runtime:
     """Read ``path/runtime.yml``. Raises :class:`ConfigError` naming the file and key."""
     spec_file = path / RUNTIME_FILE
     try:
-        doc = yaml.safe_load(spec_file.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigError(spec_file, "", str(spec_file), f"cannot read: {exc.strerror}") from exc
+        doc = load_strict(spec_file.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(spec_file, "", str(spec_file), f"cannot read: {exc}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(spec_file, "", str(spec_file), f"invalid YAML: {exc}") from exc
     if not isinstance(doc, dict):

@@ -43,6 +43,7 @@ from faaso.state.secret_store import SecretStore
 SUPERVISOR = web.AppKey("faaso_supervisor", Supervisor)
 RELOADER = web.AppKey("faaso_reloader", Reloader)
 DESIRED = web.AppKey("faaso_desired", DesiredState)
+BACKEND = web.AppKey("faaso_backend", DockerBackend)
 
 
 def create_app(
@@ -131,6 +132,7 @@ def create_app(
             app[SUPERVISOR] = supervisor
             app[RELOADER] = reloader
             app[DESIRED] = desired
+            app[BACKEND] = backend
             state.timeout_of = supervisor.timeout_of
             state.max_inflight_of = supervisor.max_inflight_of
             state.reload_status = lambda: reloader.last

@@ -40,6 +40,10 @@ class SecretStore:
             raise NotFoundError(f"secret {name!r} does not exist")
         return path
 
+    def value(self, name: str) -> bytes:
+        """The stored value (to put it back if a change cannot be applied)."""
+        return self.path(name).read_bytes()
+
     def put(self, name: str, value: bytes, *, must_exist: bool | None = None) -> None:
         """Create or replace. ``must_exist``: True for an update, False for a create."""
         path = self._path(name)

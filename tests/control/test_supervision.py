@@ -6,7 +6,6 @@ import asyncio
 import datetime as dt
 import json
 import shutil
-import subprocess
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,8 +20,7 @@ from aiohttp.test_utils import TestClient
 from faaso.config.routes_file import load_config
 from faaso.server.app import SUPERVISOR, create_app
 from faaso.spec.status import FunctionStatus, Phase
-from faaso.state.paths import owner_id
-from tests.helpers import ROOT, eventually, server_app
+from tests.helpers import ROOT, containers_of, docker, eventually, server_app
 
 pytestmark = [
     pytest.mark.docker,
@@ -60,21 +58,8 @@ class Site:
             except ValueError:
                 return resp.status, text
 
-    def containers(self, function: str | None = None, running: bool = True) -> list[str]:
-        argv = [
-            "docker",
-            "ps",
-            "--format",
-            "{{.Names}}",
-            "--filter",
-            f"label=faaso.owner={owner_id(self.state)}",
-        ]
-        if not running:
-            argv.insert(2, "-a")
-        if function:
-            argv += ["--filter", f"label=faaso.function={function}"]
-        out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-        return sorted(out.split())
+    async def containers(self, function: str | None = None, running: bool = True) -> list[str]:
+        return await containers_of(self.state, function, running)
 
     def status(self, function: str) -> FunctionStatus:
         supervisor = server_app(self.client)[SUPERVISOR]
@@ -131,13 +116,13 @@ async def site_factory(
     yield make
     for site in sites:
         await site.client.close()
-        assert site.containers(running=False) == [], "containers left after shutdown"
+        assert await site.containers(running=False) == [], "containers left after shutdown"
 
 
 async def test_killed_container_is_replaced_and_requests_are_held(site_factory: Any) -> None:
     site = await site_factory({"sum": "sum"}, {"/sum": "sum"})
-    (old,) = site.containers("sum")
-    subprocess.run(["docker", "kill", old], check=True, capture_output=True)
+    (old,) = await site.containers("sum")
+    await docker("kill", old)
     supervisor = server_app(site.client)[SUPERVISOR]
     controller = supervisor.controller("sum")
     assert controller is not None
@@ -149,7 +134,7 @@ async def test_killed_container_is_replaced_and_requests_are_held(site_factory: 
     # Arriving after the death was noticed: held until the replacement serves, not failed.
     results = await asyncio.gather(*(site.get(f"/sum?a={i}&b=1") for i in range(10)))
     assert results == [(200, i + 1) for i in range(10)]
-    (new,) = site.containers("sum")
+    (new,) = await site.containers("sum")
     assert new != old
     status = site.status("sum")
     assert status.restarts == 1 and status.last_exit_code == 137
@@ -163,11 +148,11 @@ async def test_unhealthy_container_is_replaced(site_factory: Any) -> None:
         {"/sum": "sum"},
         extra=", health_interval: 0.2, health_timeout: 0.2, health_failures: 2",
     )
-    (old,) = site.containers("sum")
-    subprocess.run(["docker", "pause", old], check=True, capture_output=True)
+    (old,) = await site.containers("sum")
+    await docker("pause", old)
 
     async def replaced() -> bool:
-        names = site.containers("sum")
+        names = await site.containers("sum")
         return old not in names and len(names) == 1
 
     await eventually(replaced, 30, "the paused container to be replaced")
@@ -225,14 +210,14 @@ async def test_zero_failed_requests_during_reload_and_rolling_update(
         return outcomes["ok"] > 200
 
     await eventually(some_traffic, 30, "load to flow")
-    (old_sum,) = site.containers("sum")
-    (old_mul,) = site.containers("mul")
+    (old_sum,) = await site.containers("sum")
+    (old_mul,) = await site.containers("mul")
     # 1. a rolling update of sum: edit its code
     handler = workdir / "sum" / "handler.py"
     handler.write_text(handler.read_text() + "\n# a new version\n")
 
     async def rolled() -> bool:
-        names = site.containers("sum")
+        names = await site.containers("sum")
         return len(names) == 1 and names[0] != old_sum
 
     await eventually(rolled, 120, "sum to roll over")
@@ -253,7 +238,7 @@ async def test_zero_failed_requests_during_reload_and_rolling_update(
     await eventually(more_traffic, 30, "load after the reload")
     stop.set()
     await asyncio.gather(*workers)
-    assert site.containers("mul") == [old_mul], "an unchanged function was touched"
+    assert await site.containers("mul") == [old_mul], "an unchanged function was touched"
     failures = {k: v for k, v in outcomes.items() if k != "ok"}
     assert failures == {}, failures
     assert outcomes["ok"] > 400
@@ -270,7 +255,7 @@ async def test_reload_adds_removes_changes_and_survives_bad_config(
         return bool((await site.get("/times?a=3&b=4")) == (200, 12))
 
     await eventually(mul_live, 120, "the new function")
-    assert len(site.containers("mul")) == 1
+    assert len(await site.containers("mul")) == 1
 
     # an invalid file: the old config keeps running, and /healthz says why
     site.config.write_text("functions:\n  sum: {source: sum, replicas: lots}\n")
@@ -307,7 +292,7 @@ async def test_reload_adds_removes_changes_and_survives_bad_config(
         status, _ = await site.get("/times?a=3&b=4")
         _, health = await site.get("/healthz")
         reloaded = health.get("reload", {}).get("ok") is True
-        return status == 404 and reloaded and site.containers("mul") == []
+        return status == 404 and reloaded and await site.containers("mul") == []
 
     await eventually(mul_gone, 60, "the removed function to go")
     assert await site.get("/sum?a=1&b=1") == (200, 2)
