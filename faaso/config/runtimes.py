@@ -31,8 +31,12 @@ CHECKS = frozenset({"python", "node", "dockerfile"})
 
 
 def builtin_runtimes_dir() -> Path:
-    """The ``runtimes/`` folder shipped beside the ``faaso`` package."""
-    return Path(__file__).resolve().parent.parent.parent / "runtimes"
+    """The built-in runtimes: ``faaso/_runtimes/`` in an installed wheel (setup.py copies them
+    there), else the repository's top-level ``runtimes/`` beside the package (a checkout, an
+    editable install)."""
+    package = Path(__file__).resolve().parent.parent
+    installed = package / "_runtimes"
+    return installed if installed.is_dir() else package.parent / "runtimes"
 
 
 @dataclass(frozen=True, slots=True)
