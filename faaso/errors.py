@@ -20,6 +20,8 @@ carries an HTTP status of its own.
     ├── BootstrapError      the base image could not be pulled nor built
     ├── ReloadError         a new desired state could not be applied; the old one runs on
     ├── StateLockedError    another faaso holds the state directory
+    ├── StateDirError       the state directory cannot be created or written
+    ├── ListenError         the listening socket cannot be bound (port taken, no permission)
     ├── DevError            a local development command could not do what was asked
     └── ClientError         a request to a faaso server failed (status of its answer, if any)
         └── AuthError       the server refused the credentials
@@ -107,6 +109,14 @@ class ReloadError(FaasoError):
 
 class StateLockedError(FaasoError):
     """Another faaso process holds the state directory."""
+
+
+class StateDirError(FaasoError):
+    """The state directory cannot be created or written; the message names it and why."""
+
+
+class ListenError(FaasoError):
+    """The server cannot listen where it was asked to (the port is taken, no permission)."""
 
 
 class DevError(FaasoError):

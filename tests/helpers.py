@@ -37,6 +37,7 @@ from faaso.spec.asyncjob import CallbackHosts
 from faaso.spec.endpoint import Endpoint
 from faaso.spec.function import FunctionSpec
 from faaso.spec.routing import RouteTable
+from faaso.state.paths import owner_id
 from faaso.state.queue import JobQueue
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,6 +182,33 @@ class Served:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+async def docker(*argv: str) -> str:
+    """Run the docker CLI without blocking the event loop; its stdout. Fails the test on error."""
+    proc = await asyncio.create_subprocess_exec(
+        "docker", *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        pytest.fail(f"docker {' '.join(argv)} failed ({proc.returncode}): {err.decode()}")
+    return out.decode()
+
+
+async def containers_of(
+    state_dir: Path, function: str | None = None, running: bool = True, paused: bool = False
+) -> list[str]:
+    """Names of the containers a faaso on ``state_dir`` owns (of one function, if given; only
+    the paused ones with ``paused``)."""
+    owner = f"label=faaso.owner={owner_id(state_dir)}"
+    argv = ["ps", "--format", "{{.Names}}", "--filter", owner]
+    if paused:
+        argv += ["--filter", "status=paused"]
+    if not running:
+        argv.insert(1, "-a")
+    if function:
+        argv += ["--filter", f"label=faaso.function={function}"]
+    return sorted((await docker(*argv)).split())
 
 
 def docker_ps(*filters: str) -> list[str]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +16,7 @@ from tests.helpers import (
     ROOT,
     Served,
     docker_ps,
+    free_port,
     start_serve,
     stop_serve,
     wait_ready,
@@ -113,6 +116,84 @@ def test_concurrent_requests(served: Served) -> None:
     assert results == [(200, i + 1) for i in range(200)]
 
 
+def serve_once(config: Path, state_dir: Path, port: int) -> subprocess.CompletedProcess[str]:
+    """``faaso serve`` expected to refuse to start: its exit code and output."""
+    return subprocess.run(
+        [
+            *(sys.executable, "-m", "faaso", "serve", str(config), "--state-dir", str(state_dir)),
+            *("--port", str(port), "--log-format", "json", "--no-watch"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
+    """The refusal is one ``faaso: ...`` line on stderr (after JSON log lines), no traceback."""
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert len(lines) == 1 and lines[0].startswith("faaso: "), result.stderr
+    return lines[0]
+
+
+def test_second_server_on_the_same_state_dir_is_refused(served: Served, tmp_path: Path) -> None:
+    config = served.state_dir.parent / "routes.yml"
+    before = docker_ps(f"label=faaso.owner={owner_id(served.state_dir)}", "status=running")
+    line = one_line_error(serve_once(config, served.state_dir, free_port()), 1)
+    assert f"PID {served.proc.pid}" in line and str(served.state_dir) in line
+    # the first server's containers were neither adopted nor stopped, and it still serves
+    after = docker_ps(f"label=faaso.owner={owner_id(served.state_dir)}", "status=running")
+    assert after == before
+    status, _, body = served.request("GET", "/sum?a=1&b=2")
+    assert (status, json.loads(body)) == (200, 3)
+
+
+def test_taken_port_is_one_line_and_touches_no_container(served: Served, tmp_path: Path) -> None:
+    """Bind before touching containers: a leftover of this state directory survives a taken
+    port (an older start order cleaned leftovers up first, then failed to listen)."""
+    config = tmp_path / "routes.yml"
+    config.write_text("functions:\n  idle: {image: faaso/debian:bookworm, replicas: 0}\n")
+    state = tmp_path / "state"
+    leftover = f"faaso-leftover-{tmp_path.name[-8:]}"
+    subprocess.run(
+        [
+            *("docker", "run", "-d", "--name", leftover, "--label", "faaso.managed=true"),
+            *("--label", f"faaso.owner={owner_id(state)}", "--label", "faaso.function=gone"),
+            *("faaso/debian:bookworm", "sleep", "300"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        line = one_line_error(serve_once(config, state, served.port), 1)
+        assert f"cannot listen on 127.0.0.1:{served.port}" in line
+        assert docker_ps(f"name={leftover}", "status=running") == [leftover]
+    finally:
+        subprocess.run(["docker", "rm", "-f", leftover], capture_output=True, check=False)
+
+
+def test_corrupt_deployments_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "routes.yml"
+    config.write_text("functions:\n  idle: {image: faaso/debian:bookworm, replicas: 0}\n")
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "deployments.json").write_text("{not json")
+    line = one_line_error(serve_once(config, state, free_port()), 2)
+    assert "deployments.json" in line and "cannot read the deployments" in line
+
+
+def test_unusable_state_dir_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "routes.yml"
+    config.write_text("functions:\n  idle: {image: faaso/debian:bookworm, replicas: 0}\n")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    line = one_line_error(serve_once(config, blocker / "state", free_port()), 1)
+    assert f"cannot use the state directory {blocker / 'state'}" in line
+
+
 def test_sigterm_stops_containers_and_exits_0(served: Served) -> None:
     """Last in this module: shuts the shared server down."""
     owner_filter = f"label=faaso.owner={owner_id(served.state_dir)}"
@@ -123,3 +204,6 @@ def test_sigterm_stops_containers_and_exits_0(served: Served) -> None:
     assert not left, f"left behind: {left}"
     text = served.log_text()
     assert "server.stopped" in text
+    # --log-format json: every line, aiohttp's and asyncio's included, is JSON
+    for line in text.splitlines():
+        json.loads(line)

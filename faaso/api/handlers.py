@@ -31,6 +31,7 @@ from faaso.config.desired import DesiredState
 from faaso.control.autoscaler import Autoscaler
 from faaso.control.supervisor import Supervisor
 from faaso.errors import (
+    BackendError,
     ConflictError,
     FaasoError,
     InvalidRequest,
@@ -94,6 +95,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error(409, str(exc))
     except ReloadError as exc:
         return error(400, f"the change was not applied: {exc}")
+    except BackendError as exc:
+        return error(503, f"the container engine failed: {exc}")
     except web.HTTPException as exc:
         if exc.status >= 400 and exc.content_type != "application/json":
             return error(exc.status, exc.reason)
@@ -256,12 +259,29 @@ async def create_secret(request: web.Request) -> web.Response:
 
 
 async def update_secret(request: web.Request) -> web.Response:
+    """Atomic: when the functions that use the secret cannot roll over to the new value, the
+    old value is put back (and they converge on it again) before the 400 goes out."""
     ctx = request.app[HOLDER].get()
     body = await _secret_body(request)
-    ctx.secrets.put(body["name"], _secret_value(body), must_exist=True)
-    if _users_of(ctx, body["name"]):
-        await ctx.desired.refresh()  # the functions that use it roll over to the new value
-    return web.json_response({"message": f"secret {body['name']!r} updated"}, status=200)
+    name, value = body["name"], _secret_value(body)
+    previous = ctx.secrets.value(name)  # 404 when missing
+    ctx.secrets.put(name, value, must_exist=True)
+    if _users_of(ctx, name):
+        try:
+            await ctx.desired.refresh()  # the functions that use it roll over to the new value
+        except BaseException:
+            ctx.secrets.put(name, previous, must_exist=True)
+            # Shielded: a client that leaves does not stop the return to the old value.
+            await asyncio.shield(_refresh_quietly(ctx))
+            raise
+    return web.json_response({"message": f"secret {name!r} updated"}, status=200)
+
+
+async def _refresh_quietly(ctx: ApiContext) -> None:
+    try:
+        await ctx.desired.refresh()
+    except FaasoError as exc:
+        get_logger("faaso.api").error("secret.rollback_failed", error=str(exc))
 
 
 async def delete_secret(request: web.Request) -> web.Response:
@@ -325,8 +345,6 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
     instances: list[Instance] = controller.instances() if controller else []
     if instance:
         instances = [i for i in instances if instance in (i.name, i.id, i.id[:12])]
-    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-    await response.prepare(request)
 
     def entry(inst: Instance, stamp: str, text: str) -> bytes:
         doc = {
@@ -338,6 +356,8 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
         }
         return json.dumps(doc).encode() + b"\n"
 
+    # The backend is asked before the status line goes out: an engine error is a 503 with a
+    # JSON error (errors_middleware), never a 200 cut short.
     if not follow:
         lines: list[tuple[str, bytes]] = []
         for inst in instances:
@@ -348,10 +368,16 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
         lines.sort(key=lambda item: item[0])
         if tail is not None:
             lines = lines[-tail:]
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
         for _, line in lines:
             await response.write(line)
         await response.write_eof()
         return response
+    for inst in instances:  # following: the engine must answer before the stream starts
+        await ctx.backend.inspect(inst.id)
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
 
     # Follow: one pump per instance, and instances that start later (a scale-up, a replacement)
     # are picked up too. The stream lasts until the client goes away.

@@ -62,7 +62,6 @@ class BackendEvent:
     instance_id: str
     function: str
     exit_code: int | None = None
-    detail: str = ""
 
 
 class Backend(Protocol):

@@ -557,7 +557,9 @@ class Builder:
     async def base_image_id(self) -> str:
         async with self._base_lock:
             if self._base_id is None:
-                self._base_id = await ensure_base_image(self._docker, self._log)
+                self._base_id = await ensure_base_image(
+                    self._docker, self._log, allow_pull=self._allow_pull
+                )
             return self._base_id
 
     async def plan(self, spec: FunctionSpec) -> BuildPlan:

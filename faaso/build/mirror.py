@@ -19,10 +19,9 @@ class AptSource:
     uri: str
     suites: tuple[str, ...]
     components: tuple[str, ...]
-    origin: str  # the file it came from
 
 
-def _parse_one_line(path: Path, text: str) -> list[AptSource]:
+def _parse_one_line(text: str) -> list[AptSource]:
     out: list[AptSource] = []
     for raw in text.splitlines():
         line = raw.split("#", 1)[0].strip()
@@ -34,11 +33,11 @@ def _parse_one_line(path: Path, text: str) -> list[AptSource]:
                 words.pop(0)
             words = words[1:]
         if len(words) >= 2:
-            out.append(AptSource(words[0], (words[1],), tuple(words[2:]), str(path)))
+            out.append(AptSource(words[0], (words[1],), tuple(words[2:])))
     return out
 
 
-def _parse_deb822(path: Path, text: str) -> list[AptSource]:
+def _parse_deb822(text: str) -> list[AptSource]:
     out: list[AptSource] = []
     for stanza in text.split("\n\n"):
         fields: dict[str, str] = {}
@@ -59,7 +58,7 @@ def _parse_deb822(path: Path, text: str) -> list[AptSource]:
         suites = tuple(fields.get("suites", "").split())
         components = tuple(fields.get("components", "").split())
         for uri in fields.get("uris", "").split():
-            out.append(AptSource(uri, suites, components, str(path)))
+            out.append(AptSource(uri, suites, components))
     return out
 
 
@@ -77,9 +76,7 @@ def apt_sources(root: Path = Path("/etc/apt")) -> list[AptSource]:
             text = path.read_text(encoding="utf-8", errors="replace")
         except OSError:
             continue
-        out.extend(
-            _parse_deb822(path, text) if path.suffix == ".sources" else _parse_one_line(path, text)
-        )
+        out.extend(_parse_deb822(text) if path.suffix == ".sources" else _parse_one_line(text))
     return out
 
 

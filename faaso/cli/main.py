@@ -165,10 +165,12 @@ def _configure_logging(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
     from faaso.cli.run import run
     from faaso.config.routes_file import load_config
     from faaso.server.app import create_app
-    from faaso.server.serve import ServerOptions, serve
+    from faaso.server.serve import ServerOptions, run_server
     from faaso.state.paths import default_state_dir
 
     _configure_logging(args)
@@ -181,8 +183,8 @@ def _serve(args: argparse.Namespace) -> int:
         fast_path=not args.no_fast_path,
     )
 
-    async def main() -> None:
-        app = create_app(
+    def make_app() -> web.Application:
+        return create_app(
             config,
             state_dir,
             extra_runtime_dirs=tuple(args.runtimes),
@@ -192,7 +194,9 @@ def _serve(args: argparse.Namespace) -> int:
             drain_timeout=args.drain_timeout,
             keep_images=args.keep_images,
         )
-        await serve(app, options)
+
+    async def main() -> None:
+        await run_server(state_dir, make_app, options)
 
     run(main)
     return EXIT_OK

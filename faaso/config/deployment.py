@@ -154,7 +154,6 @@ def deployment_to_spec(doc: object, *, created_at: float | None = None) -> Funct
         read_only_root=read_only,
         env_process=env_process or None,
         health_path=health_path,
-        origin="api",
         created_at=created_at,
         replicas=policy.min,  # OpenFaaS clients expect min replicas right after a deploy
         scale=policy,

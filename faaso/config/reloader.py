@@ -19,6 +19,7 @@ from structlog.typing import FilteringBoundLogger
 
 from faaso.config.routes_file import Config, load_config
 from faaso.errors import FaasoError
+from faaso.guard import TaskGuard
 from faaso.spec.timefmt import rfc3339
 
 DEBOUNCE_MS = 300
@@ -40,8 +41,8 @@ class Reloader:
         self._extra_runtime_dirs = extra_runtime_dirs
         self._watch = watch
         self._trigger = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self.generation = 0  # how many reloads were attempted
+        self._guard = TaskGuard(log)
+        self._watched_before = False
         self.reloads_ok = 0
         self.reloads_failed = 0
         self.last: dict[str, object] = {"ok": True, "error": None, "at": None}
@@ -50,14 +51,19 @@ class Reloader:
         self._trigger.set()
 
     def start(self) -> None:
-        self._tasks.append(asyncio.create_task(self._reload_loop(), name="reload"))
+        """The reload loop and the file watcher, each under a guard: a crash is logged, shown
+        under ``reload`` on /healthz, and the loop restarted."""
+        self._guard.spawn("reload", self._reload_loop, on_crash=self._crashed)
         if self._watch:
-            self._tasks.append(asyncio.create_task(self._watch_loop(), name="watch"))
+            self._guard.spawn("reload-watch", self._watch_loop)
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._guard.close()
+
+    def _crashed(self, exc: BaseException) -> None:
+        self.reloads_failed += 1
+        error = f"internal error: {type(exc).__name__}: {exc}"
+        self.last = {"ok": False, "error": error, "at": rfc3339(time.time())}
 
     def _relevant(self, changed: set[tuple[watchfiles.Change, str]]) -> bool:
         config = self._config
@@ -82,33 +88,30 @@ class Reloader:
         return frozenset(folders)
 
     async def _watch_loop(self) -> None:
-        first = True
+        """Watch the config's folders; a failing watcher ends in the guard, which restarts it."""
         while True:
             folders = self._folders(self._config)
             stop = asyncio.Event()
             self._log.debug("reload.watching", folders=sorted(map(str, folders)))
-            if not first:
-                # A change made while the watcher was being replaced would go unseen: look once.
+            if self._watched_before:
+                # A change made while the watcher was being replaced (or restarted after a
+                # crash) would go unseen: look once.
                 self._trigger.set()
-            first = False
-            try:
-                async for changed in watchfiles.awatch(
-                    *folders,
-                    debounce=DEBOUNCE_MS,
-                    step=50,
-                    stop_event=stop,
-                    recursive=True,
-                    ignore_permission_denied=True,
-                ):
-                    if self._relevant(changed):
-                        files = sorted({p for _, p in changed})[:10]
-                        self._log.info("reload.change", files=files)
-                        self._trigger.set()
-                    if self._folders(self._config) != folders:  # a source moved: watch anew
-                        stop.set()
-            except Exception as exc:  # a watcher must not die quietly: log, then watch again
-                self._log.warning("reload.watch_failed", error=f"{type(exc).__name__}: {exc}")
-                await asyncio.sleep(1.0)  # back off before watching again
+            self._watched_before = True
+            async for changed in watchfiles.awatch(
+                *folders,
+                debounce=DEBOUNCE_MS,
+                step=50,
+                stop_event=stop,
+                recursive=True,
+                ignore_permission_denied=True,
+            ):
+                if self._relevant(changed):
+                    files = sorted({p for _, p in changed})[:10]
+                    self._log.info("reload.change", files=files)
+                    self._trigger.set()
+                if self._folders(self._config) != folders:  # a source moved: watch anew
+                    stop.set()
 
     async def _reload_loop(self) -> None:
         while True:
@@ -117,7 +120,6 @@ class Reloader:
             await self._reload_once()
 
     async def _reload_once(self) -> None:
-        self.generation += 1
         started = time.monotonic()
         try:
             new = await asyncio.to_thread(load_config, self._config.path, self._extra_runtime_dirs)

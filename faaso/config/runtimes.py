@@ -31,8 +31,12 @@ CHECKS = frozenset({"python", "node", "dockerfile"})
 
 
 def builtin_runtimes_dir() -> Path:
-    """The ``runtimes/`` folder shipped beside the ``faaso`` package."""
-    return Path(__file__).resolve().parent.parent.parent / "runtimes"
+    """The built-in runtimes: ``faaso/_runtimes/`` in an installed wheel (setup.py copies them
+    there), else the repository's top-level ``runtimes/`` beside the package (a checkout, an
+    editable install)."""
+    package = Path(__file__).resolve().parent.parent
+    installed = package / "_runtimes"
+    return installed if installed.is_dir() else package.parent / "runtimes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +72,9 @@ def load_runtime(path: Path) -> Runtime:
     """Read ``path/runtime.yml``. Raises :class:`ConfigError` naming the file and key."""
     spec_file = path / RUNTIME_FILE
     try:
-        doc = yaml.safe_load(spec_file.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigError(spec_file, "", str(spec_file), f"cannot read: {exc.strerror}") from exc
+        doc = load_strict(spec_file.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(spec_file, "", str(spec_file), f"cannot read: {exc}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(spec_file, "", str(spec_file), f"invalid YAML: {exc}") from exc
     if not isinstance(doc, dict):

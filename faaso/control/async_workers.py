@@ -29,7 +29,7 @@ import json
 import os
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import aiohttp
@@ -40,6 +40,7 @@ from faaso.config.routes_file import AsyncSettings
 from faaso.gateway import metrics
 from faaso.gateway.invoke import Invocation, Invoker
 from faaso.gateway.messages import CALL_ID, DURATION, HOP_BY_HOP, INTERNAL_HEADER
+from faaso.guard import TaskGuard
 from faaso.spec.asyncjob import (
     CONCURRENCY,
     DEAD,
@@ -103,6 +104,8 @@ class AsyncWorkers:
         self.attempts: defaultdict[str, int] = defaultdict(int)
         self.callbacks: defaultdict[str, int] = defaultdict(int)
         self.loop_restarts = 0
+        # The loops run under the one task guard: a crash is logged, the loop restarted.
+        self._guard = TaskGuard(log)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -117,7 +120,12 @@ class AsyncWorkers:
             ("renew", self._renew),
             ("upkeep", self._upkeep),
         ):
-            self._loops.append(asyncio.create_task(self._supervised(name, body)))
+            self._loops.append(
+                self._guard.spawn(f"async-{name}", body, on_crash=self._count_restart)
+            )
+
+    def _count_restart(self, _exc: BaseException) -> None:
+        self.loop_restarts += 1
 
     def wake(self) -> None:
         """Something changed (a slot freed, jobs replayed): look at the queue now."""
@@ -159,20 +167,6 @@ class AsyncWorkers:
         if left:
             released = await self.queue.release(self.owner, left)
             self._log.info("async.released", jobs=released)
-
-    async def _supervised(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
-        delay = 0.1
-        while True:
-            try:
-                await body()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.loop_restarts += 1
-                self._log.exception("async.loop_failed", loop=name, restart_in=delay)
-                await asyncio.sleep(delay)  # backoff before the restart
-                delay = min(delay * 2, 5.0)
 
     # -- claiming ----------------------------------------------------------------------------
 

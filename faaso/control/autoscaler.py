@@ -43,6 +43,7 @@ from structlog.typing import FilteringBoundLogger
 from faaso.backends.base import Backend
 from faaso.control.controller import FunctionController
 from faaso.errors import FaasoError, NotFoundError
+from faaso.guard import TaskGuard
 from faaso.spec.scaling import ScalePolicy, ScaleType
 
 SAMPLE_INTERVAL = 0.25  # seconds between load samples (decisions come every policy.tick)
@@ -94,18 +95,15 @@ class Autoscaler:
         # Hook for the async job queue: jobs waiting for a function keep it from idling.
         self.pending = pending
         self._states: dict[str, _State] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._guard = TaskGuard(log)  # a crash of the loop is logged, the loop restarted
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="autoscaler")
+        self._guard.spawn("autoscaler", self._run)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._guard.close()
 
     async def _run(self) -> None:
         while True:

@@ -31,9 +31,10 @@ from structlog.typing import FilteringBoundLogger
 from faaso.backends.base import Backend, BackendEvent, Instance, InstanceSpec
 from faaso.errors import BackendError, FaasoError
 from faaso.gateway.pools import FunctionPool, drain
+from faaso.guard import TaskGuard
 from faaso.spec.endpoint import Endpoint
 from faaso.spec.function import FunctionSpec
-from faaso.spec.status import SETTLED, Phase
+from faaso.spec.status import SETTLED, FunctionStatus, Phase
 from faaso.state.secret_store import SecretStore
 
 STOP_TIMEOUT = 10.0
@@ -122,7 +123,7 @@ class FunctionController:
         self._policy = policy or RestartPolicy()
         self._tracked: dict[str, Tracked] = {}
         self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []  # the reconcile and probe loops
+        self._guard = TaskGuard(self._log)  # the reconcile and probe loops
         self._cleanups: set[asyncio.Task[None]] = set()  # removing dead containers
         self._closing = False
         self._young_deaths = 0
@@ -162,22 +163,22 @@ class FunctionController:
     def instances(self) -> list[Instance]:
         return [t.instance for t in self._tracked.values()]
 
-    def as_json(self) -> dict[str, object]:
-        return {
-            "function": self.name,
-            "phase": str(self.phase),
-            "replicas": self.replicas,
-            "available": len(self._pool),
-            "paused": self.paused_count(),
-            "scaled_because": self.scaled_because,
-            "scaled_at": self.scaled_at,
-            "autoscaler": self.autoscaler_view,
-            "image": self.image,
-            "error": self.error,
-            "restarts": self.restarts,
-            "last_exit_code": self.last_exit_code,
-            "last_logs": self.last_logs,
-        }
+    def status(self) -> FunctionStatus:
+        return FunctionStatus(
+            function=self.name,
+            phase=self.phase,
+            replicas=self.replicas,
+            available=len(self._pool),
+            image=self.image,
+            error=self.error,
+            restarts=self.restarts,
+            last_exit_code=self.last_exit_code,
+            last_logs=tuple(self.last_logs),
+            paused=self.paused_count(),
+            scaled_because=self.scaled_because,
+            scaled_at=self.scaled_at,
+            autoscaler=self.autoscaler_view,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -213,10 +214,8 @@ class FunctionController:
         # Always holding: a request for a function at zero waits for the wake it starts.
         self._pool.holding = True
         self._pool.wake = self.wake
-        self._tasks = [
-            asyncio.create_task(self._run(), name=f"controller-{self.name}"),
-            asyncio.create_task(self._probe_loop(), name=f"probe-{self.name}"),
-        ]
+        self._guard.spawn(f"controller-{self.name}", self._run)
+        self._guard.spawn(f"probe-{self.name}", self._probe_loop)
 
     async def wait_converged(self, timeout: float) -> bool:
         """Wait until the running instances match the spec (or the controller gave up)."""
@@ -245,9 +244,7 @@ class FunctionController:
         self._closing = True
         self._pool.holding = False
         self._pool.wake = None
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._guard.close()
         await asyncio.gather(*self._cleanups, return_exceptions=True)
         await self._retire(list(self._tracked.values()), "shutdown", drain_timeout)
         self.phase = Phase.STOPPED

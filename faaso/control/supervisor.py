@@ -26,8 +26,9 @@ from faaso.control.controller import STOP_TIMEOUT, FunctionController, Prober, R
 from faaso.control.hooks import RolloutHook, run_rollout_hook
 from faaso.errors import BackendError, FaasoError, ReloadError
 from faaso.gateway.pools import Pools
+from faaso.guard import TaskGuard
 from faaso.spec.function import FunctionSpec
-from faaso.spec.status import SETTLED, Phase
+from faaso.spec.status import FunctionStatus, Phase
 from faaso.state.secret_store import SecretStore
 
 RECONNECT_MAX = 10.0
@@ -47,14 +48,8 @@ class Pending:
     phase: Phase = Phase.BUILDING
     error: str | None = None
 
-    def as_json(self) -> dict[str, object]:
-        return {
-            "function": self.name,
-            "phase": str(self.phase),
-            "replicas": self.replicas,
-            "available": 0,
-            "error": self.error,
-        }
+    def status(self) -> FunctionStatus:
+        return FunctionStatus(self.name, self.phase, self.replicas, error=self.error)
 
 
 class Supervisor:
@@ -83,20 +78,21 @@ class Supervisor:
         self._controllers: dict[str, FunctionController] = {}
         self._pending: dict[str, Pending] = {}
         self._leftovers: dict[str, list[Instance]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._guard = TaskGuard(log)
+        self._engine_seen = False  # the event stream was open once: a restart resyncs first
         self._apply_lock = asyncio.Lock()
         self.config: Config | None = None
 
     # -- what the app reads ------------------------------------------------------------------
 
-    def statuses(self) -> list[dict[str, object]]:
-        out = [c.as_json() for c in self._controllers.values()]
-        out += [p.as_json() for p in self._pending.values() if p.name not in self._controllers]
-        return sorted(out, key=lambda s: str(s["function"]))
+    def statuses(self) -> list[FunctionStatus]:
+        """Every function the supervisor knows, by name: running, starting, building, failed."""
+        out = [c.status() for c in self._controllers.values()]
+        out += [p.status() for p in self._pending.values() if p.name not in self._controllers]
+        return sorted(out, key=lambda s: s.function)
 
-    def not_ready(self) -> list[dict[str, object]]:
-        settled = {str(p) for p in SETTLED}
-        return [s for s in self.statuses() if s["phase"] not in settled]
+    def not_ready(self) -> list[FunctionStatus]:
+        return [s for s in self.statuses() if not s.ready]
 
     def controller(self, name: str) -> FunctionController | None:
         return self._controllers.get(name)
@@ -134,14 +130,12 @@ class Supervisor:
             if name not in config.functions:
                 del self._leftovers[name]
         for spec in config.functions.values():
-            self._spawn(self._bring_up(spec))
-        self._spawn(self._watch_engine())
+            self._guard.spawn(f"bring-up-{spec.name}", self._bring_up_fn(spec), restart=False)
+        self._guard.spawn("engine-watch", self._watch_engine)
 
     async def close(self) -> None:
         """Cancel what is in progress, then drain and stop every instance faaso owns."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._guard.close()
         await asyncio.gather(*(c.close(drain_timeout=5.0) for c in self._controllers.values()))
         await self._stop_all(
             [i for found in self._leftovers.values() for i in found], reason="shutdown"
@@ -150,10 +144,8 @@ class Supervisor:
 
     # -- bringing functions up ---------------------------------------------------------------
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _bring_up_fn(self, spec: FunctionSpec) -> Callable[[], Coroutine[Any, Any, None]]:
+        return lambda: self._bring_up(spec)
 
     async def _image_for(self, spec: FunctionSpec) -> str:
         pending = self._pending.setdefault(spec.name, Pending(spec.name, spec.replicas))
@@ -262,7 +254,12 @@ class Supervisor:
                 self._pools.drop(name)
             self._log.info("reload.done", added=added, removed=removed, changed=changed)
             if self._after_rollout is not None and (added or changed):
-                self._spawn(run_rollout_hook(self._after_rollout, added + changed, self._log))
+                hook, names = self._after_rollout, added + changed
+                self._guard.spawn(
+                    "after-rollout",
+                    lambda: run_rollout_hook(hook, names, self._log),
+                    restart=False,
+                )
             return {"added": added, "removed": removed, "changed": changed}
 
     def _differs(self, name: str, new: Config, images: dict[str, str]) -> bool:
@@ -291,14 +288,15 @@ class Supervisor:
     # -- the engine's events -----------------------------------------------------------------
 
     async def _watch_engine(self) -> None:
+        """Follow the engine's events. Losing the engine is expected (reconnect with backoff);
+        anything else ends in the guard, which restarts this loop (and it resyncs first)."""
         delay = 0.5
-        connected_once = False
         while True:
             try:
-                if connected_once:
+                if self._engine_seen:
                     await self._resync()
                     self._log.info("engine.reconnected")
-                connected_once = True
+                self._engine_seen = True
                 async for event in self._backend.events():
                     delay = 0.5
                     controller = self._controllers.get(event.function)
@@ -324,7 +322,6 @@ class Supervisor:
                             instance.id,
                             controller.name,
                             current.exit_code if current else None,
-                            "found dead after reconnect",
                         )
                     )
 

@@ -1,17 +1,19 @@
 """The composition root: one server made of the gateway, the API, the control plane and a backend.
 
 ``create_app()`` builds the gateway's app (:mod:`faaso.gateway.app`), mounts the API on it, and
-adds the Docker side through ``cleanup_ctx``: the engine connection, the builder and the
-supervisor, started when the app starts and stopped, in reverse order, when it stops.
+adds the Docker side through ``cleanup_ctx``: the engine connection, the builder, the
+supervisor and the reloader, acquired on one ``AsyncExitStack`` when the app starts (a failing
+step releases what came before it) and released, in reverse order, when it stops. Touching
+containers is a separate step (``Hooks.after_bind``): ``serve()`` runs it once the listening
+socket is bound; under aiohttp's test client it runs at once.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -39,8 +41,10 @@ from faaso.gateway.async_enqueue import INTAKE, AsyncIntake, IntakeHolder
 from faaso.gateway.invoke import Invoker
 from faaso.gateway.pools import Pools
 from faaso.logs import get_logger
+from faaso.server.serve import HOOKS, Hooks
 from faaso.spec.asyncjob import CallbackHosts
 from faaso.spec.routing import RouteTable
+from faaso.spec.status import FunctionStatus, Phase
 from faaso.state.files import private_dir
 from faaso.state.paths import owner_id
 from faaso.state.queue import JobQueue
@@ -50,6 +54,7 @@ SUPERVISOR = web.AppKey("faaso_supervisor", Supervisor)
 RELOADER = web.AppKey("faaso_reloader", Reloader)
 DESIRED = web.AppKey("faaso_desired", DesiredState)
 AUTOSCALER = web.AppKey("faaso_autoscaler", Autoscaler)
+BACKEND = web.AppKey("faaso_backend", DockerBackend)
 
 
 def create_app(
@@ -105,82 +110,118 @@ def create_app(
         for hook in on_async_config:
             hook(new)
 
-    async def supervisor_ctx(app: web.Application) -> AsyncIterator[None]:
-        docker = await docker_client.connect()
-        backend = DockerBackend(docker, owner_id(state_dir), state_dir / "sockets")
-        builder = Builder(
-            docker, RuntimeCatalog(config.runtime_dirs), get_logger("faaso.build"), allow_pull=pull
-        )
-        probe_session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
-        prune_log = get_logger("faaso.prune")
+    # The function's async queue for its status, once the workers run (see below).
+    queue_views: list[Callable[[str], dict[str, Any]]] = []
 
-        async def prune_after_rollout(functions: Sequence[str]) -> None:
-            found = await prune(docker, prune_log, keep=keep_images, functions=functions)
-            prune_log.info("prune.done", functions=list(functions), **found.as_json())
+    def queue_of(function: str) -> dict[str, Any]:
+        return queue_views[-1](function) if queue_views else {}
 
-        supervisor = Supervisor(
-            backend,
-            builder,
-            state.pools,
-            Prober(probe_session),
-            get_logger("faaso.supervisor"),
-            on_config=on_config,
-            secrets=secrets,
-            after_rollout=prune_after_rollout if keep_images > 0 else None,
-        )
-        desired = DesiredState(config, state_dir / "deployments.json", supervisor.apply)
-        reloader = Reloader(
-            config,
-            desired.apply_file,
-            get_logger("faaso.reload"),
-            extra_runtime_dirs=extra_runtime_dirs,
-            watch=watch,
-        )
-        app[SUPERVISOR] = supervisor
-        app[RELOADER] = reloader
-        app[DESIRED] = desired
-        state.not_ready = supervisor.not_ready
-        state.timeout_of = supervisor.timeout_of
-        state.max_inflight_of = supervisor.max_inflight_of
-        state.reload_status = lambda: reloader.last
-        state.metrics.add_collector(lambda: _live_metrics(supervisor, state.pools, reloader))
-        holder.ctx = ApiContext(desired, supervisor, secrets, state.metrics, backend)
-        # -- scaling (issue 11): the autoscaler, its metrics and the /system/alert API ------
-        autoscaler = Autoscaler(
-            supervisor.controllers,
-            state.metrics.started_count,
-            backend,
-            get_logger("faaso.autoscaler"),
-        )
-        holder.ctx.autoscaler = autoscaler
-        app[AUTOSCALER] = autoscaler
-        state.metrics.add_collector(autoscaler.metrics)
-        # -- end of scaling ----------------------------------------------------------------
-        loop = asyncio.get_running_loop()
-        try:
-            await supervisor.start(desired.effective())
-            autoscaler.start()  # scaling
-            reloader.start()
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
-            log.info(
-                "faaso.started",
-                config=str(config.path),
-                functions=sorted(desired.effective().functions),
-                routes=dict(config.routes),
+    hooks = Hooks()
+    app[HOOKS] = hooks
+    configured = config
+
+    def starting() -> list[FunctionStatus]:
+        # Before the control plane has started (the socket is bound first): every function of
+        # the config is starting, so /healthz does not say ok too early.
+        functions = configured.functions.values()
+        return [FunctionStatus(s.name, Phase.STARTING, s.replicas) for s in functions]
+
+    state.not_ready = lambda: [s.to_json() for s in starting()]
+
+    async def control_ctx(app: web.Application) -> AsyncIterator[None]:
+        # Every resource is entered on one stack: whichever step fails (the engine is away,
+        # deployments.json is corrupt), what was acquired before it is released.
+        async with contextlib.AsyncExitStack() as stack:
+            docker = await docker_client.connect()
+            stack.push_async_callback(docker.close)
+            backend = DockerBackend(docker, owner_id(state_dir), state_dir / "sockets")
+            builder = Builder(
+                docker,
+                RuntimeCatalog(config.runtime_dirs),
+                get_logger("faaso.build"),
+                allow_pull=pull,
             )
-            yield
-        finally:
-            holder.ctx = None
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.remove_signal_handler(signal.SIGHUP)
-            await reloader.close()
-            await autoscaler.close()  # scaling
-            await supervisor.close()
-            await probe_session.close()
-            await backend.close()
+            probe_session = await stack.enter_async_context(
+                aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+            )
+            prune_log = get_logger("faaso.prune")
 
-    app.cleanup_ctx.append(supervisor_ctx)
+            async def prune_after_rollout(functions: Sequence[str]) -> None:
+                found = await prune(docker, prune_log, keep=keep_images, functions=functions)
+                prune_log.info("prune.done", functions=list(functions), **found.as_json())
+
+            supervisor = Supervisor(
+                backend,
+                builder,
+                state.pools,
+                Prober(probe_session),
+                get_logger("faaso.supervisor"),
+                on_config=on_config,
+                secrets=secrets,
+                after_rollout=prune_after_rollout if keep_images > 0 else None,
+            )
+            stack.push_async_callback(supervisor.close)  # stops what it started, if anything
+            desired = DesiredState(config, state_dir / "deployments.json", supervisor.apply)
+            nonlocal configured
+            configured = desired.effective()
+            reloader = Reloader(
+                config,
+                desired.apply_file,
+                get_logger("faaso.reload"),
+                extra_runtime_dirs=extra_runtime_dirs,
+                watch=watch,
+            )
+            stack.push_async_callback(reloader.close)
+            app[SUPERVISOR] = supervisor
+            app[RELOADER] = reloader
+            app[DESIRED] = desired
+            app[BACKEND] = backend
+            state.timeout_of = supervisor.timeout_of
+            state.max_inflight_of = supervisor.max_inflight_of
+            state.reload_status = lambda: reloader.last
+            state.metrics.add_collector(lambda: _live_metrics(supervisor, state.pools, reloader))
+            hooks.on_hangup = reloader.trigger
+            # -- scaling (issue 11): the autoscaler, its metrics and the /system/alert API --
+            autoscaler = Autoscaler(
+                supervisor.controllers,
+                state.metrics.started_count,
+                backend,
+                get_logger("faaso.autoscaler"),
+            )
+            stack.push_async_callback(autoscaler.close)  # before the supervisor's close
+            app[AUTOSCALER] = autoscaler
+            state.metrics.add_collector(autoscaler.metrics)
+            # -- end of scaling ------------------------------------------------------------
+
+            async def start_control() -> None:
+                """Touch containers: adopt, clean up, launch. Runs once the socket is bound."""
+                await supervisor.start(desired.effective())
+                state.not_ready = lambda: [s.to_json() for s in supervisor.not_ready()]
+                autoscaler.start()  # scaling
+                reloader.start()
+                ctx = ApiContext(desired, supervisor, secrets, state.metrics, backend)
+                ctx.autoscaler = autoscaler
+                ctx.queue_of = queue_of
+                holder.ctx = ctx
+                log.info(
+                    "faaso.started",
+                    config=str(config.path),
+                    functions=sorted(desired.effective().functions),
+                    routes=dict(config.routes),
+                )
+
+            def stop_api() -> None:
+                holder.ctx = None
+                hooks.on_hangup = None
+
+            stack.callback(stop_api)
+            if hooks.defer:
+                hooks.after_bind = start_control
+            else:
+                await start_control()
+            yield
+
+    app.cleanup_ctx.append(control_ctx)
 
     # -- asynchronous invocations (issue 15) ---------------------------------------------------
     # The queue in the state directory, the enqueue endpoint's intake, the workers. Appended
@@ -233,8 +274,9 @@ def create_app(
         app[INTAKE].intake = intake
         async_holder.queue = queue
         async_waker.wake = workers.wake
+        queue_views.append(workers.queue_of)
         if holder.ctx is not None:
-            holder.ctx.queue_of = workers.queue_of
+            holder.ctx.queue_of = queue_of
         running.append(workers)
         try:
             yield
@@ -272,8 +314,8 @@ def _invoke_session() -> aiohttp.ClientSession:
 
 def _live_metrics(supervisor: Supervisor, pools: Pools, reloader: Reloader) -> list[Metric]:
     statuses = supervisor.statuses()
-    replicas = {str(s["function"]): float(s["replicas"]) for s in statuses}  # type: ignore[arg-type]
-    restarts = {str(s["function"]): float(s.get("restarts") or 0) for s in statuses}  # type: ignore[arg-type]
+    replicas = {s.function: float(s.replicas) for s in statuses}
+    restarts = {s.function: float(s.restarts) for s in statuses}
     inflight = {n: float(sum(m.inflight for m in pools.get(n).members())) for n in replicas}
     available = {n: float(len(pools.get(n))) for n in replicas}
     return [

@@ -1,4 +1,14 @@
-"""Running the app: listen, wait for a signal, shut down in order.
+"""Running the app: lock the state directory, listen, start the control plane, wait for a
+signal, shut down in order.
+
+Start-up order (:func:`run_server`): lock the state directory (a second faaso on it is refused,
+naming the PID that holds it), build the app, acquire its resources (the engine connection,
+the stored deployments; nothing touches a container yet), bind the listening socket, and only
+then start the control plane (adopt, clean up and launch containers). A taken port therefore
+fails before any container is touched.
+
+Signals are handled here and only here: SIGINT/SIGTERM stop the server, SIGHUP calls the app's
+``Hooks.on_hangup`` (a reload).
 
 Shutdown order on SIGINT/SIGTERM: stop accepting connections, let in-flight requests finish
 (bounded by ``drain_timeout``), then run the app's cleanup contexts in reverse: the supervisor
@@ -10,13 +20,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
+from faaso.errors import ListenError
 from faaso.gateway.fast.relay import FAST_PATH, FastSite
 from faaso.logs import get_logger
+from faaso.state.lock import state_lock
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,8 +38,39 @@ class ServerOptions:
     port: int = 8080
     drain_timeout: float = 15.0
     backlog: int = 2048
-    # Relay plain small requests without aiohttp (faaso.fastpath); off: aiohttp serves all.
+    # Relay plain small requests without aiohttp (faaso.gateway.fast); off: aiohttp serves all.
     fast_path: bool = True
+
+
+class Hooks:
+    """What an app asks of :func:`serve`, filled in by its cleanup contexts.
+
+    ``after_bind`` is work that must wait until the listening socket is bound (touching
+    containers): with ``defer`` set (serve() sets it), a cleanup context stores it here instead
+    of running it; without (an app under aiohttp's test client), it runs it at once.
+    ``on_hangup`` is what SIGHUP does.
+    """
+
+    def __init__(self) -> None:
+        self.defer = False
+        self.after_bind: Callable[[], Awaitable[None]] | None = None
+        self.on_hangup: Callable[[], None] | None = None
+
+
+HOOKS = web.AppKey("faaso_hooks", Hooks)
+
+
+async def run_server(
+    state_dir: Path,
+    make_app: Callable[[], web.Application],
+    options: ServerOptions,
+    *,
+    stop: asyncio.Event | None = None,
+    on_listening: Callable[[int], None] | None = None,
+) -> None:
+    """Hold the state directory's lock while ``make_app()``'s app is served."""
+    with state_lock(state_dir):
+        await serve(make_app(), options, stop=stop, on_listening=on_listening)
 
 
 async def serve(
@@ -36,11 +80,15 @@ async def serve(
     stop: asyncio.Event | None = None,
     on_listening: Callable[[int], None] | None = None,
 ) -> None:
-    """Serve ``app`` until ``stop`` is set or SIGINT/SIGTERM arrives, then shut down cleanly."""
+    """Serve ``app`` until ``stop`` is set or SIGINT/SIGTERM arrives, then shut down cleanly.
+
+    Raises :class:`ListenError` when the socket cannot be bound."""
     log = get_logger("faaso.server")
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
-    signals = (signal.SIGINT, signal.SIGTERM)
+    hooks = app.get(HOOKS)
+    if hooks is not None:
+        hooks.defer = True
 
     def on_signal(signum: int) -> None:
         if stop.is_set():
@@ -53,8 +101,15 @@ async def serve(
         log.info("server.signal", signal=signal.Signals(signum).name)
         stop.set()
 
-    for signum in signals:
+    def on_hangup() -> None:
+        log.info("server.signal", signal="SIGHUP")
+        if hooks is not None and hooks.on_hangup is not None:
+            hooks.on_hangup()
+
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
+    for signum in stop_signals:
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -81,16 +136,23 @@ async def serve(
             site = web.TCPSite(
                 runner, options.host, options.port, backlog=options.backlog, reuse_address=True
             )
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ListenError(
+                f"cannot listen on {options.host}:{options.port}: {exc.strerror or exc}"
+            ) from exc
         port = site.port
         log.info("server.listening", url=f"http://{options.host}:{port}")
+        if hooks is not None and hooks.after_bind is not None:
+            await hooks.after_bind()
         if on_listening is not None:
             on_listening(port)
         await stop.wait()
         log.info("server.stopping", drain_timeout=options.drain_timeout)
     finally:
         await runner.cleanup()
-        for signum in signals:
+        for signum in (*stop_signals, signal.SIGHUP):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
         log.info("server.stopped")

@@ -86,14 +86,8 @@ class FunctionSpec:
     env_process: str | None = None  # OpenFaaS's fprocess, passed as the env var of that name
     max_inflight: int | None = None  # requests in flight to the function, over all replicas
     async_concurrency: int | None = None  # asynchronous jobs run at once (None: the default)
-    origin: str = "file"  # "file": from the routes file; "api": deployed through the API
     created_at: float | None = None  # API deployments: when they were first deployed
     scale: ScalePolicy = field(default_factory=ScalePolicy)  # replicas starts at scale.min
-
-    @property
-    def built(self) -> bool:
-        """True when faaso builds the image from ``source`` with ``runtime``."""
-        return self.source is not None
 
     def run_fingerprint(self) -> str:
         """A hash of everything about the function's containers except its image.

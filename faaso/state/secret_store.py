@@ -34,14 +34,15 @@ class SecretStore:
             p.name for p in self.root.iterdir() if p.is_file() and not p.name.startswith(".")
         )
 
-    def exists(self, name: str) -> bool:
-        return valid_secret_name(name) and (self.root / name).is_file()
-
     def path(self, name: str) -> Path:
         path = self._path(name)
         if not path.is_file():
             raise NotFoundError(f"secret {name!r} does not exist")
         return path
+
+    def value(self, name: str) -> bytes:
+        """The stored value (to put it back if a change cannot be applied)."""
+        return self.path(name).read_bytes()
 
     def put(self, name: str, value: bytes, *, must_exist: bool | None = None) -> None:
         """Create or replace. ``must_exist``: True for an update, False for a create."""

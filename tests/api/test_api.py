@@ -7,7 +7,6 @@ import base64
 import io
 import json
 import shutil
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +17,10 @@ from aiohttp.test_utils import TestClient
 
 from faaso.api.auth import password_path
 from faaso.config.routes_file import load_config
-from faaso.server.app import SUPERVISOR, create_app
-from faaso.state.paths import owner_id
-from tests.helpers import ROOT, eventually, server_app
+from faaso.errors import BackendError
+from faaso.server.app import BACKEND, SUPERVISOR, create_app
+from faaso.state.secret_store import SecretStore
+from tests.helpers import ROOT, containers_of, docker, eventually, server_app
 
 pytestmark = [
     pytest.mark.docker,
@@ -71,24 +71,8 @@ class Api:
         assert controller is not None
         return controller.image
 
-    def containers(self, function: str, *, paused: bool = False) -> list[str]:
-        out = subprocess.run(
-            [
-                "docker",
-                "ps",
-                *(["--filter", "status=paused"] if paused else []),
-                "--format",
-                "{{.Names}}",
-                "--filter",
-                f"label=faaso.owner={owner_id(self.state)}",
-                "--filter",
-                f"label=faaso.function={function}",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        return sorted(out.split())
+    async def containers(self, function: str, *, paused: bool = False) -> list[str]:
+        return await containers_of(self.state, function, paused=paused)
 
 
 @pytest.fixture
@@ -192,14 +176,14 @@ async def test_file_functions_are_read_only_but_scalable(api: Api) -> None:
         {"serviceName": "sum", "namespace": "openfaas-fn", "replicas": 2},
     )
     assert status == 202
-    assert len(api.containers("sum")) == 2
+    assert len(await api.containers("sum")) == 2
     _, fn, _ = await api.call("GET", "/system/function/sum")
     assert (fn["replicas"], fn["availableReplicas"]) == (2, 2)
     status, _, _ = await api.call("POST", "/system/scale-function/sum", {"replicas": 0})
     assert status == 202
     # at zero: both instances paused (the first step), none serving
-    assert api.containers("sum", paused=True) == api.containers("sum")
-    assert len(api.containers("sum")) == 2
+    assert await api.containers("sum", paused=True) == await api.containers("sum")
+    assert len(await api.containers("sum")) == 2
     _, fn, _ = await api.call("GET", "/system/function/sum")
     assert "replicas" not in fn and "availableReplicas" not in fn
     # a request wakes it (min replicas: 1)
@@ -240,10 +224,8 @@ async def test_deploy_update_remove_and_restart(
     assert fn["limits"] == {"memory": "96Mi", "cpu": "0.5"}
     assert fn["requests"] == {"memory": "32Mi"}
     assert fn["readOnlyRootFilesystem"] is True and fn["invocationCount"] == 1
-    (name,) = api.containers("adder")
-    inspect = json.loads(
-        subprocess.run(["docker", "inspect", name], capture_output=True, check=True).stdout
-    )[0]
+    (name,) = await api.containers("adder")
+    inspect = json.loads(await docker("inspect", name))[0]
     assert inspect["HostConfig"]["ReadonlyRootfs"] is True
     assert inspect["HostConfig"]["Memory"] == 96 * 2**20
     assert inspect["HostConfig"]["NanoCpus"] == 500_000_000
@@ -254,7 +236,7 @@ async def test_deploy_update_remove_and_restart(
         "PUT", "/system/functions", {**deployment, "envVars": {"MODE": "two"}}
     )
     assert status == 202
-    (renamed,) = api.containers("adder")
+    (renamed,) = await api.containers("adder")
     assert renamed != name
     _, fn, _ = await api.call("GET", "/system/function/adder")
     assert fn["envVars"] == {"MODE": "two"}
@@ -270,39 +252,31 @@ async def test_deploy_update_remove_and_restart(
     # remove
     status, _, _ = await api.call("DELETE", "/system/functions", {"functionName": "adder"})
     assert status == 202
-    assert api.containers("adder") == []
+    assert await api.containers("adder") == []
     assert (await api.call("GET", "/system/function/adder"))[0] == 404
     assert (await api.call("GET", "/function/adder", auth=False))[0] == 404
     assert (await api.call("DELETE", "/system/functions", {"functionName": "adder"}))[0] == 404
 
 
-@pytest.mark.parametrize(
-    ("method", "body", "raw"),
-    [
+async def test_bad_deployments_are_4xx(api: Api) -> None:
+    """What only a running server can refuse (the body's bytes, a missing secret, a missing
+    image), plus one invalid field to show validation errors are 400s (the field-by-field cases
+    are unit tests in tests/config/test_deployment.py). Nothing is half-deployed."""
+    cases: list[tuple[str, Any, bytes | None]] = [
         ("POST", None, b"{not json"),
         ("POST", None, b"\xff\xfe"),
-        ("POST", [], None),
-        ("POST", {"image": "x"}, None),
-        ("POST", {"service": "Bad_Name", "image": "x"}, None),
-        ("POST", {"service": "ok", "image": ""}, None),
-        ("POST", {"service": "ok", "image": "x", "envVars": {"A": 1}}, None),
         ("POST", {"service": "ok", "image": "x", "envVars": "A=1"}, None),
-        ("POST", {"service": "ok", "image": "x", "limits": {"memory": "lots"}}, None),
-        ("POST", {"service": "ok", "image": "x", "secrets": ["../etc"]}, None),
         ("POST", {"service": "ok", "image": "x", "secrets": ["missing"]}, None),
-        ("POST", {"service": "ok", "image": "x", "namespace": "elsewhere"}, None),
-        ("POST", {"service": "ok", "image": "x", "wat": 1}, None),
         ("POST", {"service": "ok", "image": "no-such-image:never"}, None),
         ("DELETE", {"function": "x"}, None),
-    ],
-)
-async def test_bad_deployments_are_4xx(api: Api, method: str, body: Any, raw: bytes | None) -> None:
-    status, answer, _ = await api.call(method, "/system/functions", body, raw=raw)
-    assert 400 <= status < 500, (status, answer)
-    assert "error" in answer
-    _, functions, _ = await api.call("GET", "/system/functions")
-    assert [f["name"] for f in functions] == ["sum"]  # nothing half-deployed
-    assert api.containers("ok") == []
+    ]
+    for method, body, raw in cases:
+        status, answer, _ = await api.call(method, "/system/functions", body, raw=raw)
+        assert 400 <= status < 500, (body, raw, status, answer)
+        assert "error" in answer
+        _, functions, _ = await api.call("GET", "/system/functions")
+        assert [f["name"] for f in functions] == ["sum"]  # nothing half-deployed
+        assert await api.containers("ok") == []
 
 
 async def test_oversized_body_is_413(api: Api) -> None:
@@ -328,20 +302,15 @@ async def test_secrets(api: Api) -> None:
     )
     assert status == 202
 
-    def read_in_container() -> str:
-        (name,) = api.containers("reader")
-        return subprocess.run(
-            ["docker", "exec", name, "cat", "/var/openfaas/secrets/db-pass"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+    async def read_in_container() -> str:
+        (name,) = await api.containers("reader")
+        return await docker("exec", name, "cat", "/var/openfaas/secrets/db-pass")
 
-    assert await asyncio.to_thread(read_in_container) == "hunter2"
+    assert await read_in_container() == "hunter2"
     # an update rolls the function to the new value
     status, _, _ = await api.call("PUT", "/system/secrets", {"name": "db-pass", "rawValue": "bmV3"})
     assert status == 200
-    assert await asyncio.to_thread(read_in_container) == "new"
+    assert await read_in_container() == "new"
     # in use: refused, with the reason
     status, body, _ = await api.call("DELETE", "/system/secrets", {"name": "db-pass"})
     assert status == 409 and "reader" in body["error"]
@@ -447,5 +416,68 @@ async def test_logs_follow_picks_up_new_instances(api: Api) -> None:
                 entry = json.loads(await resp.content.readline())
                 if entry["instance"] != first["instance"]:
                     break
-        assert entry["instance"] in api.containers("sum")
+        assert entry["instance"] in await api.containers("sum")
         assert "serving" in entry["text"]
+
+
+GUARDED_HANDLER = """
+from pathlib import Path
+
+if Path("/var/openfaas/secrets/api-key").read_text() == "bad":
+    raise RuntimeError("refusing to start with a bad key")
+
+
+def handle(event, context):
+    return "ok"
+"""
+
+
+async def test_secret_update_that_cannot_roll_out_is_rolled_back(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    """The new value breaks the function that uses it: 400, and the old value is back, on disk
+    and in the running container; the function still serves."""
+    source = tmp_path / "guarded"
+    source.mkdir()
+    (source / "handler.py").write_text(GUARDED_HANDLER)
+    config = tmp_path / "routes.yml"
+    config.write_text(
+        "functions:\n  guarded: {source: guarded, secrets: [api-key], startup_timeout: 5}\n"
+        "routes:\n  /guarded: guarded\n"
+    )
+    state = tmp_path / "state"
+    SecretStore(state / "function-secrets").put("api-key", b"good")
+    client = await aiohttp_client(create_app(load_config(config), state, pull=False))
+    api = Api(client, state, basic("admin", password_path(state).read_text().strip()))
+
+    async def ready() -> bool:
+        return (await api.call("GET", "/healthz", auth=False))[0] == 200
+
+    await eventually(ready, 240, "faaso to be ready")
+    (before,) = await api.containers("guarded")
+    status, body, _ = await api.call("PUT", "/system/secrets", {"name": "api-key", "value": "bad"})
+    assert status == 400 and "not applied" in body["error"], body
+    assert (state / "function-secrets" / "api-key").read_bytes() == b"good"
+    assert (await api.call("GET", "/guarded", auth=False))[:2] == (200, "ok")
+    await eventually(ready, 60, "faaso to be ready again")
+    (after,) = await api.containers("guarded")
+    assert after == before  # the instance with the old value was kept
+    await client.close()
+
+
+async def test_logs_engine_error_is_503_before_any_byte(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backend is asked before the status line: its error is a JSON 503, not a cut 200."""
+    backend = server_app(api.client)[BACKEND]
+
+    async def refusing(*args: object, **kwargs: object) -> AsyncIterator[tuple[str, str]]:
+        for _ in range(1):  # an async generator whose first step fails
+            raise BackendError("cannot read the logs: the engine refused")
+        yield ("", "")  # pragma: no cover
+
+    monkeypatch.setattr(backend, "logs", refusing)
+    status, body, headers = await api.call("GET", "/system/logs?name=sum&tail=5")
+    assert status == 503, (status, body)
+    assert headers["Content-Type"].startswith("application/json")
+    assert "engine refused" in body["error"]

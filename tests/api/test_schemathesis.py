@@ -1,5 +1,6 @@
-"""Fuzz the management API from the OpenFaaS spec (../shared/openfaas-spec.openapi.yml) with
-schemathesis, authenticated, against a real `faaso serve`: no answer may be a 5xx."""
+"""Fuzz the management API from the OpenFaaS spec (a copy of ../shared/openfaas-spec.openapi.yml
+beside this file, so it runs on a fresh clone) with schemathesis, authenticated, against a real
+`faaso serve`: no answer may be a 5xx."""
 
 from __future__ import annotations
 
@@ -20,10 +21,9 @@ pytestmark = [
     pytest.mark.timeout(900),
 ]
 
-SPEC = ROOT.parent / "shared" / "openfaas-spec.openapi.yml"
+SPEC = Path(__file__).resolve().parent / "openfaas-spec.openapi.yml"
 
 
-@pytest.mark.skipif(not SPEC.is_file(), reason=f"the OpenFaaS spec is not at {SPEC}")
 def test_management_api_has_no_5xx(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "conf" / "functions" / "sum", tmp_path / "calc")
     config = tmp_path / "routes.yml"

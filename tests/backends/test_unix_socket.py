@@ -11,7 +11,6 @@ import asyncio
 import json
 import secrets
 import shutil
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from faaso.gateway.app import STATE
 from faaso.logs import get_logger
 from faaso.server.app import create_app
 from faaso.spec.endpoint import Endpoint
-from tests.helpers import ROOT, eventually, free_port, server_app
+from tests.helpers import ROOT, docker, eventually, free_port, server_app
 
 pytestmark = [
     pytest.mark.docker,
@@ -68,8 +67,8 @@ async def answers_tcp(endpoint: Endpoint) -> bool:
         return False
 
 
-def docker_inspect(ref: str) -> dict[str, Any]:
-    out = subprocess.run(["docker", "inspect", ref], capture_output=True, check=True).stdout
+async def docker_inspect(ref: str) -> dict[str, Any]:
+    out = await docker("inspect", ref)
     inspected: list[dict[str, Any]] = json.loads(out)
     return inspected[0]
 
@@ -118,7 +117,7 @@ async def test_an_instance_answers_on_its_unix_socket_and_its_directory_goes_wit
     assert socket_dir.stat().st_mode & 0o777 == 0o777
     assert (tmp_path / "sockets").stat().st_mode & 0o777 == 0o700
 
-    inspected = docker_inspect(instance.id)
+    inspected = await docker_inspect(instance.id)
     assert "FAASO_SOCKET=/run/faaso/function.sock" in inspected["Config"]["Env"]
     (mount,) = [m for m in inspected["Mounts"] if m["Destination"] == "/run/faaso"]
     assert mount["Type"] == "bind" and mount["RW"] is True
@@ -170,7 +169,7 @@ async def test_an_instance_without_socket_root_is_tcp_only(sum_image: str) -> No
         instance = await backend.start(InstanceSpec("sock-tcp", sum_image, "f1"))
         try:
             assert instance.endpoint is not None and instance.endpoint.unix is None
-            inspected = docker_inspect(instance.id)
+            inspected = await docker_inspect(instance.id)
             assert not any(e.startswith("FAASO_SOCKET=") for e in inspected["Config"]["Env"])
             assert not inspected["Mounts"]
         finally:
@@ -181,19 +180,14 @@ async def test_an_instance_without_socket_root_is_tcp_only(sum_image: str) -> No
 
 async def test_docker_run_without_faaso_socket_still_serves_tcp(sum_image: str) -> None:
     port = free_port()
-    cid = subprocess.run(
-        ["docker", "run", "-d", "--rm", "-p", f"127.0.0.1:{port}:8080", sum_image],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    cid = (await docker("run", "-d", "--rm", "-p", f"127.0.0.1:{port}:8080", sum_image)).strip()
     try:
         endpoint = Endpoint("127.0.0.1", port)
         await eventually(lambda: answers_tcp(endpoint), 60, "the plain container to answer")
         assert await get_tcp(endpoint, "/?a=2&b=3") == (200, b"5")
-        assert "FAASO_SOCKET" not in " ".join(docker_inspect(cid)["Config"]["Env"])
+        assert "FAASO_SOCKET" not in " ".join((await docker_inspect(cid))["Config"]["Env"])
     finally:
-        subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
+        await docker("rm", "-f", cid)
 
 
 async def test_the_pool_gets_unix_only_where_the_socket_exists(

@@ -79,7 +79,7 @@ class Site:
 
     def status(self, function: str) -> dict[str, Any]:
         supervisor = server_app(self.client)[SUPERVISOR]
-        return next(s for s in supervisor.statuses() if s["function"] == function)
+        return next(s for s in supervisor.statuses() if s.function == function).to_json()
 
 
 def write_config(path: Path, functions: dict[str, str], routes: dict[str, str]) -> None:

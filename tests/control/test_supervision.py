@@ -6,7 +6,6 @@ import asyncio
 import datetime as dt
 import json
 import shutil
-import subprocess
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,8 +19,8 @@ from aiohttp.test_utils import TestClient
 
 from faaso.config.routes_file import load_config
 from faaso.server.app import SUPERVISOR, create_app
-from faaso.state.paths import owner_id
-from tests.helpers import ROOT, eventually, server_app
+from faaso.spec.status import FunctionStatus, Phase
+from tests.helpers import ROOT, containers_of, docker, eventually, server_app
 
 pytestmark = [
     pytest.mark.docker,
@@ -59,25 +58,12 @@ class Site:
             except ValueError:
                 return resp.status, text
 
-    def containers(self, function: str | None = None, running: bool = True) -> list[str]:
-        argv = [
-            "docker",
-            "ps",
-            "--format",
-            "{{.Names}}",
-            "--filter",
-            f"label=faaso.owner={owner_id(self.state)}",
-        ]
-        if not running:
-            argv.insert(2, "-a")
-        if function:
-            argv += ["--filter", f"label=faaso.function={function}"]
-        out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-        return sorted(out.split())
+    async def containers(self, function: str | None = None, running: bool = True) -> list[str]:
+        return await containers_of(self.state, function, running)
 
-    def status(self, function: str) -> dict[str, Any]:
+    def status(self, function: str) -> FunctionStatus:
         supervisor = server_app(self.client)[SUPERVISOR]
-        return next(s for s in supervisor.statuses() if s["function"] == function)
+        return next(s for s in supervisor.statuses() if s.function == function)
 
 
 FIXED_ONE = ", scale: {min: 1, max: 1}"
@@ -133,13 +119,13 @@ async def site_factory(
     yield make
     for site in sites:
         await site.client.close()
-        assert site.containers(running=False) == [], "containers left after shutdown"
+        assert await site.containers(running=False) == [], "containers left after shutdown"
 
 
 async def test_killed_container_is_replaced_and_requests_are_held(site_factory: Any) -> None:
     site = await site_factory({"sum": "sum"}, {"/sum": "sum"})
-    (old,) = site.containers("sum")
-    subprocess.run(["docker", "kill", old], check=True, capture_output=True)
+    (old,) = await site.containers("sum")
+    await docker("kill", old)
     supervisor = server_app(site.client)[SUPERVISOR]
     controller = supervisor.controller("sum")
     assert controller is not None
@@ -151,11 +137,11 @@ async def test_killed_container_is_replaced_and_requests_are_held(site_factory: 
     # Arriving after the death was noticed: held until the replacement serves, not failed.
     results = await asyncio.gather(*(site.get(f"/sum?a={i}&b=1") for i in range(10)))
     assert results == [(200, i + 1) for i in range(10)]
-    (new,) = site.containers("sum")
+    (new,) = await site.containers("sum")
     assert new != old
     status = site.status("sum")
-    assert status["restarts"] == 1 and status["last_exit_code"] == 137
-    assert status["phase"] == "ready"
+    assert status.restarts == 1 and status.last_exit_code == 137
+    assert status.phase is Phase.READY
 
 
 async def test_unhealthy_container_is_replaced(site_factory: Any) -> None:
@@ -165,11 +151,11 @@ async def test_unhealthy_container_is_replaced(site_factory: Any) -> None:
         {"/sum": "sum"},
         extra=", health_interval: 0.2, health_timeout: 0.2, health_failures: 2",
     )
-    (old,) = site.containers("sum")
-    subprocess.run(["docker", "pause", old], check=True, capture_output=True)
+    (old,) = await site.containers("sum")
+    await docker("pause", old)
 
     async def replaced() -> bool:
-        names = site.containers("sum")
+        names = await site.containers("sum")
         return old not in names and len(names) == 1
 
     await eventually(replaced, 30, "the paused container to be replaced")
@@ -182,11 +168,11 @@ async def test_crash_loop_backs_off_and_is_reported(site_factory: Any) -> None:
 
     async def looping() -> bool:
         status = site.status("crash")
-        return bool(status["phase"] == "crash-looping" and status["restarts"] >= 3)
+        return status.phase is Phase.CRASH_LOOP and status.restarts >= 3
 
     await eventually(looping, 120, "the crash loop to be reported")
     status = site.status("crash")
-    assert status["last_exit_code"] == 3
+    assert status.last_exit_code == 3
     code, body = await site.get("/healthz")
     assert code == 503
     assert [s["function"] for s in body["not_ready"]] == ["crash"]
@@ -231,14 +217,14 @@ async def test_zero_failed_requests_during_reload_and_rolling_update(
         return outcomes["ok"] > 200
 
     await eventually(some_traffic, 30, "load to flow")
-    (old_sum,) = site.containers("sum")
-    (old_mul,) = site.containers("mul")
+    (old_sum,) = await site.containers("sum")
+    (old_mul,) = await site.containers("mul")
     # 1. a rolling update of sum: edit its code
     handler = workdir / "sum" / "handler.py"
     handler.write_text(handler.read_text() + "\n# a new version\n")
 
     async def rolled() -> bool:
-        names = site.containers("sum")
+        names = await site.containers("sum")
         return len(names) == 1 and names[0] != old_sum
 
     await eventually(rolled, 120, "sum to roll over")
@@ -262,7 +248,7 @@ async def test_zero_failed_requests_during_reload_and_rolling_update(
     await eventually(more_traffic, 30, "load after the reload")
     stop.set()
     await asyncio.gather(*workers)
-    assert site.containers("mul") == [old_mul], "an unchanged function was touched"
+    assert await site.containers("mul") == [old_mul], "an unchanged function was touched"
     failures = {k: v for k, v in outcomes.items() if k != "ok"}
     assert failures == {}, failures
     assert outcomes["ok"] > 400
@@ -279,7 +265,7 @@ async def test_reload_adds_removes_changes_and_survives_bad_config(
         return bool((await site.get("/times?a=3&b=4")) == (200, 12))
 
     await eventually(mul_live, 120, "the new function")
-    assert len(site.containers("mul")) == 1
+    assert len(await site.containers("mul")) == 1
 
     # an invalid file: the old config keeps running, and /healthz says why
     site.config.write_text("functions:\n  sum: {source: sum, replicas: lots}\n")
@@ -316,7 +302,7 @@ async def test_reload_adds_removes_changes_and_survives_bad_config(
         status, _ = await site.get("/times?a=3&b=4")
         _, health = await site.get("/healthz")
         reloaded = health.get("reload", {}).get("ok") is True
-        return status == 404 and reloaded and site.containers("mul") == []
+        return status == 404 and reloaded and await site.containers("mul") == []
 
     await eventually(mul_gone, 60, "the removed function to go")
     assert await site.get("/sum?a=1&b=1") == (200, 2)

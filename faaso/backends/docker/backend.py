@@ -332,9 +332,9 @@ class DockerBackend:
                 int(code) if code is not None and str(code).isdigit() else None,
             )
         if status == "oom":
-            return BackendEvent("oom", instance_id, function, detail="out of memory")
+            return BackendEvent("oom", instance_id, function)
         if status.startswith("health_status") and "unhealthy" in status:
-            return BackendEvent("unhealthy", instance_id, function, detail=status)
+            return BackendEvent("unhealthy", instance_id, function)
         return None
 
     async def logs_tail(self, instance_id: str, lines: int = 20) -> list[str]:
