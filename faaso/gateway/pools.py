@@ -29,7 +29,7 @@ class Member:
 class FunctionPool:
     """The live endpoints of one function."""
 
-    __slots__ = ("_changed", "_holding", "_members", "name")
+    __slots__ = ("_changed", "_holding", "_members", "name", "waiting")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -38,6 +38,7 @@ class FunctionPool:
         # held request waits on.
         self._changed = asyncio.Event()
         self._holding = False
+        self.waiting = 0  # requests held right now, waiting for a member
 
     @property
     def holding(self) -> bool:
@@ -108,11 +109,14 @@ class FunctionPool:
             if remaining <= 0:
                 return None
             changed = self._changed
+            self.waiting += 1
             try:
                 async with asyncio.timeout(remaining):
                     await changed.wait()
             except TimeoutError:
                 return None
+            finally:
+                self.waiting -= 1
         return self.pick()
 
 

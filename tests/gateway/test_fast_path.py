@@ -11,18 +11,16 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from faaso.gateway.app import STATE, GatewayState, gateway_app
-from faaso.server.serve import ServerOptions, serve
+from faaso.gateway.app import STATE
 from faaso.spec.endpoint import Endpoint
-from faaso.spec.routing import RouteTable
 from tests.helpers import (
     answer_once,
-    eventually,
     exchange,
-    free_port,
+    fast_of,
     port_of,
     raw_function,
     read_request,
+    read_response,
 )
 
 Factory = Callable[..., Awaitable[TestServer]]
@@ -176,58 +174,6 @@ async def test_unknown_path_404_and_metrics_counted(start: Any, aiohttp_server: 
     )
 
 
-async def test_shutdown_lets_a_request_in_flight_finish(aiohttp_server: Factory) -> None:
-    """serve(): stop accepting, let the relayed request finish, then return."""
-    entered = asyncio.Event()
-    release = asyncio.Event()
-
-    async def slow(request: web.Request) -> web.Response:
-        entered.set()
-        await asyncio.wait_for(release.wait(), 10)
-        return web.Response(text="finished")
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", slow)
-    backend = await aiohttp_server(app)
-    state = GatewayState(RouteTable({"/f": "f"}, {"f"}))
-    state.pools.get("f").add("f-0", Endpoint("127.0.0.1", port_of(backend)))
-    stop = asyncio.Event()
-    port = free_port()
-    listening = asyncio.Event()
-    server = asyncio.create_task(
-        serve(
-            gateway_app(state),
-            ServerOptions(port=port, drain_timeout=10),
-            stop=stop,
-            on_listening=lambda _port: listening.set(),
-        )
-    )
-    await asyncio.wait_for(listening.wait(), 10)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /f/slow HTTP/1.1\r\nHost: x\r\n\r\n")
-    await writer.drain()
-    await asyncio.wait_for(entered.wait(), 5)
-    stop.set()
-
-    async def refused() -> bool:
-        try:
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            return True
-        w.close()
-        return False
-
-    await eventually(refused, 5, "the listener to close")
-    assert not server.done()
-    release.set()
-    answer = await asyncio.wait_for(reader.read(), 5)
-    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
-    assert b"Connection: close" in answer
-    assert answer.endswith(b"finished")
-    await asyncio.wait_for(server, 10)
-    writer.close()
-
-
 async def test_state_pools_in_flight_return_to_zero(start: Any) -> None:
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
@@ -276,3 +222,69 @@ async def test_client_cannot_set_the_start_time(start: Any) -> None:
         assert resp.status == 200
         assert seen[0].lower().count(b"x-start-time:") == 1
         assert b"X-Start-Time: 1\r\n" not in seen[0]
+
+
+async def test_chunked_posts_stay_on_the_fast_path(start: Any) -> None:
+    """A pooled client connection sending chunked POST bodies (as the OpenFaaS gateway does)
+    is relayed by the fast path request after request; the function gets each body whole,
+    with its length."""
+    seen: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                seen.append(await read_request(reader))
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    server, endpoint = await raw_function(answer)
+    async with server:
+        client = await start({"f": [endpoint]})
+        fast = fast_of(client)
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        try:
+            for i in range(3):
+                writer.write(
+                    b"POST /f/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"3\r\nabc\r\n%x\r\n%b\r\n0\r\n\r\n" % (i + 1, b"d" * (i + 1))
+                )
+                answer_bytes = await asyncio.wait_for(read_response(reader), 10)
+                assert answer_bytes.startswith(b"HTTP/1.1 200 OK\r\n")
+                assert len(fast.connections) == 1  # still the fast path's (not handed off)
+        finally:
+            writer.close()
+        assert [r.split(b"\r\n\r\n", 1)[1] for r in seen] == [b"abcd", b"abcdd", b"abcddd"]
+        for request in seen:
+            lowered = request.lower()
+            assert b"transfer-encoding" not in lowered
+            assert b"content-length: " in lowered
+
+
+async def test_head_stays_on_the_fast_path(start: Any, aiohttp_server: Factory) -> None:
+    """HEAD is relayed by the fast path: the answer has the GET's length and no body, and the
+    connection goes on with the next request."""
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="hello " + request.method)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", hello)
+    backend = await aiohttp_server(app)
+    client = await start({"f": [Endpoint("127.0.0.1", port_of(backend))]})
+    fast = fast_of(client)
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        writer.write(b"HEAD /f/a HTTP/1.1\r\nHost: x\r\n\r\n")
+        head_answer = await asyncio.wait_for(read_response(reader, to_head=True), 10)
+        assert head_answer.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"Content-Length: 10\r\n" in head_answer
+        assert head_answer.endswith(b"\r\n\r\n")
+        assert len(fast.connections) == 1
+        writer.write(b"GET /f/b HTTP/1.1\r\nHost: x\r\n\r\n")
+        get_answer = await asyncio.wait_for(read_response(reader), 10)
+        assert get_answer.endswith(b"\r\n\r\nhello GET")
+        assert len(fast.connections) == 1
+    finally:
+        writer.close()

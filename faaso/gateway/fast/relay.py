@@ -271,6 +271,7 @@ class FastSite(web.TCPSite):
 async def drain_aiohttp(server: web.Server, timeout: float) -> None:
     """Let aiohttp's connections finish their requests within ``timeout`` (idle ones close at
     once), then cut those still busy (their handlers are cancelled)."""
+    server.pre_shutdown()  # idle connections close now, busy ones after their request
     try:
         async with asyncio.timeout(timeout):
             await server.shutdown(timeout)
