@@ -34,14 +34,6 @@ class RouteTable:
         self._functions = frozenset(functions)
         self._max_depth = max((r.count("/") for r in self._routes if r != "/"), default=0)
 
-    @property
-    def routes(self) -> Mapping[str, str]:
-        return dict(self._routes)
-
-    @property
-    def functions(self) -> frozenset[str]:
-        return self._functions
-
     def resolve(self, raw_path: str) -> Match | None:
         """Match a raw (still percent-encoded) request path, without its query string."""
         if raw_path.startswith(FUNCTION_PREFIX):
