@@ -3,11 +3,11 @@
 runtime.
 
 Started by scripts/bench. Everything it starts (a hello backend, nginx, Caddy, faaso's gateway
-with and without its fast path, the python runtime server) listens on 127.0.0.1 and is stopped by PID at
-the end; so are the two containers of the /sum comparison (published port, host network), which
-are reached only through 127.0.0.1 or a Unix socket in a bind-mounted directory. wrk runs are
-bounded (DURATION seconds each). Prints tables of req/s, p50/p99 and the proxy's CPU time per
-request (from /proc, steadier than req/s on a shared box), with ratios.
+with and without its fast path, the python runtime server) listens on 127.0.0.1 and is stopped
+by PID at the end; so are the two containers of the /sum comparison (published port, host
+network), which are reached only through 127.0.0.1 or a Unix socket in a bind-mounted directory.
+wrk runs are bounded (DURATION seconds each). Prints tables of req/s, p50/p99 and the proxy's
+CPU time per request (from /proc, steadier than req/s on a shared box), with ratios.
 """
 
 from __future__ import annotations
@@ -115,7 +115,8 @@ http://127.0.0.1:{port} {{
 # A chunked POST as the OpenFaaS gateway sends them (wrk itself would add a Content-Length).
 CHUNKED_POST = """
 local body = "5\\r\\nhello\\r\\n0\\r\\n\\r\\n"
-local req = "POST /hello HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n" .. body
+local head = "POST /hello HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\n"
+local req = head .. "Transfer-Encoding: chunked\\r\\n\\r\\n" .. body
 request = function() return req end
 """
 
@@ -422,9 +423,7 @@ def main() -> int:
     table(results, [*targets, *(f"{name} chunked POST" for name in chunked)])
     ratio = results[("faaso", 64)][0] / results[("nginx", 64)][0]
     caddy_ratio = results[("faaso", 64)][0] / results[("caddy", 64)][0]
-    chunked_ratio = (
-        results[("faaso chunked POST", 64)][0] / results[("nginx chunked POST", 64)][0]
-    )
+    chunked_ratio = results[("faaso chunked POST", 64)][0] / results[("nginx chunked POST", 64)][0]
     added = results[("faaso", 1)][1] - results[("direct", 1)][1]
     added_nginx = results[("nginx", 1)][1] - results[("direct", 1)][1]
     print(f"faaso/nginx throughput at c=64: {ratio:.2f}x (goal >= 0.61, aim 0.75)")
