@@ -103,7 +103,6 @@ CADDY = """
 {{
   admin off
   auto_https off
-  persist_config off
   storage file_system {tmp}/caddy
 }}
 http://127.0.0.1:{port} {{
