@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from faaso.config.routes_file import AsyncSettings
 from faaso.control.async_workers import AsyncWorkers
 from faaso.gateway.app import GatewayState, gateway_app
 from faaso.gateway.async_enqueue import INTAKE, AsyncIntake, IntakeHolder
-from faaso.gateway.fast.relay import FAST_PATH, FastSite
+from faaso.gateway.fast.relay import FAST_PATH, FastPath, FastSite, FrontConnection
 from faaso.gateway.invoke import Invoker
 from faaso.logs import get_logger
 from faaso.spec.asyncjob import CallbackHosts
@@ -135,24 +135,105 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
     return data
 
 
-async def exchange(port: int, raw: bytes, *, until_close: bool = False) -> bytes:
-    """Send raw bytes on one connection; read until it closes or goes quiet."""
+async def read_response(reader: asyncio.StreamReader, *, to_head: bool = False) -> bytes:
+    """One HTTP/1.x response as it came, framed by its head: a Content-Length body, chunks up
+    to the last one and the trailers, or until the connection closes. ``to_head``: the answer
+    to a HEAD (no body whatever the head says). 1xx heads are read past. Raises
+    IncompleteReadError (with what came) when the connection closes early."""
+    data = b""
+    while True:
+        head = await reader.readuntil(b"\r\n\r\n")
+        data += head
+        status = int(head[9:12])
+        if status >= 200:
+            break
+    fields = {}
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        fields[name.strip().lower()] = value.strip().lower()
+    if to_head or status in (204, 304):
+        return data
+    if fields.get(b"transfer-encoding", b"").endswith(b"chunked"):
+        while True:
+            size_line = await reader.readuntil(b"\r\n")
+            data += size_line
+            size = int(size_line.split(b";")[0], 16)
+            if size == 0:
+                break
+            data += await reader.readexactly(size + 2)
+        while True:  # trailers, up to the empty line
+            line = await reader.readuntil(b"\r\n")
+            data += line
+            if line == b"\r\n":
+                return data
+    if b"content-length" in fields:
+        try:
+            return data + await reader.readexactly(int(fields[b"content-length"]))
+        except asyncio.IncompleteReadError as exc:
+            raise asyncio.IncompleteReadError(data + exc.partial, None) from None
+    return data + await reader.read()
+
+
+async def exchange(
+    port: int,
+    raw: bytes,
+    responses: int = 1,
+    *,
+    to_head: Collection[int] = (),
+    until_close: bool = False,
+    timeout: float = 20.0,
+) -> bytes:
+    """Send raw bytes on one connection and read ``responses`` framed responses (fewer if the
+    connection closes first; ``to_head``: the indexes of those answering a HEAD), then, with
+    ``until_close``, whatever else comes until it closes. What came, as it came."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(raw)
-    await writer.drain()
     data = b""
     try:
-        while True:
+        async with asyncio.timeout(timeout):
+            writer.write(raw)
+            await writer.drain()
             try:
-                chunk = await asyncio.wait_for(reader.read(65536), None if until_close else 1.0)
-            except TimeoutError:
-                break  # quiet for a second: everything that was coming has come
-            if not chunk:
-                break
-            data += chunk
+                for i in range(responses):
+                    data += await read_response(reader, to_head=i in to_head)
+            except asyncio.IncompleteReadError as exc:
+                return data + exc.partial  # closed early: what came is the answer
+            if until_close:
+                data += await reader.read()
     finally:
         writer.close()
     return data
+
+
+async def poll(check: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``check`` until it holds or the deadline passes; whether it held."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.005)  # poll with a deadline
+    return True
+
+
+def fast_of(client: Any) -> FastPath:
+    """The fast path of a test client's gateway app."""
+    fast: FastPath = client.server.app[FAST_PATH]
+    return fast
+
+
+async def slow_reader(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A client connection with a tiny receive window that does not read until told to."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    return await asyncio.open_connection(sock=sock, limit=1024)
+
+
+def small_send_buffer(front: FrontConnection) -> None:
+    """The proxy's socket to that client: a fixed, small kernel send buffer (no autotuning),
+    so that the proxy has to buffer after a few KiB."""
+    assert front.transport is not None
+    front.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
 
 
 READY_DEADLINE = 900.0  # a cold first build (apt in the image, wheels) fits well inside this
@@ -408,7 +489,7 @@ async def async_rig(
         invoke_session = await stack.enter_async_context(aiohttp.ClientSession())
         workers = AsyncWorkers(
             queue,
-            Invoker(invoke_session, state.pools, state.metrics),
+            Invoker(invoke_session, state.admission),
             session,
             functions=lambda: state.routes.functions,
             spec_of=specs.get,

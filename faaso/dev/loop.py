@@ -43,6 +43,7 @@ from faaso.config.runtimes import (
     load_function_file,
 )
 from faaso.errors import ConfigError, DevError, FaasoError
+from faaso.gateway.admission import Admission
 from faaso.gateway.pools import Pools, drain
 from faaso.gateway.proxy import Proxy
 from faaso.spec.endpoint import Endpoint
@@ -516,7 +517,8 @@ class DevRun:
         """Serve the function's port with the gateway's proxy, to whichever container is live."""
         name = self.fdir.name
         routes = RouteTable({"/": name}, {name})
-        proxy = Proxy(upstream, self._pools, lambda: routes, lambda _name: REQUEST_TIMEOUT)
+        admission = Admission(self._pools, lambda _name: REQUEST_TIMEOUT, lambda _name: None, None)
+        proxy = Proxy(upstream, admission, lambda: routes)
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", proxy.handle)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)

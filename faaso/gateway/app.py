@@ -13,11 +13,13 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 from aiohttp import web
 
+from faaso.gateway.admission import Admission
 from faaso.gateway.async_enqueue import PREFIX as ASYNC_PREFIX
 from faaso.gateway.async_enqueue import async_function
 from faaso.gateway.fast.relay import FAST_PATH, FastPath
 from faaso.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from faaso.gateway.metrics import Metrics
+from faaso.gateway.policy import UPSTREAM_IDLE
 from faaso.gateway.pools import Pools
 from faaso.gateway.proxy import Proxy
 from faaso.spec.routing import RouteTable
@@ -26,7 +28,11 @@ DEFAULT_TIMEOUT = 30.0
 
 
 class GatewayState:
-    """What request handlers read. Reconfiguring swaps ``routes`` in one assignment."""
+    """What request handlers read. Reconfiguring swaps ``routes`` in one assignment.
+
+    ``admission`` is the one admission both front-ends use, and what a programmatic caller
+    (an async worker) calls to invoke a function without an HTTP request of its own.
+    """
 
     def __init__(
         self, routes: RouteTable, pools: Pools | None = None, metrics: Metrics | None = None
@@ -38,6 +44,12 @@ class GatewayState:
         self.timeout_of: Callable[[str], float] = lambda _name: DEFAULT_TIMEOUT
         self.max_inflight_of: Callable[[str], int | None] = lambda _name: None
         self.reload_status: Callable[[], dict[str, object]] = dict
+        self.admission = Admission(
+            self.pools,
+            lambda name: self.timeout_of(name),
+            lambda name: self.max_inflight_of(name),
+            self.metrics,
+        )
 
 
 STATE = web.AppKey("faaso_state", GatewayState)
@@ -68,7 +80,7 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
 def _new_client_session() -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
         limit=0,  # per-function limits belong to the function, not to a global pool
-        keepalive_timeout=30,
+        keepalive_timeout=UPSTREAM_IDLE,  # the same idle policy as the fast path's pool
         enable_cleanup_closed=False,
     )
     return aiohttp.ClientSession(
@@ -84,14 +96,7 @@ def _new_client_session() -> aiohttp.ClientSession:
 async def _proxy_ctx(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     async with _new_client_session() as session:
-        app[PROXY] = Proxy(
-            session,
-            state.pools,
-            lambda: state.routes,
-            lambda name: state.timeout_of(name),
-            metrics=state.metrics,
-            max_inflight_of=lambda name: state.max_inflight_of(name),
-        )
+        app[PROXY] = Proxy(session, state.admission, lambda: state.routes)
         yield
 
 
@@ -128,14 +133,7 @@ def gateway_app(
     app.router.add_route("*", ASYNC_PREFIX + "{tail:.*}", async_function)
     reserved.append(ASYNC_PREFIX.rstrip("/"))
     app.router.add_route("*", "/{tail:.*}", proxy_handler)
-    fast = FastPath(
-        state.pools,
-        lambda: state.routes,
-        lambda name: state.timeout_of(name),
-        lambda name: state.max_inflight_of(name),
-        state.metrics,
-        header_timeout=header_timeout,
-    )
+    fast = FastPath(state.admission, lambda: state.routes, header_timeout=header_timeout)
     fast.reserve(reserved)
     app[FAST_PATH] = fast
     return app

@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from faaso.gateway.messages import CALL_ID, START_TIME, json_error, new_call_id
-from faaso.gateway.proxy import upstream_headers
+from faaso.gateway.messages import CALL_ID, START_TIME, new_call_id
+from faaso.gateway.proxy import json_error, upstream_headers
 from faaso.spec.asyncjob import CALL_ID_RE, CallbackHosts, parse_callback_url
 from faaso.spec.function import NAMESPACE
 from faaso.spec.routing import RouteTable
@@ -64,6 +64,11 @@ class IntakeHolder:
 INTAKE = web.AppKey("faaso_async_intake", IntakeHolder)
 
 
+def _error(status: int, message: str, function: str | None = None) -> web.Response:
+    """A proxy-made error, as the proxy makes them (marked, logged when a 5xx)."""
+    return json_error(status, message, function, None)
+
+
 async def _read_body(request: web.Request, limit: int) -> bytes | None:
     """The whole body, or None when it is over ``limit`` bytes."""
     length = request.content_length
@@ -85,7 +90,7 @@ async def async_function(request: web.Request) -> web.StreamResponse:
     holder = request.app.get(INTAKE)
     intake = holder.intake if holder is not None else None
     if intake is None:
-        return json_error(503, "asynchronous invocations are not enabled on this server")
+        return _error(503, "asynchronous invocations are not enabled on this server")
     raw_path, _, query = request.raw_path.partition("?")
     rest = raw_path[len(PREFIX) :]
     name, slash, sub = rest.partition("/")
@@ -94,24 +99,24 @@ async def async_function(request: web.Request) -> web.StreamResponse:
     if not known:
         if request.method == "DELETE" and not slash and name:
             return await _cancel(intake, name)
-        return json_error(404, f"no function named {name!r}", function=name)
+        return _error(404, f"no function named {name!r}", name)
     callback = request.headers.get(CALLBACK_URL)
     if callback is not None:
         try:
             url = parse_callback_url(callback)
         except ValueError as exc:
-            return json_error(400, str(exc))
+            return _error(400, str(exc))
         if not intake.hosts.allows(url):
-            return json_error(
+            return _error(
                 400,
                 f"callback host {url.host}:{url.port} is not allowed by async.callback_hosts",
             )
     call_id = request.headers.get(CALL_ID)
     if call_id is not None and not CALL_ID_RE.match(call_id):
-        return json_error(400, "X-Call-Id must be 1 to 128 letters, digits or ._:~+=@- characters")
+        return _error(400, "X-Call-Id must be 1 to 128 letters, digits or ._:~+=@- characters")
     body = await _read_body(request, intake.max_body)
     if body is None:
-        return json_error(
+        return _error(
             413, f"the body is over the {intake.max_body} bytes an asynchronous call may carry"
         )
     headers = upstream_headers(request)
@@ -140,7 +145,7 @@ async def async_function(request: web.Request) -> web.StreamResponse:
 async def _cancel(intake: AsyncIntake, call_id: str) -> web.Response:
     outcome = await intake.queue.cancel(call_id, time.time())
     if outcome == "missing":
-        return json_error(404, f"no function and no asynchronous call named {call_id!r}")
+        return _error(404, f"no function and no asynchronous call named {call_id!r}")
     if outcome == "started":
-        return json_error(409, f"call {call_id!r} has already started; it cannot be cancelled")
+        return _error(409, f"call {call_id!r} has already started; it cannot be cancelled")
     return web.json_response({"callId": call_id, "state": "cancelled"})

@@ -1,32 +1,31 @@
 """A programmatic invocation through the data plane: what the asynchronous workers call.
 
-Same admission as a proxied request: the function's pool picks the member with the fewest
-requests in flight (held while the pool is ``holding``), ``max_inflight`` answers 429, the
-member's in-flight count and the gateway's metrics see the call, a refused connection goes to
-another member. The answer is read whole (a job's response is stored, not streamed).
+The same :class:`~faaso.gateway.admission.Admission` as a proxied request: the function's pool
+picks the member with the fewest requests in flight (held while the pool is ``holding``, a
+function at zero woken), ``max_inflight`` answers 429, the lease counts the call in flight and
+in the gateway's metrics, a refused connection goes to another member. The answer is read whole
+(a job's response is stored, not streamed).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from faaso.gateway.admission import Admission, Lease, Refusal
 from faaso.gateway.messages import (
     CALL_ID,
     HOP_BY_HOP,
     START_TIME,
     msg_cannot_connect,
-    msg_not_ready,
+    msg_closed,
     msg_timed_out,
-    msg_too_many,
 )
-from faaso.gateway.metrics import Metrics
-from faaso.gateway.pools import Pools
 
 MAX_RESPONSE = 16 * 2**20  # a stored response larger than this is cut and the job failed
 
@@ -49,29 +48,21 @@ def _strip(headers: Sequence[tuple[str, str]]) -> CIMultiDict[str]:
 
 
 class Invoker:
-    """Invokes functions through the gateway's pools with its own keep-alive client session."""
+    """Invokes functions through the gateway's admission with its own keep-alive session."""
 
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        pools: Pools,
-        metrics: Metrics | None = None,
-        max_inflight_of: Callable[[str], int | None] = lambda _name: None,
-    ) -> None:
+    def __init__(self, session: aiohttp.ClientSession, admission: Admission) -> None:
         self._session = session
-        self._pools = pools
-        self._metrics = metrics
-        self._max_inflight_of = max_inflight_of
+        self._admission = admission
 
     def ready(self, function: str) -> bool:
         """Whether the function has a live member (or one is on its way)."""
-        pool = self._pools.get(function)
+        pool = self._admission.pools.get(function)
         return len(pool) > 0 or pool.holding
 
     def wake(self, function: str) -> bool:
         """Start a function that is at zero (its pool's ``wake``, set by the control plane).
         True when a start was begun or joined."""
-        wake = self._pools.get(function).wake
+        wake = self._admission.pools.get(function).wake
         return wake is not None and wake() is not None
 
     async def invoke(
@@ -85,23 +76,22 @@ class Invoker:
         timeout: float,
         call_id: str,
     ) -> Invocation:
+        """One call; ``timeout`` bounds it on top of the function's own timeout."""
         started = time.monotonic()
-        metrics = self._metrics
-        if metrics is not None:
-            metrics.started(function)
+        decided = await self._admission.admit(function)
+        if isinstance(decided, Refusal):
+            return Invocation(decided.status, (), b"", time.monotonic() - started, decided.message)
+        lease = decided
         result = Invocation(500, (), b"", 0.0, "faaso failed the call")
         try:
-            result = await self._invoke(
-                function, method, path, query, headers, body, timeout, call_id, started
-            )
+            result = await self._call(lease, method, path, query, headers, body, timeout, call_id)
             return result
         finally:
-            if metrics is not None:
-                metrics.finished(function, result.status, time.monotonic() - started)
+            lease.finish(result.status)
 
-    async def _invoke(
+    async def _call(
         self,
-        function: str,
+        lease: Lease,
         method: str,
         path: str,
         query: str,
@@ -109,31 +99,24 @@ class Invoker:
         body: bytes,
         timeout: float,
         call_id: str,
-        started: float,
     ) -> Invocation:
-        def internal(status: int, why: str) -> Invocation:
-            return Invocation(status, (), b"", time.monotonic() - started, why)
+        function = lease.function
 
-        pool = self._pools.get(function)
-        limit = self._max_inflight_of(function)
-        if limit is not None and pool.inflight() >= limit:
-            return internal(429, msg_too_many(function, limit))
-        budget = timeout
-        member = pool.pick()
-        if member is None and pool.holding:
-            member = await pool.wait_member(budget)
-            budget -= time.monotonic() - started
-        if member is None or budget <= 0:
-            return internal(503, msg_not_ready(function))
+        def internal(status: int, why: str) -> Invocation:
+            return Invocation(status, (), b"", time.monotonic() - lease.started, why)
+
+        budget = min(timeout, lease.remaining())
+        if budget <= 0:
+            return internal(504, msg_timed_out(function, lease.timeout))
         out = _strip(headers)
         out[CALL_ID] = call_id
         out[START_TIME] = str(time.time_ns())
         client_timeout = aiohttp.ClientTimeout(total=budget)
         tried: set[str] = set()
         while True:
+            member = lease.member
             url = URL(member.base_url + path + ("?" + query if query else ""), encoded=True)
             tried.add(member.instance_id)
-            member.inflight += 1
             try:
                 async with self._session.request(
                     method,
@@ -151,24 +134,20 @@ class Invoker:
                         for k, v in upstream.headers.items()
                         if k.lower() not in HOP_BY_HOP and k.lower() != "content-length"
                     )
-                    return Invocation(upstream.status, kept, data, time.monotonic() - started)
+                    duration = time.monotonic() - lease.started
+                    return Invocation(upstream.status, kept, data, duration)
             except aiohttp.ClientConnectorError as exc:
                 refused = exc
             except TimeoutError:
-                return internal(504, msg_timed_out(function))
+                return internal(504, msg_timed_out(function, lease.timeout))
             except (
                 aiohttp.ServerDisconnectedError,
                 aiohttp.ClientOSError,
                 aiohttp.ClientPayloadError,
-            ) as exc:
-                return internal(
-                    502, f"function {function!r} closed the connection: {exc.__class__.__name__}"
-                )
-            finally:
-                member.inflight -= 1
-            other = pool.pick_other(tried)
-            if other is None:
+            ):
+                return internal(502, msg_closed(function))
+            # Nothing was sent: any method may go to another instance, if there is one.
+            if lease.retry_elsewhere(tried) is None:
                 return internal(
                     502, msg_cannot_connect(function, refused.os_error.strerror or str(refused))
                 )
-            member = other

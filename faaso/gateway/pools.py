@@ -35,28 +35,43 @@ class Member:
 class FunctionPool:
     """The live endpoints of one function."""
 
-    __slots__ = ("_members", "_nonempty", "holding", "name", "wake")
+    __slots__ = ("_changed", "_holding", "_members", "name", "waiting", "wake")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self._members: dict[str, Member] = {}
-        self._nonempty = asyncio.Event()
-        self.holding = False
+        # Set, and replaced by a fresh one, whenever a member joins or holding changes: what a
+        # held request waits on.
+        self._changed = asyncio.Event()
+        self._holding = False
+        self.waiting = 0  # requests held right now, waiting for a member
         # Set by the control plane: wakes the function if it is at zero; returns how
         # ("paused" or "cold"), or None when it is not at zero.
         self.wake: Callable[[], str | None] | None = None
 
+    @property
+    def holding(self) -> bool:
+        """The function is expected back: a request waits for a member instead of a 503."""
+        return self._holding
+
+    @holding.setter
+    def holding(self, value: bool) -> None:
+        if value != self._holding:
+            self._holding = value
+            self._notify()
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
     def add(self, instance_id: str, endpoint: Endpoint) -> Member:
         member = Member(instance_id, endpoint)
         self._members[instance_id] = member
-        self._nonempty.set()
+        self._notify()
         return member
 
     def remove(self, instance_id: str) -> Member | None:
-        member = self._members.pop(instance_id, None)
-        if not self._members:
-            self._nonempty.clear()
-        return member
+        return self._members.pop(instance_id, None)
 
     def __len__(self) -> int:
         return len(self._members)
@@ -92,20 +107,25 @@ class FunctionPool:
         return best
 
     async def wait_member(self, timeout: float) -> Member | None:
-        """Wait up to ``timeout`` seconds for a member (while ``holding``)."""
+        """Wait up to ``timeout`` seconds for a member while ``holding``; None at once when
+        holding ends without one (the function was scaled down or removed meanwhile)."""
         deadline = time.monotonic() + timeout
-        while self.holding:
+        while self._holding:
             member = self.pick()
             if member is not None:
                 return member
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
+            changed = self._changed
+            self.waiting += 1
             try:
                 async with asyncio.timeout(remaining):
-                    await self._nonempty.wait()
+                    await changed.wait()
             except TimeoutError:
                 return None
+            finally:
+                self.waiting -= 1
         return self.pick()
 
     async def hold(self, timeout: float) -> tuple[Member | None, str | None]:
@@ -141,7 +161,6 @@ class Pools:
         return pool
 
     def drop(self, name: str) -> None:
-        self._pools.pop(name, None)
-
-    def names(self) -> list[str]:
-        return list(self._pools)
+        pool = self._pools.pop(name, None)
+        if pool is not None:
+            pool.holding = False  # requests held for it are answered now, not at their timeout

@@ -1,8 +1,9 @@
 """The reverse proxy: one request in, one request to a function instance out, bodies streamed.
 
-The proxy knows nothing of Docker. It resolves the path with the current route table, asks the
-function's pool for the least busy live endpoint, and forwards the request over a shared,
-keep-alive connection pool. Request and response bodies are streamed both ways (a 50 MiB upload
+The proxy knows nothing of Docker. It resolves the path with the current route table, asks
+:mod:`faaso.gateway.admission` (shared with the fast path) for an instance, rewrites headers
+with :mod:`faaso.gateway.headers` and forwards the request over a shared, keep-alive connection
+pool. Request and response bodies are streamed both ways (a 50 MiB upload
 is never held in memory); small responses with a known length take a shorter path.
 """
 
@@ -10,35 +11,38 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 from yarl import URL
 
+from faaso.gateway.admission import Admission, Lease, Refusal
+from faaso.gateway.headers import (
+    call_id_of,
+    connection_tokens,
+    downstream_fields,
+    raw_fields,
+    upstream_fields,
+)
 from faaso.gateway.messages import (
     CALL_ID,
     CLIENT_GONE,
     COLD_START,
-    DURATION,
-    HOP_BY_HOP,
-    RETRY_AFTER_WAKE,
+    INTERNAL_HEADER,
     START_TIME,
-    json_error,
+    error_body,
+    log_proxy_error,
     msg_cannot_connect,
-    msg_not_ready,
+    msg_closed,
+    msg_malformed,
     msg_not_routed,
     msg_timed_out,
-    msg_too_many,
-    msg_wake_timed_out,
-    new_call_id,
 )
-from faaso.gateway.metrics import Metrics
-from faaso.gateway.pools import Member, Pools
+from faaso.gateway.policy import SMALL_BODY
 from faaso.spec.routing import Match, RouteTable
 
-SMALL_BODY = 64 * 1024
 CHUNK = 64 * 1024
 # The client side of aiohttp makes its own handshake: these are not copied from the client's.
 WS_HANDSHAKE = (
@@ -50,136 +54,123 @@ WS_HANDSHAKE = (
 )
 
 
-def _end_to_end(headers: Mapping[str, str]) -> CIMultiDict[str]:
-    """A copy of ``headers`` without hop-by-hop ones, nor those named in ``Connection``."""
-    named = headers.get("Connection")
-    drop = HOP_BY_HOP
-    if named:
-        drop = drop | {token.strip().lower() for token in named.split(",")}
-    return CIMultiDict([(k, v) for k, v in headers.items() if k.lower() not in drop])
+def json_error(
+    status: int, message: str, function: str | None, call_id: str | None, **extra: str
+) -> web.Response:
+    """A proxy-made error: JSON body, marked so clients can tell it from the function's own;
+    a 5xx is logged with its call id."""
+    log_proxy_error(status, message, function, call_id)
+    headers = {INTERNAL_HEADER: "proxy"}
+    if call_id is not None:
+        headers[CALL_ID] = call_id
+    return web.Response(
+        body=error_body(message, function, **extra),
+        status=status,
+        content_type="application/json",
+        charset="utf-8",
+        headers=headers,
+    )
+
+
+def _text(value: bytes) -> str:
+    # As aiohttp's server decodes header bytes, so its client writes them back the same.
+    return value.decode("utf-8", "surrogateescape")
+
+
+def _multidict(pairs: list[tuple[bytes, bytes]]) -> CIMultiDict[str]:
+    return CIMultiDict((_text(name), _text(value.strip(b" \t"))) for name, value in pairs)
 
 
 def upstream_headers(request: web.Request) -> CIMultiDict[str]:
-    """The request's headers minus hop-by-hop ones, plus X-Forwarded-For/Host/Proto."""
-    incoming = request.headers
-    out = _end_to_end(incoming)
-    peer = request.remote or ""
-    previous = ", ".join(incoming.getall("X-Forwarded-For", ()))
-    out["X-Forwarded-For"] = f"{previous}, {peer}" if previous else peer
-    if "X-Forwarded-Host" not in incoming:
-        host = incoming.get("Host")
-        if host is not None:
-            out["X-Forwarded-Host"] = host
-    if "X-Forwarded-Proto" not in incoming:
-        out["X-Forwarded-Proto"] = request.scheme
-    return out
-
-
-def downstream_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    return _end_to_end(headers)
+    """The request's headers as a function gets them (hop-by-hop out, ``X-Forwarded-*`` in),
+    without the per-call ``X-Call-Id`` and ``X-Start-Time``: what an asynchronous job stores
+    (its worker adds those when it runs the job)."""
+    fields = raw_fields(request.raw_headers)
+    _, _, pairs = upstream_fields(
+        fields, connection_tokens(fields), (request.remote or "").encode(), request.scheme.encode()
+    )
+    headers = _multidict(pairs)
+    headers.popall(CALL_ID, None)
+    headers.popall(START_TIME, None)
+    return headers
 
 
 class Proxy:
-    """Forwards requests to function instances.
+    """Forwards requests to function instances, admitted by the shared :class:`Admission`.
 
-    ``routes`` and ``timeouts`` are callables so that a reload can swap what they return without
-    the proxy holding a stale copy.
+    ``routes`` is a callable so that a reload can swap what it returns without the proxy
+    holding a stale copy.
     """
 
     def __init__(
         self,
         session: aiohttp.ClientSession,
-        pools: Pools,
+        admission: Admission,
         routes: Callable[[], RouteTable],
-        timeout_of: Callable[[str], float],
-        metrics: Metrics | None = None,
-        max_inflight_of: Callable[[str], int | None] = lambda _name: None,
     ) -> None:
-        self._max_inflight_of = max_inflight_of
-        self._metrics = metrics
         self._session = session
-        self._pools = pools
+        self._admission = admission
         self._routes = routes
-        self._timeout_of = timeout_of
-        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw_path, _, query = request.raw_path.partition("?")
         match = self._routes().resolve(raw_path)
         if match is None:
-            return json_error(404, msg_not_routed(request.path), path=request.path)
+            return json_error(404, msg_not_routed(request.path), None, None, path=request.path)
         return await self.forward(request, match, query)
 
     async def forward(
         self, request: web.Request, match: Match, raw_query: str = ""
     ) -> web.StreamResponse:
-        metrics = self._metrics
-        if metrics is None:
-            return await self._forward(request, match, raw_query)
-        started = time.monotonic()
-        metrics.started(match.function)
+        fields = raw_fields(request.raw_headers)
+        decided = await self._admission.admit(match.function)
+        if isinstance(decided, Refusal):
+            response: web.StreamResponse = json_error(
+                decided.status, decided.message, decided.function, call_id_of(fields)
+            )
+            if decided.retry_after is not None:
+                response.headers["Retry-After"] = decided.retry_after
+            return response
+        lease = decided
         status = 500
         try:
-            response = await self._forward(request, match, raw_query)
+            response = await self._forward(request, lease, match, raw_query, fields)
             status = response.status
             return response
         except asyncio.CancelledError:
             status = CLIENT_GONE  # the client left; the handler was cancelled
             raise
         finally:
-            metrics.finished(match.function, status, time.monotonic() - started)
+            lease.finish(status)
 
     async def _forward(
-        self, request: web.Request, match: Match, raw_query: str
+        self,
+        request: web.Request,
+        lease: Lease,
+        match: Match,
+        raw_query: str,
+        fields: list[tuple[bytes, bytes, bytes]],
     ) -> web.StreamResponse:
-        started = time.monotonic()
-        pool = self._pools.get(match.function)
-        budget = self._timeout_of(match.function)
-        limit = self._max_inflight_of(match.function)
-        if limit is not None and pool.inflight() >= limit:
-            return json_error(
-                429,
-                msg_too_many(match.function, limit),
-                function=match.function,
-            )
-        member = pool.pick()
-        woken: str | None = None  # scaling: how this request's function was woken, if it was
-        if member is None and pool.holding:
-            # Its instance died and a replacement is on its way, or it is at zero and this
-            # request wakes it (scaling): hold, within the timeout.
-            member, woken = await pool.hold(budget)
-            budget -= time.monotonic() - started
-        if member is None or budget <= 0:
-            if woken is not None:  # scaling: the wake did not finish in time
-                response = json_error(
-                    503, msg_wake_timed_out(match.function, woken), function=match.function
-                )
-                response.headers["Retry-After"] = RETRY_AFTER_WAKE
-                return response
-            return json_error(503, msg_not_ready(match.function), function=match.function)
-        headers = upstream_headers(request)
-        call_id = headers.get(CALL_ID) or new_call_id()
-        headers[CALL_ID] = call_id
-        headers[START_TIME] = str(time.time_ns())
+        function = match.function
+        peer = (request.remote or "").encode()
+        call_id, start, pairs = upstream_fields(
+            fields, connection_tokens(fields), peer, request.scheme.encode()
+        )
+        headers = _multidict(pairs)
+        target = match.path + ("?" + raw_query if raw_query else "")
         if _is_websocket(request):
-            url = URL(
-                member.base_url + match.path + ("?" + raw_query if raw_query else ""), encoded=True
-            )
-            return await self._websocket(request, match.function, member, url, headers, budget)
+            url = URL(lease.member.base_url + target, encoded=True)
+            return await self._websocket(request, function, url, headers, lease.remaining())
         data = request.content if request.body_exists else None
-        timeout = self._timeouts.get(budget)
-        if timeout is None:
-            if len(self._timeouts) > 1024:  # budgets cut by a wait are all different
-                self._timeouts.clear()
-            timeout = self._timeouts[budget] = aiohttp.ClientTimeout(total=budget)
+        if request.content_length is not None:
+            headers["Content-Length"] = str(request.content_length)
+        timeout = aiohttp.ClientTimeout(total=max(lease.remaining(), 0.001))
         tried: set[str] = set()
         while True:
+            member = lease.member
             # Still percent-encoded as the client sent it: the function sees the same bytes.
-            url = URL(
-                member.base_url + match.path + ("?" + raw_query if raw_query else ""), encoded=True
-            )
+            url = URL(member.base_url + target, encoded=True)
             tried.add(member.instance_id)
-            member.inflight += 1
             try:
                 async with self._session.request(
                     request.method,
@@ -189,46 +180,32 @@ class Proxy:
                     allow_redirects=False,
                     timeout=timeout,
                 ) as upstream:
-                    extra = {CALL_ID: call_id, DURATION: f"{time.monotonic() - started:.6f}"}
-                    if woken is not None:  # scaling
-                        extra[COLD_START] = woken
-                    return await self._respond(request, upstream, extra)
+                    response = await self._respond(
+                        request, upstream, call_id, start, time.monotonic() - lease.started,
+                        lease.woken,
+                    )  # fmt: skip
+                    return response
             except aiohttp.ClientConnectorError as exc:
                 refused = exc
             except TimeoutError:
-                return json_error(
-                    504,
-                    msg_timed_out(match.function),
-                    function=match.function,
-                )
+                return json_error(504, msg_timed_out(function, lease.timeout), function, call_id)
+            except aiohttp.ClientResponseError as exc:
+                return json_error(502, msg_malformed(function, exc.message), function, call_id)
             except (
                 aiohttp.ServerDisconnectedError,
                 aiohttp.ClientOSError,
                 aiohttp.ClientPayloadError,
-            ) as exc:
-                return json_error(
-                    502,
-                    f"function {match.function!r} closed the connection: {exc.__class__.__name__}",
-                    function=match.function,
-                )
-            finally:
-                member.inflight -= 1
+            ):
+                return json_error(502, msg_closed(function), function, call_id)
             # Nothing was sent: any method may go to another instance, if there is one.
-            other = pool.pick_other(tried)
-            if other is None:
+            if lease.retry_elsewhere(tried) is None:
                 reason = refused.os_error.strerror or str(refused)
-                return json_error(
-                    502,
-                    msg_cannot_connect(match.function, reason),
-                    function=match.function,
-                )
-            member = other
+                return json_error(502, msg_cannot_connect(function, reason), function, call_id)
 
     async def _websocket(
         self,
         request: web.Request,
         function: str,
-        member: Member,
         url: URL,
         headers: CIMultiDict[str],
         budget: float,
@@ -236,59 +213,58 @@ class Proxy:
         """An upgraded connection: a websocket to the instance, relayed message by message.
 
         The function's timeout bounds the handshake only; the connection then lives as long as
-        both ends keep it open, and counts as one request in flight for its whole life.
+        both ends keep it open, and counts as one request in flight (its lease) for its whole
+        life.
         """
         protocols = [
             p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
         ]
         for name in WS_HANDSHAKE:
             headers.popall(name, None)
-        member.inflight += 1
+        call_id = headers[CALL_ID]
         try:
-            try:
-                async with asyncio.timeout(budget):
-                    upstream = await self._session.ws_connect(
-                        url,
-                        headers=headers,
-                        protocols=[p for p in protocols if p],
-                        max_msg_size=WS_MAX_MESSAGE,
-                    )
-            except TimeoutError:
-                return json_error(
-                    504,
-                    f"function {function!r} did not accept the websocket within its timeout",
-                    function=function,
-                )
-            except aiohttp.WSServerHandshakeError as exc:
-                return json_error(
-                    502,
-                    f"function {function!r} refused the websocket upgrade ({exc.status})",
-                    function=function,
-                )
-            except aiohttp.ClientError as exc:
-                return json_error(
-                    502,
-                    f"cannot open a websocket to function {function!r}: {exc.__class__.__name__}",
-                    function=function,
-                )
-            async with upstream:
-                downstream = web.WebSocketResponse(
-                    protocols=(upstream.protocol,) if upstream.protocol else (),
+            async with asyncio.timeout(budget):
+                upstream = await self._session.ws_connect(
+                    url,
+                    headers=headers,
+                    protocols=[p for p in protocols if p],
                     max_msg_size=WS_MAX_MESSAGE,
                 )
-                downstream.headers[CALL_ID] = headers[CALL_ID]
-                await downstream.prepare(request)
-                await _relay_both(downstream, upstream)
-            return downstream
-        finally:
-            member.inflight -= 1
+        except TimeoutError:
+            message = f"function {function!r} did not accept the websocket within its timeout"
+            return json_error(504, message, function, call_id)
+        except aiohttp.WSServerHandshakeError as exc:
+            message = f"function {function!r} refused the websocket upgrade ({exc.status})"
+            return json_error(502, message, function, call_id)
+        except aiohttp.ClientError as exc:
+            message = f"cannot open a websocket to function {function!r}: {type(exc).__name__}"
+            return json_error(502, message, function, call_id)
+        async with upstream:
+            downstream = web.WebSocketResponse(
+                protocols=(upstream.protocol,) if upstream.protocol else (),
+                max_msg_size=WS_MAX_MESSAGE,
+            )
+            downstream.headers[CALL_ID] = call_id
+            downstream.headers[START_TIME] = headers[START_TIME]
+            await downstream.prepare(request)
+            await _relay_both(downstream, upstream)
+        return downstream
 
     @staticmethod
     async def _respond(
-        request: web.Request, upstream: aiohttp.ClientResponse, extra: dict[str, str]
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        call_id: str,
+        start: bytes,
+        duration: float,
+        woken: str | None = None,
     ) -> web.StreamResponse:
-        headers = downstream_headers(upstream.headers)
-        headers.update(extra)
+        fields = raw_fields(upstream.raw_headers)
+        headers = _multidict(
+            downstream_fields(fields, connection_tokens(fields), call_id, start, duration)
+        )
+        if woken is not None:  # the request had to wake its function from zero
+            headers[COLD_START] = woken
         length = upstream.content_length
         if length is not None and length <= SMALL_BODY:
             body = await upstream.read()

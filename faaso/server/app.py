@@ -236,7 +236,7 @@ def create_app(
         desired = app[DESIRED]
         workers = AsyncWorkers(
             queue,
-            Invoker(invoke_session, state.pools, state.metrics, supervisor.max_inflight_of),
+            Invoker(invoke_session, state.admission),
             callback_session,
             functions=lambda: state.routes.functions,
             spec_of=desired.spec,

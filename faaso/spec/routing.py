@@ -35,11 +35,8 @@ class RouteTable:
         self._max_depth = max((r.count("/") for r in self._routes if r != "/"), default=0)
 
     @property
-    def routes(self) -> Mapping[str, str]:
-        return dict(self._routes)
-
-    @property
     def functions(self) -> frozenset[str]:
+        """The functions this table routes to (every one also at ``/function/<name>``)."""
         return self._functions
 
     def resolve(self, raw_path: str) -> Match | None:

@@ -11,127 +11,42 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from faaso.gateway.app import STATE, GatewayState, gateway_app
-from faaso.gateway.fast.http1 import (
-    ChunkedScanner,
-    Framing,
-    parse_request_head,
-    parse_response_head,
-)
-from faaso.server.serve import ServerOptions, serve
+from faaso.gateway.app import STATE
 from faaso.spec.endpoint import Endpoint
-from faaso.spec.routing import RouteTable
 from tests.helpers import (
-    FastTestServer,
     answer_once,
-    eventually,
     exchange,
-    free_port,
+    fast_of,
     port_of,
     raw_function,
     read_request,
+    read_response,
 )
 
 Factory = Callable[..., Awaitable[TestServer]]
 
-# -- the parsers ------------------------------------------------------------------------------
-
-
-def head(text: str) -> bytes:
-    return text.replace("\n", "\r\n").encode() + b"\r\n"
-
-
-def test_request_head_fast_case() -> None:
-    parsed = parse_request_head(
-        head("POST /sum?a=1 HTTP/1.1\nHost: x\nContent-Length: 3\nConnection: keep-alive, X-A\n"),
-        65536,
-    )
-    assert parsed is not None
-    assert (parsed.method, parsed.target, parsed.content_length) == (b"POST", b"/sum?a=1", 3)
-    assert parsed.keep_alive
-    assert parsed.connection_tokens == {b"keep-alive", b"x-a"}
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "GET / HTTP/1.0\nHost: x\n",  # HTTP/1.0
-        "HEAD / HTTP/1.1\nHost: x\n",  # HEAD
-        "GET / HTTP/1.1\nUpgrade: websocket\nConnection: upgrade\n",
-        "POST / HTTP/1.1\nTransfer-Encoding: chunked\n",
-        "POST / HTTP/1.1\nExpect: 100-continue\nContent-Length: 3\n",
-        "POST / HTTP/1.1\nContent-Length: 3\nContent-Length: 3\n",  # repeated
-        "POST / HTTP/1.1\nContent-Length: +3\n",
-        "POST / HTTP/1.1\nContent-Length: 999999\n",  # too large for the fast path
-        "GET / HTTP/1.1\nHost: x\n folded\n",  # obsolete line folding
-        "GET / HTTP/1.1\nBad Name: x\n",
-        "GET / HTTP/1.1\nX: a\x00b\n",
-        "GET http://elsewhere/ HTTP/1.1\nHost: x\n",  # absolute form
-        "GET  / HTTP/1.1\nHost: x\n",
-        "BREW / HTTP/1.1\nHost: x\n",
-    ],
-)
-def test_request_heads_left_to_aiohttp(text: str) -> None:
-    assert parse_request_head(head(text), 65536) is None
-
-
-def test_response_framing() -> None:
-    assert parse_response_head(head("HTTP/1.1 200 OK\nContent-Length: 5\n")).framing is (
-        Framing.LENGTH
-    )
-    chunked = parse_response_head(head("HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n"))
-    assert chunked.framing is Framing.CHUNKED and chunked.keep_alive
-    close = parse_response_head(head("HTTP/1.0 200 OK\nContent-Type: text/plain\n"))
-    assert close.framing is Framing.CLOSE and not close.keep_alive
-    assert parse_response_head(head("HTTP/1.1 204 No Content\n")).framing is Framing.NONE
-    assert parse_response_head(head("HTTP/1.1 200\nContent-Length: 0\n")).status == 200
-
-
-def test_chunked_scanner_across_any_split() -> None:
-    body = b"5\r\nhello\r\n1;ext=1\r\n!\r\n0\r\nX-Trailer: 1\r\n\r\n"
-    for split in range(1, len(body)):
-        scanner = ChunkedScanner()
-        used = scanner.feed(body[:split])
-        assert used == split and not scanner.done
-        assert scanner.feed(body[split:] + b"NEXT") == len(body) - split
-        assert scanner.done
-
-
 # -- a gateway in front of scripted functions -------------------------------------------------
 
 
-@pytest.fixture
-async def gateway(aiohttp_client: Any) -> Callable[..., Awaitable[Any]]:
-    async def start(endpoints: dict[str, list[Endpoint]], timeout: float = 30.0) -> Any:
-        state = GatewayState(RouteTable({f"/{n}": n for n in endpoints}, set(endpoints)))
-        for name, eps in endpoints.items():
-            for i, ep in enumerate(eps):
-                state.pools.get(name).add(f"{name}-{i}", ep)
-        state.timeout_of = lambda _name: timeout
-        return await aiohttp_client(FastTestServer(gateway_app(state)))
-
-    return start
-
-
-async def test_pipelined_requests_answered_in_order(gateway: Any, aiohttp_server: Factory) -> None:
+async def test_pipelined_requests_answered_in_order(start: Any, aiohttp_server: Factory) -> None:
     async def echo(request: web.Request) -> web.Response:
         return web.Response(text=request.path + ":" + (await request.text()))
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", echo)
     backend = await aiohttp_server(app)
-    client = await gateway({"f": [Endpoint("127.0.0.1", port_of(backend))]})
+    client = await start({"f": [Endpoint("127.0.0.1", port_of(backend))]})
     raw = (
         b"GET /f/one HTTP/1.1\r\nHost: x\r\n\r\n"
         b"POST /f/two HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody"
         b"GET /f/three HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
-    data = await exchange(client.port, raw, until_close=True)
+    data = await exchange(client.port, raw, 3)
     bodies = [part.split(b"\r\n\r\n", 1)[1][:20] for part in data.split(b"HTTP/1.1 ")[1:]]
     assert [b.split(b"HTTP")[0] for b in bodies] == [b"/one:", b"/two:body", b"/three:"]
 
 
-async def test_close_delimited_response_is_rechunked(gateway: Any) -> None:
+async def test_close_delimited_response_is_rechunked(start: Any) -> None:
     """A function that ends its body by closing (no length): the client gets it all, chunked,
     and the connection to the client stays usable."""
 
@@ -143,7 +58,7 @@ async def test_close_delimited_response_is_rechunked(gateway: Any) -> None:
 
     server, endpoint = await raw_function(answer)
     async with server:
-        client = await gateway({"f": [endpoint]})
+        client = await start({"f": [endpoint]})
         for _ in range(2):  # same client connection twice
             resp = await client.get("/f/x")
             assert resp.status == 200
@@ -152,7 +67,7 @@ async def test_close_delimited_response_is_rechunked(gateway: Any) -> None:
 
 
 @pytest.mark.parametrize("status", [204, 304])
-async def test_bodiless_statuses_keep_the_connection(gateway: Any, status: int) -> None:
+async def test_bodiless_statuses_keep_the_connection(start: Any, status: int) -> None:
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
             request = await read_request(reader)
@@ -164,36 +79,36 @@ async def test_bodiless_statuses_keep_the_connection(gateway: Any, status: int) 
 
     server, endpoint = await raw_function(answer)
     async with server:
-        client = await gateway({"f": [endpoint]})
+        client = await start({"f": [endpoint]})
         raw = b"GET /f/x HTTP/1.1\r\nHost: x\r\n\r\nGET /f/again HTTP/1.1\r\nHost: x\r\n\r\n"
-        data = await exchange(client.port, raw)
+        data = await exchange(client.port, raw, 2)
         assert data.startswith(f"HTTP/1.1 {status} X\r\n".encode())
         assert data.endswith(b"\r\n\r\nok")
 
 
-async def test_malformed_response_is_502(gateway: Any) -> None:
+async def test_malformed_response_is_502(start: Any) -> None:
     server, endpoint = await raw_function(answer_once(b"SPDY/9 nonsense\r\n\r\n"))
     async with server:
-        client = await gateway({"f": [endpoint]})
+        client = await start({"f": [endpoint]})
         resp = await client.get("/f/x")
         assert resp.status == 502
         assert resp.headers["X-OpenFaaS-Internal"] == "proxy"
         assert "malformed" in (await resp.json())["error"]
 
 
-async def test_function_closing_mid_body_cuts_the_client(gateway: Any) -> None:
+async def test_function_closing_mid_body_cuts_the_client(start: Any) -> None:
     server, endpoint = await raw_function(
         answer_once(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
     )
     async with server:
-        client = await gateway({"f": [endpoint]})
+        client = await start({"f": [endpoint]})
         request = b"GET /f/x HTTP/1.1\r\nHost: x\r\n\r\n"
-        data = await exchange(client.port, request, until_close=True)
+        data = await exchange(client.port, request)
         assert data.startswith(b"HTTP/1.1 200 OK\r\n")
         assert data.endswith(b"only ten b")  # and then the connection closed: truncated
 
 
-async def test_function_dropping_idle_connections(gateway: Any) -> None:
+async def test_function_dropping_idle_connections(start: Any) -> None:
     """A function that closes each kept-alive connection after answering: every request still
     succeeds (a closed idle connection leaves the pool)."""
     connections = 0
@@ -207,15 +122,16 @@ async def test_function_dropping_idle_connections(gateway: Any) -> None:
 
     server, endpoint = await raw_function(answer)
     async with server:
-        client = await gateway({"f": [endpoint]})
+        client = await start({"f": [endpoint]})
         for _ in range(5):
             resp = await client.get("/f/x")
             assert await resp.text() == "ok"
         assert connections == 5
 
 
-async def test_handed_off_connection_keeps_working(gateway: Any, aiohttp_server: Factory) -> None:
-    """A HEAD (left to aiohttp) then GETs on the same client connection."""
+async def test_handed_off_connection_keeps_working(start: Any, aiohttp_server: Factory) -> None:
+    """A request the fast path leaves to aiohttp (a chunk extension) between two it relays:
+    all three answered, in order, on the same client connection."""
 
     async def echo(request: web.Request) -> web.Response:
         return web.Response(text="got " + request.method)
@@ -223,25 +139,30 @@ async def test_handed_off_connection_keeps_working(gateway: Any, aiohttp_server:
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", echo)
     backend = await aiohttp_server(app)
-    client = await gateway({"f": [Endpoint("127.0.0.1", port_of(backend))]})
+    client = await start({"f": [Endpoint("127.0.0.1", port_of(backend))]})
     raw = (
         b"GET /f/a HTTP/1.1\r\nHost: x\r\n\r\n"
-        b"HEAD /f/b HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"POST /f/b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2;ext=1\r\nab\r\n0\r\n\r\n"
         b"GET /f/c HTTP/1.1\r\nHost: x\r\n\r\n"
     )
-    data = await exchange(client.port, raw)
+    data = await exchange(client.port, raw, 3)
     assert data.count(b"HTTP/1.1 200 OK") == 3
-    assert data.count(b"got GET") == 2
+    assert [part[-7:] for part in data.split(b"HTTP/1.1 ")[1:]] == [
+        b"got GET",
+        b"ot POST",
+        b"got GET",
+    ]
 
 
-async def test_unknown_path_404_and_metrics_counted(gateway: Any, aiohttp_server: Factory) -> None:
+async def test_unknown_path_404_and_metrics_counted(start: Any, aiohttp_server: Factory) -> None:
     async def ok(request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", ok)
     backend = await aiohttp_server(app)
-    client = await gateway({"f": [Endpoint("127.0.0.1", port_of(backend))]})
+    client = await start({"f": [Endpoint("127.0.0.1", port_of(backend))]})
     resp = await client.get("/nowhere")
     assert resp.status == 404
     assert resp.headers["X-OpenFaaS-Internal"] == "proxy"
@@ -253,59 +174,7 @@ async def test_unknown_path_404_and_metrics_counted(gateway: Any, aiohttp_server
     )
 
 
-async def test_shutdown_lets_a_request_in_flight_finish(aiohttp_server: Factory) -> None:
-    """serve(): stop accepting, let the relayed request finish, then return."""
-    entered = asyncio.Event()
-    release = asyncio.Event()
-
-    async def slow(request: web.Request) -> web.Response:
-        entered.set()
-        await asyncio.wait_for(release.wait(), 10)
-        return web.Response(text="finished")
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", slow)
-    backend = await aiohttp_server(app)
-    state = GatewayState(RouteTable({"/f": "f"}, {"f"}))
-    state.pools.get("f").add("f-0", Endpoint("127.0.0.1", port_of(backend)))
-    stop = asyncio.Event()
-    port = free_port()
-    listening = asyncio.Event()
-    server = asyncio.create_task(
-        serve(
-            gateway_app(state),
-            ServerOptions(port=port, drain_timeout=10),
-            stop=stop,
-            on_listening=lambda _port: listening.set(),
-        )
-    )
-    await asyncio.wait_for(listening.wait(), 10)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /f/slow HTTP/1.1\r\nHost: x\r\n\r\n")
-    await writer.drain()
-    await asyncio.wait_for(entered.wait(), 5)
-    stop.set()
-
-    async def refused() -> bool:
-        try:
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            return True
-        w.close()
-        return False
-
-    await eventually(refused, 5, "the listener to close")
-    assert not server.done()
-    release.set()
-    answer = await asyncio.wait_for(reader.read(), 5)
-    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
-    assert b"Connection: close" in answer
-    assert answer.endswith(b"finished")
-    await asyncio.wait_for(server, 10)
-    writer.close()
-
-
-async def test_state_pools_in_flight_return_to_zero(gateway: Any) -> None:
+async def test_state_pools_in_flight_return_to_zero(start: Any) -> None:
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
             await read_request(reader)
@@ -314,7 +183,7 @@ async def test_state_pools_in_flight_return_to_zero(gateway: Any) -> None:
 
     server, endpoint = await raw_function(answer)
     async with server:
-        client = await gateway({"f": [endpoint]})
+        client = await start({"f": [endpoint]})
         results = await asyncio.gather(*(client.get(f"/f/{i}") for i in range(50)))
         assert {r.status for r in results} == {200}
         state = client.server.app[STATE]
@@ -322,7 +191,7 @@ async def test_state_pools_in_flight_return_to_zero(gateway: Any) -> None:
         assert state.metrics.invocations("f") == 50
 
 
-async def test_transfer_encoding_wins_over_a_stray_length(gateway: Any) -> None:
+async def test_transfer_encoding_wins_over_a_stray_length(start: Any) -> None:
     """A function sending both: the client gets the chunked body and no Content-Length."""
 
     server, endpoint = await raw_function(
@@ -332,13 +201,13 @@ async def test_transfer_encoding_wins_over_a_stray_length(gateway: Any) -> None:
         )
     )
     async with server:
-        client = await gateway({"f": [endpoint]})
+        client = await start({"f": [endpoint]})
         resp = await client.get("/f/x")
         assert "Content-Length" not in resp.headers
         assert await resp.text() == "hello"
 
 
-async def test_client_cannot_set_the_start_time(gateway: Any) -> None:
+async def test_client_cannot_set_the_start_time(start: Any) -> None:
     seen: list[bytes] = []
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -348,8 +217,74 @@ async def test_client_cannot_set_the_start_time(gateway: Any) -> None:
 
     server, endpoint = await raw_function(answer)
     async with server:
-        client = await gateway({"f": [endpoint]})
+        client = await start({"f": [endpoint]})
         resp = await client.get("/f/x", headers={"X-Start-Time": "1"})
         assert resp.status == 200
         assert seen[0].lower().count(b"x-start-time:") == 1
         assert b"X-Start-Time: 1\r\n" not in seen[0]
+
+
+async def test_chunked_posts_stay_on_the_fast_path(start: Any) -> None:
+    """A pooled client connection sending chunked POST bodies (as the OpenFaaS gateway does)
+    is relayed by the fast path request after request; the function gets each body whole,
+    with its length."""
+    seen: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                seen.append(await read_request(reader))
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    server, endpoint = await raw_function(answer)
+    async with server:
+        client = await start({"f": [endpoint]})
+        fast = fast_of(client)
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        try:
+            for i in range(3):
+                writer.write(
+                    b"POST /f/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"3\r\nabc\r\n%x\r\n%b\r\n0\r\n\r\n" % (i + 1, b"d" * (i + 1))
+                )
+                answer_bytes = await asyncio.wait_for(read_response(reader), 10)
+                assert answer_bytes.startswith(b"HTTP/1.1 200 OK\r\n")
+                assert len(fast.connections) == 1  # still the fast path's (not handed off)
+        finally:
+            writer.close()
+        assert [r.split(b"\r\n\r\n", 1)[1] for r in seen] == [b"abcd", b"abcdd", b"abcddd"]
+        for request in seen:
+            lowered = request.lower()
+            assert b"transfer-encoding" not in lowered
+            assert b"content-length: " in lowered
+
+
+async def test_head_stays_on_the_fast_path(start: Any, aiohttp_server: Factory) -> None:
+    """HEAD is relayed by the fast path: the answer has the GET's length and no body, and the
+    connection goes on with the next request."""
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="hello " + request.method)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", hello)
+    backend = await aiohttp_server(app)
+    client = await start({"f": [Endpoint("127.0.0.1", port_of(backend))]})
+    fast = fast_of(client)
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        writer.write(b"HEAD /f/a HTTP/1.1\r\nHost: x\r\n\r\n")
+        head_answer = await asyncio.wait_for(read_response(reader, to_head=True), 10)
+        assert head_answer.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"Content-Length: 10\r\n" in head_answer
+        assert head_answer.endswith(b"\r\n\r\n")
+        assert len(fast.connections) == 1
+        writer.write(b"GET /f/b HTTP/1.1\r\nHost: x\r\n\r\n")
+        get_answer = await asyncio.wait_for(read_response(reader), 10)
+        assert get_answer.endswith(b"\r\n\r\nhello GET")
+        assert len(fast.connections) == 1
+    finally:
+        writer.close()

@@ -1,12 +1,19 @@
 """HTTP/1.1 message heads, strictly parsed, for the proxy's fast path.
 
 The fast path (``faaso.gateway.fast.relay``) handles the common case itself: an HTTP/1.1
-request with a
-small body of known length. This module recognises that case and nothing else. Whatever it does
-not accept, for any reason (HTTP/1.0, ``Transfer-Encoding``, ``Upgrade``, ``Expect``, ``HEAD``,
-obsolete line folding, a bare LF, odd bytes), it answers ``None`` and the connection is handed to
+request with a small body, of known length or chunked. This module recognises that case and
+nothing else. Whatever it does not accept, for any reason (HTTP/1.0, a ``Transfer-Encoding``
+other than a lone ``chunked``, ``Upgrade``, ``Expect``, chunk extensions or trailers, obsolete
+line folding, a bare LF, odd bytes), it answers ``None`` and the connection is handed to
 aiohttp's full server, whose C parser (llhttp) then accepts or rejects the request. So this
 parser only has to be right about what it accepts; it never has to produce an error itself.
+A property test (tests/gateway/test_request_parser_agrees.py) checks that whatever it accepts,
+llhttp parses the same way.
+
+Why by hand and not httptools (llhttp): the fast path needs the byte offset where each
+pipelined request ends, to hand the rest of the buffer to aiohttp untouched, and httptools does
+not report it (only for upgrades); a strict regex over the head also costs less per request
+than llhttp's per-header Python callbacks.
 
 Responses from function instances are parsed here too, with their framing (length, chunked, or
 until the connection closes), so bodies can be relayed byte for byte as they arrive.
@@ -19,10 +26,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Final
 
-# Methods the fast path takes. HEAD is left to aiohttp: its response has no body whatever its
-# Content-Length says, which a relay would have to special-case; it is rare enough not to bother.
-FAST_METHODS = frozenset({b"GET", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"})
-IDEMPOTENT = frozenset({b"GET", b"PUT", b"DELETE", b"OPTIONS"})
+# Methods the fast path takes (a response to HEAD has no body, whatever its framing fields say).
+FAST_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"})
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS"})
 
 # RFC 9110 7.6.1: meaningful for one connection only, never forwarded; compared lowercased.
 HOP_BY_HOP = frozenset(
@@ -39,8 +45,9 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-# Request target: origin form, no spaces, no control bytes.
-_TARGET = re.compile(rb"/[\x21-\x7e\x80-\xff]*")
+# Request target: origin form, visible ASCII only (llhttp refuses bytes above 0x7e in a target:
+# such a request is aiohttp's to refuse, found by the property test).
+_TARGET = re.compile(rb"/[\x21-\x7e]*")
 # A block of header lines, each "token: value CRLF", value without control bytes except tab.
 _FIELDS = re.compile(rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
 _FIELD = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*")
@@ -63,10 +70,11 @@ class RequestHead:
     # (name as sent, lowercased name, value as sent after the colon, whitespace included) for
     # every field, in order: written back as name + b":" + value
     fields: list[tuple[bytes, bytes, bytes]]
-    content_length: int
-    length_given: bool  # a Content-Length field was sent (it may be 0)
+    content_length: int  # for a chunked body: its decoded length, once it is whole
+    length_given: bool  # a Content-Length field was sent (it may be 0), or the body was chunked
     keep_alive: bool
     connection_tokens: frozenset[bytes]  # lowercased names listed in Connection
+    chunked: bool = False  # Transfer-Encoding: chunked (the body is read by dechunk)
 
 
 def parse_request_head(head: bytes, max_body: int) -> RequestHead | None:
@@ -88,6 +96,7 @@ def parse_request_head(head: bytes, max_body: int) -> RequestHead | None:
     length: bytes | None = None
     connection: list[bytes] = []
     hosts = 0
+    chunked = False
     for line in block.split(b"\r\n"):
         if not line:
             continue  # the split's last, empty, piece
@@ -104,16 +113,75 @@ def parse_request_head(head: bytes, max_body: int) -> RequestHead | None:
                 length = stripped
             elif lname == b"connection":
                 connection.append(stripped)
-            else:  # transfer-encoding, upgrade, expect
+            elif lname == b"transfer-encoding":
+                # One field saying exactly "chunked"; any other coding, or a list, is aiohttp's
+                # (and so is a trailing tab, which llhttp refuses there).
+                if chunked or value.lstrip(b" \t").rstrip(b" ").lower() != b"chunked":
+                    return None
+                chunked = True
+            else:  # upgrade, expect
                 return None
         fields.append((name, lname, value))
+    if chunked and length is not None:
+        return None  # both framings: RFC 9112 6.3 says reject or trust TE; aiohttp decides
     content_length = int(length) if length is not None else 0
     if content_length > max_body or hosts != 1:  # RFC 9112 3.2: exactly one Host
         return None
     tokens = _tokens(connection)
     return RequestHead(
-        method, target, fields, content_length, length is not None, b"close" not in tokens, tokens
+        method,
+        target,
+        fields,
+        content_length,
+        length is not None,
+        b"close" not in tokens,
+        tokens,
+        chunked,
     )
+
+
+# A chunk-size line the fast path takes: hex digits only (extensions are left to aiohttp).
+_REQUEST_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,8}")
+NEED_MORE: Final = -1  # dechunk: the body is not all there yet
+NOT_FAST: Final = -2  # dechunk: not for the fast path (aiohttp decides)
+
+
+def dechunk(buf: bytes | bytearray, pos: int, max_body: int) -> tuple[int, bytes]:
+    """Decode a chunked request body that starts at ``buf[pos]``: (where it ends, the body).
+
+    The end is NEED_MORE while it has not all arrived, NOT_FAST for anything but plain
+    ``size CRLF data CRLF`` chunks ending in ``0 CRLF CRLF`` (no extensions, no trailers, CRLF
+    everywhere) of at most ``max_body`` bytes in all; the body is then empty.
+    """
+    parts: list[bytes] = []
+    total = 0
+    size_of = len(buf)
+    while True:
+        eol = buf.find(b"\r\n", pos, pos + 10)
+        if eol < 0:
+            return (NEED_MORE if size_of - pos < 10 else NOT_FAST), b""
+        line = buf[pos:eol]
+        if not _REQUEST_CHUNK_SIZE.fullmatch(line):
+            return NOT_FAST, b""
+        size = int(line, 16)
+        pos = eol + 2
+        if size == 0:
+            break
+        total += size
+        if total > max_body:
+            return NOT_FAST, b""
+        end = pos + size
+        if size_of < end + 2:
+            return NEED_MORE, b""
+        if buf[end : end + 2] != b"\r\n":
+            return NOT_FAST, b""
+        parts.append(bytes(buf[pos:end]))
+        pos = end + 2
+    if size_of < pos + 2:
+        return NEED_MORE, b""
+    if buf[pos : pos + 2] != b"\r\n":
+        return NOT_FAST, b""  # trailer fields: aiohttp's
+    return pos + 2, b"".join(parts)
 
 
 def _tokens(connection: list[bytes]) -> frozenset[bytes]:
@@ -160,7 +228,8 @@ class BadResponse(Exception):
     """A function instance answered something that is not HTTP/1.x."""
 
 
-def parse_response_head(head: bytes) -> ResponseHead:
+def parse_response_head(head: bytes, to_head: bool = False) -> ResponseHead:
+    """``to_head``: the request was HEAD, so there is no body whatever the fields say."""
     line_end = head.find(b"\r\n")
     status_line = head[:line_end]
     match = _STATUS.fullmatch(status_line)
@@ -197,7 +266,7 @@ def parse_response_head(head: bytes) -> ResponseHead:
         fields.append((name, lname, value))
     tokens = _tokens(connection)
     keep_alive = b"close" not in tokens if minor == b"1" else b"keep-alive" in tokens
-    if code < 200 or code in (204, 304):
+    if code < 200 or code in (204, 304) or to_head:
         framing, length = NO_BODY, 0
     elif encoded:
         # RFC 9112 6.3: Transfer-Encoding wins over Content-Length; not chunked last = close.

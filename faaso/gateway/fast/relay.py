@@ -21,59 +21,51 @@ client is the same either way; only the cost differs.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
-from http import HTTPStatus
 from typing import cast
 from urllib.parse import unquote
 
 from aiohttp import web
 
+from faaso.gateway.admission import Admission, Hold, Lease, Refusal
 from faaso.gateway.fast.http1 import (
     CHUNKED,
     CLOSE,
-    HOP_BY_HOP,
     IDEMPOTENT,
     LENGTH,
+    NEED_MORE,
     NO_BODY,
+    NOT_FAST,
     BadResponse,
     ChunkedScanner,
     RequestHead,
     ResponseHead,
+    dechunk,
     parse_request_head,
     parse_response_head,
 )
+from faaso.gateway.headers import call_id_of, downstream_fields, upstream_fields
 from faaso.gateway.messages import (
     CLIENT_GONE,
+    error_body,
+    error_head,
+    log_proxy_error,
     msg_cannot_connect,
-    msg_not_ready,
+    msg_closed,
+    msg_malformed,
     msg_not_routed,
     msg_timed_out,
-    msg_too_many,
-    new_call_id,
 )
-from faaso.gateway.metrics import Metrics
-from faaso.gateway.pools import Member, Pools
+from faaso.gateway.policy import SMALL_BODY, UPSTREAM_IDLE, UPSTREAM_IDLE_MAX
+from faaso.gateway.pools import Member
 from faaso.spec.routing import Match, RouteTable
 
-SMALL_BODY = 64 * 1024  # larger request bodies are streamed by aiohttp instead
 MAX_HEAD = 16 * 1024 + 4  # the same limit aiohttp applies (max_line_size, max_field_size)
 MAX_RESPONSE_HEAD = 64 * 1024
 PAUSE_CLIENT_AT = 256 * 1024  # stop reading a client that pipelines this much ahead
-UPSTREAM_IDLE = 4.0  # seconds an idle upstream connection is kept (Node closes at 5)
-UPSTREAM_IDLE_MAX = 256  # idle connections kept per instance
 CUT_GRACE = 5.0  # seconds a cut client connection may take to read what it was sent
 
-_DROP_DOWNSTREAM = HOP_BY_HOP | {b"x-call-id", b"x-duration-seconds"}
-# Content-Length is written by the proxy itself; X-Start-Time only ever comes from the proxy.
-_DROP_UPSTREAM = HOP_BY_HOP | {b"content-length", b"x-start-time"}
-# Request fields the proxy reads while copying them.
-_READ_UPSTREAM = frozenset(
-    {b"x-forwarded-for", b"x-call-id", b"host", b"x-forwarded-host", b"x-forwarded-proto"}
-)
-# What a Connection header may not remove: the message's framing, and the request's Host.
-_FRAMING = frozenset({b"content-length", b"host"})
 _CHUNKED_END = b"0\r\n\r\n"
 
 Key = tuple[str, int] | str  # (host, port) or a Unix socket path
@@ -87,21 +79,18 @@ def member_keys(member: Member) -> list[Key]:
 
 
 def error_response(
-    status: int, message: str, function: str | None, keep_alive: bool, **extra: str
+    status: int,
+    message: str,
+    function: str | None,
+    call_id: str | None,
+    keep_alive: bool,
+    **extra: str,
 ) -> bytes:
-    """A proxy-made error, as ``faaso.gateway.proxy.json_error`` makes it on the aiohttp path."""
-    payload: dict[str, str] = {"error": message}
-    if function is not None:
-        payload["function"] = function
-    payload.update(extra)
-    body = json.dumps(payload).encode()
-    head = (
-        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
-        "Content-Type: application/json; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        "X-OpenFaaS-Internal: proxy\r\n" + ("" if keep_alive else "Connection: close\r\n") + "\r\n"
-    )
-    return head.encode() + body
+    """A proxy-made error, as ``faaso.gateway.proxy.json_error`` makes it on the aiohttp path
+    (a 5xx is logged with its call id)."""
+    log_proxy_error(status, message, function, call_id)
+    body = error_body(message, function, **extra)
+    return error_head(status, len(body), call_id, keep_alive) + body
 
 
 class Deadlines:
@@ -179,19 +168,14 @@ class FastPath:
 
     def __init__(
         self,
-        pools: Pools,
+        admission: Admission,
         routes: Callable[[], RouteTable],
-        timeout_of: Callable[[str], float],
-        max_inflight_of: Callable[[str], int | None],
-        metrics: Metrics | None,
         *,
         header_timeout: float,
     ) -> None:
-        self.pools = pools
+        self.admission = admission
+        self.pools = admission.pools
         self.routes = routes
-        self.timeout_of = timeout_of
-        self.max_inflight_of = max_inflight_of
-        self.metrics = metrics
         self.header_timeout = header_timeout
         self.upstreams = UpstreamPool()
         self.deadlines = Deadlines()
@@ -243,8 +227,9 @@ FAST_PATH = web.AppKey("faaso_fast_path", FastPath)
 
 class FastSite(web.TCPSite):
     """A TCP site whose connections start on the fast path and are handed to the runner's
-    aiohttp server when needed. Stopping it closes the listener, then drains fast connections
-    (bounded by ``drain_timeout``); the runner then drains its own."""
+    aiohttp server when needed. Stopping it closes the listener, then drains the fast
+    connections and aiohttp's at the same time, within one ``drain_timeout`` for both: what is
+    still busy then is cut. The runner's own drain afterwards finds nothing left."""
 
     def __init__(
         self,
@@ -276,7 +261,23 @@ class FastSite(web.TCPSite):
 
     async def stop(self) -> None:
         await super().stop()
-        await self._fast.shutdown(self._drain_timeout)
+        server = self._runner.server
+        drains = [self._fast.shutdown(self._drain_timeout)]
+        if server is not None:
+            drains.append(drain_aiohttp(server, self._drain_timeout))
+        await asyncio.gather(*drains)
+
+
+async def drain_aiohttp(server: web.Server, timeout: float) -> None:
+    """Let aiohttp's connections finish their requests within ``timeout`` (idle ones close at
+    once), then cut those still busy (their handlers are cancelled)."""
+    server.pre_shutdown()  # idle connections close now, busy ones after their request
+    try:
+        async with asyncio.timeout(timeout):
+            await server.shutdown(timeout)
+    except TimeoutError:
+        for connection in list(server.connections):
+            connection.force_close()
 
 
 class FrontConnection(asyncio.Protocol):
@@ -463,11 +464,27 @@ class FrontConnection(asyncio.Protocol):
                 self._buf = buf[pos:] if pos else buf
                 self._hand_off()
                 return
-            total = end + 4 + head.content_length
-            if len(buf) < total:
-                self._buf = buf[pos:] if pos else buf
-                self._pending = total - pos
-                return  # the body is on its way (within the same idle deadline)
+            body_at = end + 4
+            if head.chunked:
+                total, body = dechunk(buf, body_at, SMALL_BODY)
+                if total == NEED_MORE:
+                    self._buf = buf[pos:] if pos else buf
+                    self._pending = len(self._buf) + 1  # any more bytes: look again
+                    return  # the body is on its way (within the same idle deadline)
+                if total == NOT_FAST:
+                    self._buf = buf[pos:] if pos else buf
+                    self._hand_off()  # aiohttp streams it, or refuses it
+                    return
+                # Sent to the instance with its length: no chunk framing to disagree about.
+                head.content_length = len(body)
+                head.length_given = True
+            else:
+                total = body_at + head.content_length
+                if len(buf) < total:
+                    self._buf = buf[pos:] if pos else buf
+                    self._pending = total - pos
+                    return  # the body is on its way (within the same idle deadline)
+                body = bytes(buf[body_at:total]) if total > body_at else b""
             target = head.target.decode("latin-1")
             raw_path, _, query = target.partition("?")
             # aiohttp routes its own paths once percent-decoded: so must the check.
@@ -479,42 +496,23 @@ class FrontConnection(asyncio.Protocol):
             if match is None:
                 pos = total
                 path = unquote(raw_path)
-                self._reply(404, msg_not_routed(path), None, head.keep_alive, path=path)
+                self._reply(404, msg_not_routed(path), None, None, head.keep_alive, path=path)
                 continue
-            function = match.function
-            pool = fast.pools.get(function)
-            member = pool.pick()
-            if member is None and pool.holding:
+            decided = fast.admission.try_admit(match.function)
+            if isinstance(decided, Hold):
                 self._buf = buf[pos:] if pos else buf
                 self._hand_off()  # aiohttp's proxy holds the request until an instance is back
                 return
-            body = bytes(buf[end + 4 : total]) if total > end + 4 else b""
             pos = total
-            metrics = fast.metrics
-            if metrics is not None:
-                metrics.started(function)
-            limit = fast.max_inflight_of(function)
-            if limit is not None and pool.inflight() >= limit:
+            if isinstance(decided, Refusal):
+                call_id = call_id_of(head.fields)
                 self._reply(
-                    429,
-                    msg_too_many(function, limit),
-                    function,
-                    head.keep_alive,
-                    metrics,
-                )
-                continue
-            if member is None:
-                self._reply(
-                    503,
-                    msg_not_ready(function),
-                    function,
-                    head.keep_alive,
-                    metrics,
+                    decided.status, decided.message, decided.function, call_id, head.keep_alive
                 )
                 continue
             # Stored before the exchange starts: its completion may come back here.
             self._buf = buf[pos:] if pos < len(buf) else b""
-            self._exchange = Exchange(self, head, match, query, body, member)
+            self._exchange = Exchange(self, head, match, query, body, decided)
             self._exchange.start()
             return
         self._buf = buf[pos:] if pos else buf
@@ -524,15 +522,15 @@ class FrontConnection(asyncio.Protocol):
         status: int,
         message: str,
         function: str | None,
+        call_id: str | None,
         keep_alive: bool,
-        metrics: Metrics | None = None,
         **extra: str,
     ) -> None:
         keep_alive = keep_alive and not self.fast.closing
         assert self.transport is not None
-        self.transport.write(error_response(status, message, function, keep_alive, **extra))
-        if metrics is not None and function is not None:
-            metrics.finished(function, status, 0.0)
+        self.transport.write(
+            error_response(status, message, function, call_id, keep_alive, **extra)
+        )
         if not keep_alive:
             self._closed = True
             self.transport.close()
@@ -592,15 +590,15 @@ class Exchange:
         "_front",
         "_function",
         "_keep_alive",
+        "_lease",
         "_method",
         "_request",
         "_retried",
-        "_started",
+        "_start_time",
         "_tried",
         "chunk_wrap",
         "conn",
         "head_sent",
-        "member",
         "status",
     )
 
@@ -611,14 +609,13 @@ class Exchange:
         match: Match,
         query: str,
         body: bytes,
-        member: Member,
+        lease: Lease,
     ) -> None:
         self._front = front
         self._function = match.function
         self._method = head.method
         self._keep_alive = head.keep_alive
-        self._started = time.monotonic()
-        self.member = member
+        self._lease = lease
         self.conn: UpstreamConnection | None = None
         self._connect_task: asyncio.Task[None] | None = None
         self._done = False
@@ -628,14 +625,18 @@ class Exchange:
         self.chunk_wrap = False
         self.status = 502
         target = match.path + ("?" + query if query else "")
-        self._call_id, self._request = _upstream_request(head, target.encode("latin-1"), front.peer)
+        self._call_id, self._start_time, self._request = _upstream_request(
+            head, target.encode("latin-1"), front.peer
+        )
         self._body = body
+
+    @property
+    def member(self) -> Member:
+        return self._lease.member
 
     def start(self) -> None:
         fast = self._front.fast
-        budget = fast.timeout_of(self._function)
-        self._front.set_deadline(self._started + budget)
-        self.member.inflight += 1
+        self._front.set_deadline(self._lease.deadline)
         for key in member_keys(self.member):
             conn = fast.upstreams.acquire(key)
             if conn is not None:
@@ -658,22 +659,18 @@ class Exchange:
                 self._send(conn)
                 return
             # Nothing was sent: any method may go to another instance, if there is one.
-            other = fast.pools.get(self._function).pick_other(self._tried)
-            if other is None:
+            if self._lease.retry_elsewhere(self._tried) is None:
                 assert refused is not None
                 reason = refused.strerror or str(refused)
                 self._connect_task = None
                 self._fail(502, msg_cannot_connect(self._function, reason))
                 return
-            self.member.inflight -= 1
-            other.inflight += 1
-            self.member = other
 
     def _send(self, conn: UpstreamConnection) -> None:
         self.conn = conn
         if self._front.writing_paused:
             conn.pause_reading()
-        conn.send(self, self._request, self._body)
+        conn.send(self, self._request, self._body, self._method == b"HEAD")
 
     # called by the upstream connection
 
@@ -685,7 +682,11 @@ class Exchange:
             self._keep_alive = False  # shutting down: this is the connection's last response
         self.chunk_wrap = head.framing is CLOSE
         out = _downstream_head(
-            head, self._call_id, time.monotonic() - self._started, self._keep_alive
+            head,
+            self._call_id,
+            self._start_time,
+            time.monotonic() - self._lease.started,
+            self._keep_alive,
         )
         transport = front.transport
         assert transport is not None
@@ -730,7 +731,7 @@ class Exchange:
             self._front.cut()  # headers are out: cutting the connection is all that is left
             self._complete(self.status)
             return
-        self._fail(502, f"function {self._function!r} closed the connection")
+        self._fail(502, msg_closed(self._function))
 
     def on_bad_response(self, problem: str) -> None:
         conn, self.conn = self.conn, None
@@ -740,7 +741,7 @@ class Exchange:
             self._front.cut()
             self._complete(self.status)
         else:
-            self._fail(502, f"function {self._function!r} sent a malformed response: {problem}")
+            self._fail(502, msg_malformed(self._function, problem))
 
     def pause_upstream(self) -> None:
         if self.conn is not None:
@@ -760,7 +761,7 @@ class Exchange:
             self._front.cut()
             self._complete(self.status)
             return
-        self._fail(504, msg_timed_out(self._function))
+        self._fail(504, msg_timed_out(self._function, self._lease.timeout))
 
     def abort(self, status: int) -> None:
         """The client went away."""
@@ -774,7 +775,9 @@ class Exchange:
         front = self._front
         keep_alive = self._keep_alive and not front.fast.closing
         if front.transport is not None:
-            front.transport.write(error_response(status, message, self._function, keep_alive))
+            front.transport.write(
+                error_response(status, message, self._function, self._call_id, keep_alive)
+            )
         self._complete(status, keep_alive)
 
     def _drop_upstream(self) -> None:
@@ -798,88 +801,38 @@ class Exchange:
         if self._done:
             return
         self._done = True
-        self.member.inflight -= 1
-        metrics = self._front.fast.metrics
-        if metrics is not None:
-            metrics.finished(self._function, status, time.monotonic() - self._started)
+        self._lease.finish(status)
         self._front.exchange_done(self._keep_alive if keep_alive is None else keep_alive)
 
 
-def _upstream_request(head: RequestHead, target: bytes, peer: bytes) -> tuple[str, bytes]:
-    """The request as the instance gets it: (call id, head bytes)."""
-    drop = _DROP_UPSTREAM
-    if head.connection_tokens:
-        # Connection may name end-to-end fields to drop, never the message's framing or Host.
-        drop = drop | (head.connection_tokens - _FRAMING)
+def _upstream_request(head: RequestHead, target: bytes, peer: bytes) -> tuple[str, bytes, bytes]:
+    """The request as the instance gets it: (call id, start time, head bytes)."""
+    call_id, start, pairs = upstream_fields(head.fields, head.connection_tokens, peer)
     parts = [head.method, b" ", target, b" HTTP/1.1\r\n"]
-    forwarded_for: bytes | None = None
-    host: bytes | None = None
-    forwarded_host = forwarded_proto = False
-    call_id: bytes | None = None
-    for name, lname, value in head.fields:
-        if lname in drop:
-            continue
-        if lname in _READ_UPSTREAM:
-            if lname == b"x-forwarded-for":
-                value = value.strip(b" \t")
-                forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
-                continue
-            if lname == b"x-call-id":
-                value = value.strip(b" \t")
-                if call_id is None and value:
-                    call_id = value
-                continue
-            if lname == b"host":
-                host = value.strip(b" \t")
-            elif lname == b"x-forwarded-host":
-                forwarded_host = True
-            else:
-                forwarded_proto = True
-        parts += (name, b":", value, b"\r\n")
-    parts += (
-        b"X-Forwarded-For: ",
-        forwarded_for + b", " + peer if forwarded_for is not None else peer,
-        b"\r\n",
-    )
-    if not forwarded_host and host is not None:
-        parts += (b"X-Forwarded-Host: ", host, b"\r\n")
-    if not forwarded_proto:
-        parts.append(b"X-Forwarded-Proto: http\r\n")
+    for name, value in pairs:
+        parts += (name, b":" if value[:1] in (b" ", b"\t") else b": ", value, b"\r\n")
     if head.length_given:
         parts += (b"Content-Length: ", str(head.content_length).encode(), b"\r\n")
-    text_id = call_id.decode("latin-1") if call_id is not None else new_call_id()
-    parts += (
-        b"X-Call-Id: ",
-        text_id.encode("latin-1"),
-        b"\r\nX-Start-Time: ",
-        str(time.time_ns()).encode(),
-        b"\r\n\r\n",
+    parts.append(b"\r\n")
+    return call_id, start, b"".join(parts)
+
+
+def _downstream_head(
+    head: ResponseHead, call_id: str, start: bytes, duration: float, keep_alive: bool
+) -> bytes:
+    rechunk = head.framing is CHUNKED or head.framing is CLOSE
+    pairs = downstream_fields(
+        head.fields, head.connection_tokens, call_id, start, duration, drop_length=rechunk
     )
-    return text_id, b"".join(parts)
-
-
-def _downstream_head(head: ResponseHead, call_id: str, duration: float, keep_alive: bool) -> bytes:
-    drop = _DROP_DOWNSTREAM
-    if head.connection_tokens:
-        drop = drop | (head.connection_tokens - _FRAMING)
-    if head.framing is CHUNKED or head.framing is CLOSE:
-        drop = drop | {b"content-length"}  # the body goes out chunked: a length would lie
     rest = head.status_line_rest
     parts = [b"HTTP/1.1 ", rest if len(rest) > 3 else rest + b" ", b"\r\n"]
-    for name, lname, value in head.fields:
-        if lname not in drop:
-            parts += (name, b":", value, b"\r\n")
-    if head.framing is CHUNKED or head.framing is CLOSE:
+    for name, value in pairs:
+        parts += (name, b":" if value[:1] in (b" ", b"\t") else b": ", value, b"\r\n")
+    if rechunk:
         parts.append(b"Transfer-Encoding: chunked\r\n")
     if not keep_alive:
         parts.append(b"Connection: close\r\n")
-    parts += (
-        b"X-Call-Id: ",
-        call_id.encode("latin-1"),
-        b"\r\nX-Duration-Seconds: ",
-        b"%.6f" % duration,
-        b"\r\n\r\n",
-    )
+    parts.append(b"\r\n")
     return b"".join(parts)
 
 
@@ -973,14 +926,16 @@ class UpstreamConnection(asyncio.Protocol):
         self._scanner: ChunkedScanner | None = None
         self._replied = False
         self._paused = False
+        self._to_head = False  # the exchange's request is HEAD: its response has no body
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
         self.transport = cast(asyncio.Transport, transport)
 
-    def send(self, exchange: Exchange, request: bytes, body: bytes) -> None:
+    def send(self, exchange: Exchange, request: bytes, body: bytes, to_head: bool) -> None:
         self.exchange = exchange
         self.uses += 1
+        self._to_head = to_head
         self._head = None
         self._buf = b""
         self._replied = False
@@ -1024,7 +979,7 @@ class UpstreamConnection(asyncio.Protocol):
                             raise BadResponse("response head too large")
                         self._buf = buf
                         return
-                    head = parse_response_head(buf[: end + 4])
+                    head = parse_response_head(buf[: end + 4], self._to_head)
                     buf = buf[end + 4 :]
                     if head.status >= 200:
                         break
