@@ -32,8 +32,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     functions = ROOT / "conf" / "functions"
     config.write_text(
         "functions:\n"
-        f"  sum: {{source: {functions / 'sum'}, runtime: python}}\n"
-        f"  mul: {{source: {functions / 'mul'}, runtime: python}}\n"
+        # Fixed replicas (min == max): container names are compared before and after.
+        f"  sum: {{source: {functions / 'sum'}, runtime: python, scale: {{min: 1, max: 1}}}}\n"
+        f"  mul: {{source: {functions / 'mul'}, runtime: python, scale: {{min: 1, max: 1}}}}\n"
         "routes:\n  /sum: sum\n  /mul: mul\n"
     )
     s = start_serve(config, tmp / "state", tmp / "faaso.log")

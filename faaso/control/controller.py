@@ -416,7 +416,8 @@ class FunctionController:
                 self._log.error("instance.start_failed", error=str(first), failed=len(failures))
                 return self._backoff_after_failure()
         elif missing < 0:
-            extra = sorted(active, key=lambda t: t.started_at)[:-missing]
+            # The newest go first (as Kubernetes does): the oldest are warm, and keep their logs.
+            extra = sorted(active, key=lambda t: t.started_at, reverse=True)[:-missing]
             await self._retire(extra, "scaled down", DRAIN_TIMEOUT)
         if self._remove_paused:
             spares = [t for t in self._tracked.values() if t.paused]

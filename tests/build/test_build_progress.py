@@ -40,9 +40,11 @@ async def test_a_quiet_step_says_it_is_alive_and_output_is_info(tmp_path: Path) 
     (folder / "token.txt").write_text(secrets.token_hex(8))  # never built before
     name = f"quiet-{secrets.token_hex(3)}"
     async with aiodocker.Docker() as docker:
-        builder = Builder(docker, RuntimeCatalog((runtime.parent,)), get_logger("test"))
-        builder.progress_interval = 0.5
+        # Made inside capture_logs: a logger bound before it would keep the processors of an
+        # earlier configure() (cache_logger_on_first_use) and escape the capture.
         with structlog.testing.capture_logs() as events:
+            builder = Builder(docker, RuntimeCatalog((runtime.parent,)), get_logger("test"))
+            builder.progress_interval = 0.5
             tag = await builder.ensure(FunctionSpec(name=name, source=folder, runtime="quiet"))
     subprocess.run(["docker", "rmi", tag], capture_output=True)
     output = [e for e in events if e["event"] == "build.output"]
