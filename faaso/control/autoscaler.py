@@ -301,6 +301,18 @@ class Autoscaler:
             if delayed > desired or bounded > desired:
                 desired = max(delayed, bounded)
                 why += f" (scale-down held by its delay and bound: {desired})"
+        scaled_at = controller.scaled_at
+        by_hand = not (controller.scaled_because or "").startswith("autoscaler:")
+        if (
+            desired < current
+            and by_hand
+            and scaled_at is not None
+            and time.time() - scaled_at < policy.stable_window
+        ):
+            # A scale by hand (the API, an alert, a wake) holds for one stable window before
+            # the load may take it down again: `faaso scale f 2` is not undone at the next tick.
+            desired = current
+            why += f" (held: scaled by hand less than {policy.stable_window:g} s ago)"
         if state.floor > desired:
             desired = state.floor
             why += f" (alert floor {state.floor})"

@@ -37,7 +37,7 @@ async def test_a_quiet_step_says_it_is_alive_and_output_is_info(tmp_path: Path) 
     (runtime / "Dockerfile.j2").write_text(QUIET_DOCKERFILE)
     folder = tmp_path / "fn"
     folder.mkdir()
-    (folder / "token.txt").write_text(secrets.token_hex(8))  # never built before
+    (folder / "token.txt").write_text(secrets.token_hex(8) + "\n")  # never built before
     name = f"quiet-{secrets.token_hex(3)}"
     async with aiodocker.Docker() as docker:
         # Made inside capture_logs: a logger bound before it would keep the processors of an
@@ -48,7 +48,9 @@ async def test_a_quiet_step_says_it_is_alive_and_output_is_info(tmp_path: Path) 
             tag = await builder.ensure(FunctionSpec(name=name, source=folder, runtime="quiet"))
     subprocess.run(["docker", "rmi", tag], capture_output=True)
     output = [e for e in events if e["event"] == "build.output"]
-    assert any(e["line"] == "printed-by-the-step" and e["log_level"] == "info" for e in output)
+    assert any(e["line"] == "printed-by-the-step" and e["log_level"] == "info" for e in output), [
+        (e["line"], e["log_level"]) for e in output
+    ]
     beats = [e for e in events if e["event"] == "build.progress"]
     assert beats, [e["event"] for e in events]
     assert all(e["log_level"] == "info" for e in beats)
