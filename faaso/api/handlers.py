@@ -28,7 +28,7 @@ from faaso.api.openfaas import function_status
 from faaso.backends.base import Backend, Instance
 from faaso.config.deployment import check_namespace
 from faaso.config.desired import DesiredState
-from faaso.control.supervisor import Supervisor
+from faaso.control.supervisor import ImageProvider, Supervisor
 from faaso.errors import (
     ConflictError,
     FaasoError,
@@ -54,6 +54,7 @@ class ApiContext:
     secrets: SecretStore
     metrics: Metrics
     backend: Backend
+    images: ImageProvider | None = None  # builds store entries that name a source folder
 
 
 class ApiHolder:
@@ -430,5 +431,8 @@ def api_app(holder: ApiHolder, middlewares: list[Any]) -> web.Application:
     r.add_get("/logs", get_logs)
     r.add_get("/info", info)
     r.add_get("/namespaces", namespaces)
+    from faaso.api.store import add_store_routes  # here: that module builds on this one
+
+    add_store_routes(app)  # /system/store: faaso's function store
     r.add_route("*", "/{tail:.*}", not_found)
     return app

@@ -38,7 +38,7 @@ from faaso.spec.function import (
 )
 from faaso.spec.routing import RESERVED_PREFIXES, ROUTE_SEGMENT_RE, normalise_route
 
-TOP_KEYS = frozenset({"functions", "routes", "runtimes"})
+TOP_KEYS = frozenset({"functions", "routes", "runtimes", "store"})
 FUNCTION_KEYS = frozenset(
     {
         "source",
@@ -71,6 +71,9 @@ class Config:
     functions: Mapping[str, FunctionSpec]
     routes: Mapping[str, str]  # normalised path prefix -> function name
     runtime_dirs: tuple[Path, ...] = ()
+    # The function store (faaso.config.store): a file's absolute path or an http(s) URL;
+    # None: the store faaso ships.
+    store: str | None = None
 
 
 class _Checker:
@@ -188,7 +191,23 @@ def parse_config(doc: object, path: Path, extra_runtime_dirs: tuple[Path, ...] =
         functions=MappingProxyType(functions),
         routes=MappingProxyType(routes),
         runtime_dirs=catalog.dirs,
+        store=_store_location(check, base, top.get("store")),
     )
+
+
+def _store_location(check: _Checker, base: Path, value: object) -> str | None:
+    """``store:``: an http(s) URL as it is, or a file relative to the routes file."""
+    if value is None:
+        return None
+    raw = check.string("store", value)
+    if raw.startswith(("http://", "https://")):
+        return raw
+    if "://" in raw:
+        raise check.fail("store", raw, "a store URL must be http:// or https://")
+    path = (base / raw).resolve()
+    if not path.is_file():
+        raise check.fail("store", raw, f"is not a file ({path})")
+    return str(path)
 
 
 def _check_route(check: _Checker, key: str, prefix: str) -> str:

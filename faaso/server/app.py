@@ -108,7 +108,7 @@ def create_app(
         state.max_inflight_of = supervisor.max_inflight_of
         state.reload_status = lambda: reloader.last
         state.metrics.add_collector(lambda: _live_metrics(supervisor, state.pools, reloader))
-        holder.ctx = ApiContext(desired, supervisor, secrets, state.metrics, backend)
+        holder.ctx = ApiContext(desired, supervisor, secrets, state.metrics, backend, images=builder)
         loop = asyncio.get_running_loop()
         try:
             await supervisor.start(desired.effective())
