@@ -474,7 +474,8 @@ def _store_list(args: argparse.Namespace) -> int:
         (
             f.get("name", ""),
             f.get("title", ""),
-            (f.get("images") or {}).get(arch) or (f"build {f['source']}" if f.get("source") else "-"),
+            (f.get("images") or {}).get(arch)
+            or (f"build {f['source']}" if f.get("source") else "-"),
             f.get("description", ""),
         )
         for f in store["functions"]

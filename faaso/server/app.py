@@ -19,6 +19,7 @@ from prometheus_client.core import Metric
 
 from faaso.api.auth import basic_auth_middleware, ensure_password, password_path
 from faaso.api.handlers import ApiContext, ApiHolder, api_app
+from faaso.api.ui import mount_ui
 from faaso.backends.docker.backend import DockerBackend
 from faaso.build import engine as docker_client
 from faaso.build.builder import Builder
@@ -57,6 +58,7 @@ def create_app(
     state = GatewayState(RouteTable(config.routes, set(config.functions)))
     holder = ApiHolder()
     middlewares = []
+    password: str | None = None
     if auth:
         password, created = ensure_password(state_dir)
         log.info(
@@ -68,6 +70,8 @@ def create_app(
 
     def mount_api(app: web.Application) -> None:
         app.add_subapp("/system", api_app(holder, middlewares))
+        # The web UI at /ui/ (faaso/api/ui/), with the same password; redirects /ui and /.
+        mount_ui(app, holder, password)
 
     app = gateway_app(state, mount_api)
     secrets = SecretStore(state_dir / "function-secrets")
@@ -108,7 +112,9 @@ def create_app(
         state.max_inflight_of = supervisor.max_inflight_of
         state.reload_status = lambda: reloader.last
         state.metrics.add_collector(lambda: _live_metrics(supervisor, state.pools, reloader))
-        holder.ctx = ApiContext(desired, supervisor, secrets, state.metrics, backend, images=builder)
+        holder.ctx = ApiContext(
+            desired, supervisor, secrets, state.metrics, backend, images=builder
+        )
         loop = asyncio.get_running_loop()
         try:
             await supervisor.start(desired.effective())
