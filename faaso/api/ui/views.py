@@ -340,7 +340,9 @@ async def secrets_page(request: web.Request) -> dict[str, Any]:
 
 
 def _secrets_fragment(request: web.Request, text: str) -> web.Response:
-    return aiohttp_jinja2.render_template(
+    """The secrets table, after a change. The forms aim at the message line (where an error
+    lands); a success replaces the whole table instead."""
+    response = aiohttp_jinja2.render_template(
         "_secrets.html",
         request,
         {
@@ -349,6 +351,8 @@ def _secrets_fragment(request: web.Request, text: str) -> web.Response:
             "flash": text,
         },
     )
+    response.headers["HX-Retarget"] = "#secrets"
+    return response
 
 
 async def secret_create(request: web.Request) -> web.Response:

@@ -51,7 +51,9 @@ async function invoke(form) {
   const started = performance.now();
   let response, blob;
   try {
-    response = await fetch("/function/" + encodeURIComponent(name) + path, {
+    // From the origin: a page opened as http://user:pass@host/ cannot fetch relative URLs.
+    const url = new URL("/function/" + encodeURIComponent(name) + path, location.origin);
+    response = await fetch(url, {
       method, headers, body, credentials: "omit", cache: "no-store",
     });
     blob = await response.blob();
