@@ -19,7 +19,11 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -68,22 +72,34 @@ class Ui:
         return status, json.loads(out) if out else None
 
     def wait(self, check: Callable[[WebDriver], Any], what: str, timeout: float = WAIT) -> Any:
-        return WebDriverWait(
+        waiter = WebDriverWait(
             self.driver,
             timeout,
             poll_frequency=0.2,
             ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
-        ).until(check, f"{what} (within {timeout} s)")
+        )
+        try:
+            return waiter.until(check)
+        except TimeoutException:
+            page = self.driver.execute_script("return document.body.innerText")[:3000]
+            pytest.fail(f"no {what} within {timeout} s; the page was:\n{page}")
 
     def text_of(self, css: str) -> str:
         return str(self.driver.find_element(By.CSS_SELECTOR, css).text)
 
-    def shot(self, name: str) -> None:
-        """The page as a user sees it, at desktop and at phone size."""
+    def shot(self, name: str, at: str | None = None) -> None:
+        """The page as a user sees it, at desktop and at phone size: from its top, or from the
+        element ``at`` (a CSS selector)."""
         SHOTS.mkdir(parents=True, exist_ok=True)
         for label, (width, height) in (("desktop", DESKTOP), ("phone", PHONE)):
             self.driver.set_window_rect(width=width, height=height)
             self.wait(lambda d: d.execute_script("return window.innerWidth") > 0, "a resize")
+            if at is None:
+                self.driver.execute_script("window.scrollTo(0, 0)")
+            else:
+                self.driver.execute_script(
+                    "document.querySelector(arguments[0]).scrollIntoView()", at
+                )
             self.driver.save_screenshot(str(SHOTS / f"{name}-{label}.png"))
         self.driver.set_window_rect(width=DESKTOP[0], height=DESKTOP[1])
 
@@ -209,6 +225,7 @@ def test_invoke_sum_with_a_json_body_shows_5(ui: Ui) -> None:
     assert "warm" in ui.text_of("#invoke-result")
     ui.wait(lambda d: d.find_elements(By.CSS_SELECTOR, "#logs .log"), "the first log lines")
     ui.shot("function")
+    ui.shot("function-invoke", at="#invoke-h")
 
 
 def test_an_invocations_log_line_appears_in_the_live_logs(ui: Ui) -> None:
@@ -246,7 +263,7 @@ def test_deploy_from_the_form_and_see_it_ready(ui: Ui) -> None:
 
 def test_deploy_from_the_store_and_see_it_ready(ui: Ui) -> None:
     ui.driver.get(ui.url("/ui/deploy"))
-    entry = ui.driver.find_element(By.CSS_SELECTOR, '[data-entry="sum"]')
+    entry = ui.wait(lambda d: d.find_element(By.CSS_SELECTOR, '[data-entry="sum"]'), "the store")
     name = entry.find_element(By.NAME, "name")
     name.clear()
     name.send_keys("sum-store")
