@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -64,6 +65,25 @@ class Ui:
 
     def url(self, path: str, password: str | None = None) -> str:
         return f"http://admin:{password or self.password}@127.0.0.1:{self.served.port}{path}"
+
+    def goto(self, path: str, password: str | None = None) -> None:
+        """Open a page. Chromium aborts a load with ERR_NETWORK_CHANGED when a network
+        interface comes or goes, and every container Docker starts adds one: such a load is
+        tried again (a few times), anything else is what the test sees."""
+        end = time.monotonic() + 60.0
+        while True:
+            self.driver.get(self.url(path, password))
+            shown = time.monotonic() + 10.0
+            while time.monotonic() < shown:
+                if self.driver.find_elements(By.ID, "main"):
+                    return  # one of faaso's pages
+                text = self.driver.execute_script("return document.body.innerText")
+                if "ERR_NETWORK_CHANGED" in text:
+                    break
+                time.sleep(0.2)  # poll with a deadline
+            if time.monotonic() > end:
+                return  # what the test sees and reports
+            time.sleep(0.5)  # poll with a deadline: until the interfaces settle
 
     def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         token = base64.b64encode(f"admin:{self.password}".encode()).decode()
@@ -181,7 +201,7 @@ def test_a_wrong_password_is_refused(ui: Ui) -> None:
 
 
 def test_log_in_and_the_list_shows_sum_and_mul_ready(ui: Ui) -> None:
-    ui.driver.get(ui.url("/"))  # / redirects to /ui/
+    ui.goto("/")  # / redirects to /ui/
     ui.wait(lambda d: d.current_url.endswith("/ui/"), "the redirect to /ui/")
     for name in ("sum", "mul"):
 
@@ -202,7 +222,7 @@ def test_log_in_and_the_list_shows_sum_and_mul_ready(ui: Ui) -> None:
 
 
 def _invoke(ui: Ui, name: str, body: str, mode: str = "json") -> str:
-    ui.driver.get(ui.url(f"/ui/function/{name}"))
+    ui.goto(f"/ui/function/{name}")
     form = ui.driver.find_element(By.ID, "invoke")
     form.find_element(By.CSS_SELECTOR, f'input[name="mode"][value="{mode}"]').click()
     area = form.find_element(By.NAME, "body")
@@ -246,7 +266,7 @@ def _sum_image(ui: Ui) -> str:
 
 def test_deploy_from_the_form_and_see_it_ready(ui: Ui) -> None:
     assert ui.api("POST", "/system/secrets", {"name": "ui-used", "value": "v"})[0] == 200
-    ui.driver.get(ui.url("/ui/deploy"))
+    ui.goto("/ui/deploy")
     form = ui.driver.find_element(By.ID, "deploy-image")
     form.find_element(By.NAME, "name").send_keys("sum-copy")
     form.find_element(By.NAME, "image").send_keys(_sum_image(ui))
@@ -262,7 +282,7 @@ def test_deploy_from_the_form_and_see_it_ready(ui: Ui) -> None:
 
 
 def test_deploy_from_the_store_and_see_it_ready(ui: Ui) -> None:
-    ui.driver.get(ui.url("/ui/deploy"))
+    ui.goto("/ui/deploy")
     entry = ui.wait(lambda d: d.find_element(By.CSS_SELECTOR, '[data-entry="sum"]'), "the store")
     name = entry.find_element(By.NAME, "name")
     name.clear()
@@ -270,13 +290,13 @@ def test_deploy_from_the_store_and_see_it_ready(ui: Ui) -> None:
     ui.shot("deploy")
     entry.find_element(By.CSS_SELECTOR, 'button[type="submit"]').click()
     ui.wait(lambda d: "sum-store" in d.find_element(By.ID, "store-result").text, "deployed")
-    ui.driver.get(ui.url("/ui/"))
+    ui.goto("/ui/")
     ui.wait(lambda _d: _phase(ui, "sum-store") == "ready", "sum-store ready in the list")
     assert ui.served.request("GET", "/function/sum-store?a=2&b=2")[2] == b"4"
 
 
 def test_scale_to_2_and_see_2_replicas(ui: Ui) -> None:
-    ui.driver.get(ui.url("/ui/function/sum-store"))
+    ui.goto("/ui/function/sum-store")
     field = ui.driver.find_element(By.CSS_SELECTOR, 'input[name="replicas"]')
     field.clear()
     field.send_keys("2")
@@ -289,7 +309,7 @@ def test_scale_to_2_and_see_2_replicas(ui: Ui) -> None:
 
 def test_create_and_delete_a_secret_and_its_value_never_reaches_the_browser(ui: Ui) -> None:
     value = f"value-{uuid.uuid4().hex}"
-    ui.driver.get(ui.url("/ui/secrets"))
+    ui.goto("/ui/secrets")
     # With the keyboard only: tab to the name field, type, tab to the value, Enter.
     body = ui.driver.find_element(By.TAG_NAME, "body")
     body.send_keys(Keys.TAB)
@@ -305,7 +325,7 @@ def test_create_and_delete_a_secret_and_its_value_never_reaches_the_browser(ui: 
     ui.driver.switch_to.active_element.send_keys(value, Keys.ENTER)
     ui.wait(lambda d: d.find_elements(By.CSS_SELECTOR, '[data-secret="ui-made"]'), "the new row")
     assert value not in ui.driver.page_source
-    ui.driver.get(ui.url("/ui/secrets"))
+    ui.goto("/ui/secrets")
     assert value not in ui.driver.page_source
     assert {"name": "ui-made", "namespace": "openfaas-fn"} in ui.api("GET", "/system/secrets")[1]
     ui.shot("secrets")
@@ -325,7 +345,7 @@ def test_create_and_delete_a_secret_and_its_value_never_reaches_the_browser(ui: 
 
 
 def test_a_form_without_the_csrf_token_is_refused(ui: Ui) -> None:
-    ui.driver.get(ui.url("/ui/secrets"))
+    ui.goto("/ui/secrets")
     ui.driver.execute_script(
         "document.body.removeAttribute('hx-headers');"
         "document.querySelector('#secret-create input[name=csrf_token]').remove();"
@@ -338,7 +358,7 @@ def test_a_form_without_the_csrf_token_is_refused(ui: Ui) -> None:
     names = [s["name"] for s in ui.api("GET", "/system/secrets")[1]]
     assert "no-token" not in names
     # A wrong token is refused as well.
-    ui.driver.get(ui.url("/ui/secrets"))
+    ui.goto("/ui/secrets")
     ui.driver.execute_script(
         "document.body.setAttribute('hx-headers', JSON.stringify({'X-CSRF-Token': 'forged'}));"
         "document.querySelector('#secret-create input[name=csrf_token]').value = 'forged';"
@@ -352,7 +372,7 @@ def test_a_form_without_the_csrf_token_is_refused(ui: Ui) -> None:
 
 
 def test_the_system_page(ui: Ui) -> None:
-    ui.driver.get(ui.url("/ui/system"))
+    ui.goto("/ui/system")
     text = ui.text_of("main")
     assert "docker" in text and "0.1.0" in text and "store.json" in text
     ui.shot("system")
