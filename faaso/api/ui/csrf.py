@@ -24,7 +24,7 @@ COOKIE = "faaso_ui_session"
 HEADER = "X-CSRF-Token"
 FIELD = "csrf_token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-SESSION = "faaso_ui_session"  # request key: this request's session id
+SESSION = web.RequestKey("faaso_ui_session", str)  # this request's session id
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 

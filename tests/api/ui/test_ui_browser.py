@@ -288,6 +288,7 @@ def test_deploy_from_the_store_and_see_it_ready(ui: Ui) -> None:
     name.clear()
     name.send_keys("sum-store")
     ui.shot("deploy")
+    ui.shot("deploy-store", at="#store-h")
     entry.find_element(By.CSS_SELECTOR, 'button[type="submit"]').click()
     ui.wait(lambda d: "sum-store" in d.find_element(By.ID, "store-result").text, "deployed")
     ui.goto("/ui/")
