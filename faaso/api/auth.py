@@ -2,7 +2,8 @@
 
 User ``admin``; the password lives in ``<state-dir>/secrets/basic-auth-password``, generated
 (random, mode 0600) on first start. Its path is logged, never its value. Every ``/system/*``
-route needs it; ``/function/*``, ``/healthz``, ``/metrics`` and the user routes stay open.
+route needs it, and so does the web UI under ``/ui``; ``/function/*``, ``/healthz``,
+``/metrics`` and the user routes stay open.
 """
 
 from __future__ import annotations

@@ -18,13 +18,14 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from faaso.api.auth import basic_auth_middleware
 from faaso.api.handlers import HOLDER, ApiHolder
 from faaso.api.ui import views
 from faaso.api.ui.csrf import Csrf
 from faaso.api.ui.history import GATEWAY, HISTORY, History, sampler_ctx
 from faaso.api.ui.templating import FILTERS
 from faaso.errors import ConflictError, InvalidRequest, NotFoundError, ReloadError
-from faaso.gateway.app import STATE
+from faaso.gateway.app import STATE, GatewayState, proxy_handler
 
 HERE = Path(__file__).parent
 PREFIX = "/ui"
@@ -48,7 +49,7 @@ async def ui_errors(request: web.Request, handler: Handler) -> web.StreamRespons
         return views.message(request, str(exc), ok=False, status=409)
 
 
-def ui_app(holder: ApiHolder, middlewares: list[Any], gateway: Any) -> web.Application:
+def ui_app(holder: ApiHolder, middlewares: list[Any], gateway: GatewayState) -> web.Application:
     csrf = Csrf()
     stack: list[Any] = [*middlewares, csrf.middleware(_refused), ui_errors]
     app = web.Application(middlewares=stack)
@@ -87,8 +88,6 @@ def ui_app(holder: ApiHolder, middlewares: list[Any], gateway: Any) -> web.Appli
 
 def mount_ui(app: web.Application, holder: ApiHolder, password: str | None) -> None:
     """Mount the UI at /ui/ on the server's app; redirect /ui, and / when no route claims it."""
-    from faaso.api.auth import basic_auth_middleware
-
     middlewares = [basic_auth_middleware(password, PREFIX)] if password is not None else []
     state = app[STATE]
 
@@ -98,8 +97,6 @@ def mount_ui(app: web.Application, holder: ApiHolder, password: str | None) -> N
     async def root(request: web.Request) -> web.StreamResponse:
         match = state.routes.resolve("/")
         if match is not None:  # a route claims /: the proxy answers
-            from faaso.gateway.app import proxy_handler
-
             return await proxy_handler(request)
         raise web.HTTPFound(PREFIX + "/")
 

@@ -265,10 +265,6 @@ def _pairs(text: str, field: str) -> dict[str, str]:
     return out
 
 
-def _deployed_link(name: str, verb: str = "deployed") -> str:
-    return f"{name} {verb}"
-
-
 async def deploy_image(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     form = await request.post()
