@@ -296,6 +296,31 @@ def test_deploy_from_the_store_and_see_it_ready(ui: Ui) -> None:
     assert ui.served.request("GET", "/function/sum-store?a=2&b=2")[2] == b"4"
 
 
+def test_deploy_a_pasted_stack_file_then_remove_it(ui: Ui) -> None:
+    ui.goto("/ui/deploy")
+    stack = ui.driver.find_element(By.CSS_SELECTOR, '#deploy-stack textarea[name="stack"]')
+    text = f"functions:\n  sum-stack:\n    image: {_sum_image(ui)}\n    labels: {{team: ui}}\n"
+    stack.send_keys(text)
+    ui.driver.find_element(By.CSS_SELECTOR, '#deploy-stack button[type="submit"]').click()
+    ui.wait(lambda d: "sum-stack" in d.find_element(By.ID, "deploy-stack-result").text, "deployed")
+    assert ui.served.request("GET", "/function/sum-stack?a=5&b=5")[2] == b"10"
+    # A bad one says what is wrong, and deploys nothing.
+    stack.clear()
+    stack.send_keys("functions:\n  nope:\n    lang: python3\n")
+    ui.driver.find_element(By.CSS_SELECTOR, '#deploy-stack button[type="submit"]').click()
+    ui.wait(
+        lambda d: "give an image" in d.find_element(By.ID, "deploy-stack-result").text,
+        "the error",
+    )
+    ui.goto("/ui/function/sum-stack")
+    assert "team=ui" in ui.text_of(".kv")
+    ui.driver.find_element(By.CSS_SELECTOR, "form[hx-post$='/remove'] button").click()
+    ui.driver.switch_to.alert.accept()
+    ui.wait(lambda d: d.current_url.endswith("/ui/"), "back on the list")
+    assert ui.api("GET", "/system/function/sum-stack")[0] == 404
+    assert ui.api("GET", "/system/function/nope")[0] == 404
+
+
 def test_scale_to_2_and_see_2_replicas(ui: Ui) -> None:
     ui.goto("/ui/function/sum-store")
     field = ui.driver.find_element(By.CSS_SELECTOR, 'input[name="replicas"]')
