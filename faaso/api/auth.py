@@ -2,7 +2,8 @@
 
 User ``admin``; the password lives in ``<state-dir>/secrets/basic-auth-password``, generated
 (random, mode 0600) on first start. Its path is logged, never its value. Every ``/system/*``
-route needs it; ``/function/*``, ``/healthz``, ``/metrics`` and the user routes stay open.
+route needs it, and so does the web UI under ``/ui``; ``/function/*``, ``/healthz``,
+``/metrics`` and the user routes stay open.
 """
 
 from __future__ import annotations
@@ -59,12 +60,14 @@ def _authorized(header: str | None, password: str) -> bool:
 
 
 def basic_auth_middleware(
-    password: str,
+    password: str, prefix: str = PROTECTED_PREFIX
 ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Basic auth as admin for every path under ``prefix`` (``/system``; the UI's ``/ui``)."""
+
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
-        protected = path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/")
+        protected = path == prefix or path.startswith(prefix + "/")
         if protected and not _authorized(request.headers.get("Authorization"), password):
             return web.json_response(
                 {"error": "authentication required: basic auth as admin"},

@@ -17,7 +17,7 @@ import datetime as dt
 import json
 import platform
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ from faaso.backends.base import Backend, Instance
 from faaso.config.deployment import check_namespace
 from faaso.config.desired import DesiredState
 from faaso.control.autoscaler import Autoscaler
-from faaso.control.supervisor import Supervisor
+from faaso.control.supervisor import ImageProvider, Supervisor
 from faaso.errors import (
     BackendError,
     ConflictError,
@@ -59,6 +59,7 @@ class ApiContext:
     # The function's asynchronous queue for its status (set when the queue runs).
     queue_of: Callable[[str], dict[str, Any]] | None = None
     autoscaler: Autoscaler | None = None
+    images: ImageProvider | None = None  # builds store entries that name a source folder
 
 
 class ApiHolder:
@@ -379,9 +380,31 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
 
-    # Follow: one pump per instance, and instances that start later (a scale-up, a replacement)
-    # are picked up too. The stream lasts until the client goes away.
-    queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1024)
+    try:
+        async with contextlib.aclosing(follow_logs(ctx, name, instance, since, tail)) as items:
+            async for item in items:
+                if item is not None:
+                    await response.write(entry(*item))  # raises once the client has gone away
+                    continue
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    break  # the client left while nothing was being written
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    with contextlib.suppress(ConnectionResetError):
+        await response.write_eof()
+    return response
+
+
+async def follow_logs(
+    ctx: ApiContext, name: str, instance: str | None, since: float | None, tail: int | None
+) -> AsyncGenerator[tuple[Instance, str, str] | None, None]:
+    """Follow the logs of every replica of ``name`` (or of one ``instance``): ``(instance,
+    timestamp, text)`` as lines arrive, and ``None`` after each ``FOLLOW_RESCAN`` seconds of
+    silence, so that the caller can see whether its client is still there. Instances that
+    start later (a scale-up, a replacement) are picked up too. Used by /system/logs and the UI.
+    """
+    queue: asyncio.Queue[tuple[Instance, str, str]] = asyncio.Queue(maxsize=1024)
     pumps: dict[str, asyncio.Task[None]] = {}
 
     async def pump(inst: Instance, since_: float | None, tail_: int | None) -> None:
@@ -389,44 +412,34 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
             async for stamp, text in ctx.backend.logs(
                 inst.id, follow=True, since=since_, tail=tail_
             ):
-                await queue.put(entry(inst, stamp, text))
-
-    def attach(found: list[Instance], since_: float | None, tail_: int | None) -> None:
-        for inst in found:
-            if inst.id not in pumps:
-                pumps[inst.id] = asyncio.create_task(pump(inst, since_, tail_))
+                await queue.put((inst, stamp, text))
 
     def current() -> list[Instance]:
         live = ctx.supervisor.controller(name)
         found = live.instances() if live else []
         return [i for i in found if not instance or instance in (i.name, i.id, i.id[:12])]
 
-    attach(instances, since, tail)
+    def attach(found: list[Instance], since_: float | None, tail_: int | None) -> None:
+        for inst in found:
+            if inst.id not in pumps:
+                pumps[inst.id] = asyncio.create_task(pump(inst, since_, tail_))
+
+    attach(current(), since, tail)
     last_scan = time.monotonic()
     try:
         while True:
             try:
-                item: bytes | None = await asyncio.wait_for(queue.get(), FOLLOW_RESCAN)
+                yield await asyncio.wait_for(queue.get(), FOLLOW_RESCAN)
             except TimeoutError:
-                item = None
-            if item is not None:
-                await response.write(item)  # raises once the client has gone away
+                yield None
             now = time.monotonic()
             if now - last_scan >= FOLLOW_RESCAN:
                 last_scan = now
-                transport = request.transport
-                if transport is None or transport.is_closing():
-                    break  # the client left while nothing was being written
                 attach(current(), None, None)  # a new instance: everything it printed
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
     finally:
         for task in pumps.values():
             task.cancel()
         await asyncio.gather(*pumps.values(), return_exceptions=True)
-    with contextlib.suppress(ConnectionResetError):
-        await response.write_eof()
-    return response
 
 
 # -- the rest ----------------------------------------------------------------------------------
@@ -474,6 +487,9 @@ def api_app(
     r.add_get("/logs", get_logs)
     r.add_get("/info", info)
     r.add_get("/namespaces", namespaces)
+    from faaso.api.store import add_store_routes  # here: that module builds on this one
+
+    add_store_routes(app)  # /system/store: faaso's function store
     for add in extra:
         add(app)
     r.add_route("*", "/{tail:.*}", not_found)

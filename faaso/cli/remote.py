@@ -266,6 +266,24 @@ def register(sub: Any) -> None:
     p.add_argument("name")
     p.set_defaults(handler=_secret_remove)
 
+    store = sub.add_parser("store", help="the function store: list, describe, deploy")
+    stsub = store.add_subparsers(dest="store_command", metavar="COMMAND", required=True)
+    p = stsub.add_parser("list", parents=common, help="list the functions the store offers")
+    _json_flag(p)
+    p.set_defaults(handler=_store_list)
+    p = stsub.add_parser("describe", parents=common, help="show one store function")
+    p.add_argument("name")
+    _json_flag(p)
+    p.set_defaults(handler=_store_describe)
+    p = stsub.add_parser(
+        "deploy",
+        parents=common,
+        help="deploy a store function (built first when the store names its source folder)",
+    )
+    p.add_argument("name")
+    p.add_argument("--name", dest="new_name", help="deploy it under this name instead")
+    p.set_defaults(handler=_store_deploy)
+
     p = sub.add_parser(
         "status",
         parents=common,
@@ -476,6 +494,61 @@ def _deploy(args: argparse.Namespace) -> int:
     message = _with_client(args, lambda c: c.deploy(deployment, update=args.update))
     print(message)
     print(f"URL: {_gateway(args).rstrip('/')}/function/{args.name}")
+    return EXIT_OK
+
+
+@_quiet_broken_pipe
+def _store_list(args: argparse.Namespace) -> int:
+    store = _with_client(args, lambda c: c.store_list())
+    if args.json:
+        _print_json(store)
+        return EXIT_OK
+    arch = str(store.get("architecture", ""))
+    rows = [
+        (
+            f.get("name", ""),
+            f.get("title", ""),
+            (f.get("images") or {}).get(arch)
+            or (f"build {f['source']}" if f.get("source") else "-"),
+            f.get("description", ""),
+        )
+        for f in store["functions"]
+        if isinstance(f, dict)
+    ]
+    print(_table(("NAME", "TITLE", "IMAGE", "DESCRIPTION"), rows))
+    return EXIT_OK
+
+
+@_quiet_broken_pipe
+def _store_describe(args: argparse.Namespace) -> int:
+    entry = _with_client(args, lambda c: c.store_describe(args.name))
+    if args.json:
+        _print_json(entry)
+        return EXIT_OK
+    fields = [
+        ("Name", entry.get("name", args.name)),
+        ("Title", entry.get("title") or "-"),
+        ("Description", entry.get("description") or "-"),
+        ("Images", _pairs(entry.get("images"))),
+        ("Source", entry.get("source") or "-"),
+        ("Runtime", entry.get("runtime") or "-"),
+        ("Process", entry.get("fprocess") or "-"),
+        ("Environment", _pairs(entry.get("environment"))),
+        ("Labels", _pairs(entry.get("labels"))),
+        ("Annotations", _pairs(entry.get("annotations"))),
+        ("Read-only root", "yes" if entry.get("readOnlyRootFilesystem") else "no"),
+    ]
+    width = max(len(k) for k, _ in fields) + 2
+    for key, value in fields:
+        print(f"{key + ':':<{width}}{value}")
+    return EXIT_OK
+
+
+@_quiet_broken_pipe
+def _store_deploy(args: argparse.Namespace) -> int:
+    print(_with_client(args, lambda c: c.store_deploy(args.name, args.new_name)))
+    name = args.new_name or args.name
+    print(f"URL: {_gateway(args).rstrip('/')}/function/{name}")
     return EXIT_OK
 
 

@@ -236,6 +236,25 @@ class Client:
         doc = await self._json("DELETE", f"/system/scale-function/{_segment(name)}", None)
         return self._message(doc, f"function {name!r}: replica override dropped")
 
+    async def store_list(self) -> dict[str, Any]:
+        """The server's function store: ``{"location", "architecture", "functions": [...]}``."""
+        doc = await self._json("GET", "/system/store")
+        if not isinstance(doc, dict) or not isinstance(doc.get("functions"), list):
+            raise ClientError("the server sent a store that is not {functions: [...]}")
+        return doc
+
+    async def store_describe(self, name: str) -> dict[str, Any]:
+        doc = await self._json("GET", f"/system/store/{_segment(name)}")
+        if not isinstance(doc, dict):
+            raise ClientError("the server sent a store entry that is not an object")
+        return doc
+
+    async def store_deploy(self, name: str, new_name: str | None = None) -> str:
+        """Deploy a store entry (as ``new_name``); answers once it is deployed."""
+        body = {"name": new_name} if new_name else {}
+        doc = await self._json("POST", f"/system/store/{_segment(name)}", body)
+        return self._message(doc, f"store function {name!r} deployed")
+
     async def invoke(
         self,
         name: str,

@@ -41,7 +41,7 @@ from faaso.spec.function import (
 )
 from faaso.spec.routing import RESERVED_PREFIXES, ROUTE_SEGMENT_RE, normalise_route
 
-TOP_KEYS = frozenset({"functions", "routes", "runtimes", "async"})
+TOP_KEYS = frozenset({"functions", "routes", "runtimes", "async", "store"})
 FUNCTION_KEYS = frozenset(
     {
         "source",
@@ -103,6 +103,9 @@ class Config:
     routes: Mapping[str, str]  # normalised path prefix -> function name
     runtime_dirs: tuple[Path, ...] = ()
     async_settings: AsyncSettings = AsyncSettings()
+    # The function store (faaso.config.store): a file's absolute path or an http(s) URL;
+    # None: the store faaso ships.
+    store: str | None = None
 
 
 class _Checker:
@@ -221,6 +224,7 @@ def parse_config(doc: object, path: Path, extra_runtime_dirs: tuple[Path, ...] =
         routes=MappingProxyType(routes),
         runtime_dirs=catalog.dirs,
         async_settings=_parse_async(check, top.get("async")),
+        store=_store_location(check, base, top.get("store")),
     )
 
 
@@ -292,6 +296,21 @@ def _parse_async(check: _Checker, value: object) -> AsyncSettings:
             "must not be shorter than async.callback_min_wait",
         )
     return settings
+
+
+def _store_location(check: _Checker, base: Path, value: object) -> str | None:
+    """``store:``: an http(s) URL as it is, or a file relative to the routes file."""
+    if value is None:
+        return None
+    raw = check.string("store", value)
+    if raw.startswith(("http://", "https://")):
+        return raw
+    if "://" in raw:
+        raise check.fail("store", raw, "a store URL must be http:// or https://")
+    path = (base / raw).resolve()
+    if not path.is_file():
+        raise check.fail("store", raw, f"is not a file ({path})")
+    return str(path)
 
 
 def _check_route(check: _Checker, key: str, prefix: str) -> str:

@@ -81,6 +81,22 @@ class Metrics:
     def invocations(self, function: str) -> int:
         return self._counts.get(function, 0)
 
+    def totals(self, function: str) -> tuple[int, int, list[int]]:
+        """Calls finished so far, how many of them were 5xx, and their duration histogram
+        (one count per bucket of ``BUCKETS``, then +Inf). For the UI's charts."""
+        count = errors = 0
+        buckets = [0] * (len(BUCKETS) + 1)
+        for (name, status), histogram in self._finished.items():
+            if name != function:
+                continue
+            n = sum(histogram.counts)
+            count += n
+            if status >= 500:
+                errors += n
+            for i, c in enumerate(histogram.counts):
+                buckets[i] += c
+        return count, errors, buckets
+
     def add_collector(self, collect: Callable[[], Iterable[Metric]]) -> None:
         """Metrics read at scrape time from live state (supervisor, pools, reloader)."""
         self.registry.register(_Callback(collect))

@@ -23,6 +23,7 @@ from faaso.api import scaling as scaling_api
 from faaso.api.async_jobs import AsyncJobsHolder, Waker, add_async_routes
 from faaso.api.auth import basic_auth_middleware, ensure_password, password_path
 from faaso.api.handlers import ApiContext, ApiHolder, api_app
+from faaso.api.ui import mount_ui
 from faaso.backends.docker.backend import DockerBackend
 from faaso.build import engine as docker_client
 from faaso.build.builder import Builder
@@ -74,6 +75,7 @@ def create_app(
     state = GatewayState(RouteTable(config.routes, set(config.functions)))
     holder = ApiHolder()
     middlewares = []
+    password: str | None = None
     if auth:
         password, created = ensure_password(state_dir)
         log.info(
@@ -98,6 +100,8 @@ def create_app(
                 ),
             ),
         )
+        # The web UI at /ui/ (faaso/api/ui/), with the same password; redirects /ui and /.
+        mount_ui(app, holder, password)
 
     app = gateway_app(state, mount_api)
     secrets = SecretStore(state_dir / "function-secrets")
@@ -199,7 +203,9 @@ def create_app(
                 state.not_ready = lambda: [s.to_json() for s in supervisor.not_ready()]
                 autoscaler.start()  # scaling
                 reloader.start()
-                ctx = ApiContext(desired, supervisor, secrets, state.metrics, backend)
+                ctx = ApiContext(
+                    desired, supervisor, secrets, state.metrics, backend, images=builder
+                )
                 ctx.autoscaler = autoscaler
                 ctx.queue_of = queue_of
                 holder.ctx = ctx

@@ -570,3 +570,31 @@ def test_status_of_a_function_that_cannot_start(tmp_path: Path) -> None:
         assert re.search(r"^Status:\s+not ready \(0 of 1 available\)$", out, re.M), out
     finally:
         stop_server(s)
+
+
+# -- the function store ----------------------------------------------------------------------
+
+
+def test_store_list_describe_deploy(server: Server) -> None:
+    """The server has no store: key, so it offers the store faaso ships (conf/store.json)."""
+    rows = table(ok(faaso(server, "store", "list")))
+    assert rows[0] == ["NAME", "TITLE", "IMAGE", "DESCRIPTION"]
+    assert [r[0] for r in rows[1:]] == ["sum", "mul", "greet", "shout"]
+    doc = json.loads(ok(faaso(server, "store", "list", "--json")))
+    assert doc["location"] == str(ROOT / "conf" / "store.json")
+    assert doc["functions"][0]["source"] == str(ROOT / "conf" / "functions" / "sum")
+    out = ok(faaso(server, "store", "describe", "mul"))
+    fields = {k: v.strip() for k, v in (line.split(":", 1) for line in out.splitlines())}
+    assert fields["Title"] == "Multiply" and fields["Runtime"] == "python"
+    err = failed(faaso(server, "store", "describe", "nope"))
+    assert err == "faaso: the store has no function 'nope' (HTTP 404)\n"
+
+    out = ok(faaso(server, "store", "deploy", "sum", "--name", "cli-store-sum"))
+    assert out.splitlines()[0] == "store function 'sum' deployed as 'cli-store-sum'"
+    assert ok(faaso(server, "invoke", "cli-store-sum", "--path", "?a=3&b=4")) == "7"
+    status = describe(server, "cli-store-sum")
+    assert status["annotations"]["faaso.store/entry"] == "sum"
+    assert status["image"].startswith("faaso/cli-store-sum:")
+    err = failed(faaso(server, "store", "deploy", "sum", "--name", "Bad_Name"))
+    assert "is not a valid function name" in err and "(HTTP 400)" in err
+    ok(faaso(server, "remove", "cli-store-sum"))

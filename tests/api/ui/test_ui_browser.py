@@ -1,0 +1,404 @@
+"""The web UI in a real browser: Debian's Chromium through Selenium, headless, on 127.0.0.1,
+against a real ``faaso serve`` with the real engine and real containers.
+
+The tests run in file order and share one server and one browser (the functions deployed by one
+test are scaled by the next). They also take the screenshots in docs/ui/ (1280x800 and a phone's
+390x844), which the README shows.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from faaso.api.auth import password_path
+from tests.helpers import ROOT, Served, start_serve, stop_serve, wait_ready
+
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.usefixtures("require_docker"),
+    pytest.mark.timeout(600),
+]
+
+SHOTS = ROOT / "docs" / "ui"
+DESKTOP = (1280, 800)
+PHONE = (390, 844)
+WAIT = 120.0  # seconds: a deploy builds or starts a container on a shared, loaded machine
+
+HELLO = """\
+def handle(event, context):
+    text = event.body.decode() or "nobody"
+    print(f"hello was called with {text}", flush=True)
+    return {"statusCode": 200, "body": f"hello {text}"}
+"""
+
+
+@dataclass
+class Ui:
+    served: Served
+    driver: WebDriver
+    password: str
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.served.port}"
+
+    def url(self, path: str, password: str | None = None) -> str:
+        return f"http://admin:{password or self.password}@127.0.0.1:{self.served.port}{path}"
+
+    def goto(self, path: str, password: str | None = None) -> None:
+        """Open a page. Chromium aborts a load with ERR_NETWORK_CHANGED when a network
+        interface comes or goes, and every container Docker starts adds one: such a load is
+        tried again (a few times), anything else is what the test sees."""
+        end = time.monotonic() + 60.0
+        while True:
+            self.driver.get(self.url(path, password))
+            shown = time.monotonic() + 10.0
+            while time.monotonic() < shown:
+                if self.driver.find_elements(By.ID, "main"):
+                    return  # one of faaso's pages
+                text = self.driver.execute_script("return document.body.innerText")
+                if "ERR_NETWORK_CHANGED" in text:
+                    break
+                time.sleep(0.2)  # poll with a deadline
+            if time.monotonic() > end:
+                return  # what the test sees and reports
+            time.sleep(0.5)  # poll with a deadline: until the interfaces settle
+
+    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        token = base64.b64encode(f"admin:{self.password}".encode()).decode()
+        raw = json.dumps(body).encode() if body is not None else None
+        status, _, out = self.served.request(method, path, raw, {"Authorization": f"Basic {token}"})
+        return status, json.loads(out) if out else None
+
+    def wait(self, check: Callable[[WebDriver], Any], what: str, timeout: float = WAIT) -> Any:
+        waiter = WebDriverWait(
+            self.driver,
+            timeout,
+            poll_frequency=0.2,
+            ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+        )
+        try:
+            return waiter.until(check)
+        except TimeoutException:
+            page = self.driver.execute_script("return document.body.innerText")[:3000]
+            pytest.fail(f"no {what} within {timeout} s; the page was:\n{page}")
+
+    def text_of(self, css: str) -> str:
+        return str(self.driver.find_element(By.CSS_SELECTOR, css).text)
+
+    def shot(self, name: str, at: str | None = None) -> None:
+        """The page as a user sees it, at desktop and at phone size: from its top, or from the
+        element ``at`` (a CSS selector)."""
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        for label, (width, height) in (("desktop", DESKTOP), ("phone", PHONE)):
+            self.driver.set_window_rect(width=width, height=height)
+            self.wait(lambda d: d.execute_script("return window.innerWidth") > 0, "a resize")
+            if at is None:
+                self.driver.execute_script("window.scrollTo(0, 0)")
+            else:
+                self.driver.execute_script(
+                    "document.querySelector(arguments[0]).scrollIntoView()", at
+                )
+            self.driver.save_screenshot(str(SHOTS / f"{name}-{label}.png"))
+        self.driver.set_window_rect(width=DESKTOP[0], height=DESKTOP[1])
+
+
+def _config(tmp: Path) -> Path:
+    hello = tmp / "hello"
+    hello.mkdir()
+    (hello / "handler.py").write_text(HELLO)
+    routes = tmp / "routes.yml"
+    routes.write_text(
+        "functions:\n"
+        f"  sum: {{source: {ROOT / 'conf/functions/sum'}, runtime: python}}\n"
+        f"  mul: {{source: {ROOT / 'conf/functions/mul'}, runtime: python}}\n"
+        f"  hello: {{source: {hello}, runtime: python}}\n"
+        f"store: {ROOT / 'conf/store.json'}\n"
+        "routes:\n  /sum: sum\n  /mul: mul\n"
+    )
+    return routes
+
+
+def _browser() -> WebDriver:
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium is None or driver is None:
+        pytest.fail("chromium and chromium-driver are not installed: run scripts/prepare")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",  # root in a container has no user namespace sandbox
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-proxy-server",
+        f"--window-size={DESKTOP[0]},{DESKTOP[1]}",
+        "--hide-scrollbars",
+    ):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(executable_path=driver), options=options)
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ui]:
+    tmp = tmp_path_factory.mktemp("ui")
+    served = start_serve(_config(tmp), tmp / "state", tmp / "faaso.log")
+    driver: WebDriver | None = None
+    try:
+        wait_ready(served, 900.0)
+        password = password_path(tmp / "state").read_text().strip()
+        driver = _browser()
+        driver.set_page_load_timeout(60)
+        yield Ui(served, driver, password)
+    finally:
+        if driver is not None:
+            driver.quit()
+        assert stop_serve(served) == 0, served.log_text()[-4000:]
+
+
+def _phase(ui: Ui, name: str) -> str:
+    return str(ui.driver.find_element(By.CSS_SELECTOR, f'tr[data-function="{name}"] .phase').text)
+
+
+FETCH = """
+const [path, auth, done] = arguments;
+fetch(path, {headers: auth ? {Authorization: "Basic " + btoa(auth)} : {}, credentials: "omit"})
+  .then(async (r) => done([r.status, r.headers.get("WWW-Authenticate"), await r.text()]))
+  .catch((e) => done([0, null, String(e)]));
+"""
+
+
+def test_a_wrong_password_is_refused(ui: Ui) -> None:
+    ui.driver.get(ui.url("/ui/", password="not-the-password"))
+    assert "function-rows" not in ui.driver.page_source  # no UI, only the browser's prompt
+    ui.driver.get(ui.base + "/healthz")  # an open page of the same origin, to fetch from
+    for auth in ("admin:not-the-password", "root:" + ui.password, None):
+        status, challenge, text = ui.driver.execute_async_script(FETCH, "/ui/", auth)
+        assert status == 401, (auth, status, text)
+        assert challenge == 'Basic realm="faaso"' and "authentication required" in text
+    status, _, text = ui.driver.execute_async_script(FETCH, "/ui/", "admin:" + ui.password)
+    assert status == 200 and "function-rows" in text
+
+
+def test_log_in_and_the_list_shows_sum_and_mul_ready(ui: Ui) -> None:
+    ui.goto("/")  # / redirects to /ui/
+    ui.wait(lambda d: d.current_url.endswith("/ui/"), "the redirect to /ui/")
+    for name in ("sum", "mul"):
+
+        def ready(_d: WebDriver, name: str = name) -> bool:
+            return _phase(ui, name) == "ready"
+
+        ui.wait(ready, f"{name} shown as ready")
+    row = ui.text_of('tr[data-function="sum"]')
+    assert "1/1" in row and "/sum" in row and "faaso/sum:" in row
+    # Live: an invocation made elsewhere shows up without a reload.
+    assert ui.served.request("GET", "/sum?a=1&b=1")[2] == b"2"
+    ui.wait(
+        lambda _d: ui.text_of('tr[data-function="sum"] td[data-label="Invocations"]') == "1",
+        "the invocation counted live",
+        timeout=30,
+    )
+    ui.shot("functions")
+
+
+def _invoke(ui: Ui, name: str, body: str, mode: str = "json") -> str:
+    ui.goto(f"/ui/function/{name}")
+    form = ui.driver.find_element(By.ID, "invoke")
+    form.find_element(By.CSS_SELECTOR, f'input[name="mode"][value="{mode}"]').click()
+    area = form.find_element(By.NAME, "body")
+    area.clear()
+    area.send_keys(body)
+    form.find_element(By.CSS_SELECTOR, 'button[type="submit"]').click()
+    ui.wait(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#invoke-result .result, #invoke-result .err"),
+        "the invocation's answer",
+    )
+    assert not ui.driver.find_elements(By.CSS_SELECTOR, "#invoke-result .err"), ui.text_of(
+        "#invoke-result"
+    )
+    return ui.text_of("#invoke-body")
+
+
+def test_invoke_sum_with_a_json_body_shows_5(ui: Ui) -> None:
+    assert _invoke(ui, "sum", "[2, 3]") == "5"
+    assert ui.text_of("#invoke-status").startswith("200")
+    assert "warm" in ui.text_of("#invoke-result")
+    ui.wait(lambda d: d.find_elements(By.CSS_SELECTOR, "#logs .log"), "the first log lines")
+    ui.shot("function")
+    ui.shot("function-invoke", at="#invoke-h")
+
+
+def test_an_invocations_log_line_appears_in_the_live_logs(ui: Ui) -> None:
+    marker = f"marker-{uuid.uuid4().hex[:8]}"
+    assert _invoke(ui, "hello", marker, mode="text") == f"hello {marker}"
+    ui.wait(
+        lambda d: f"hello was called with {marker}" in d.find_element(By.ID, "logs").text,
+        "the function's log line in the live logs",
+        timeout=30,
+    )
+
+
+def _sum_image(ui: Ui) -> str:
+    status, doc = ui.api("GET", "/system/function/sum")
+    assert status == 200
+    return str(doc["image"])
+
+
+def test_deploy_from_the_form_and_see_it_ready(ui: Ui) -> None:
+    assert ui.api("POST", "/system/secrets", {"name": "ui-used", "value": "v"})[0] == 200
+    ui.goto("/ui/deploy")
+    form = ui.driver.find_element(By.ID, "deploy-image")
+    form.find_element(By.NAME, "name").send_keys("sum-copy")
+    form.find_element(By.NAME, "image").send_keys(_sum_image(ui))
+    form.find_element(By.NAME, "env").send_keys("GREETING=hi")
+    form.find_element(By.NAME, "secrets").send_keys("ui-used")
+    form.find_element(By.NAME, "memory").send_keys("128Mi")
+    form.find_element(By.CSS_SELECTOR, 'button[type="submit"]').click()
+    ui.wait(lambda d: "sum-copy" in d.find_element(By.ID, "deploy-image-result").text, "deployed")
+    ui.driver.find_element(By.LINK_TEXT, "sum-copy").click()
+    ui.wait(lambda d: d.find_element(By.ID, "phase").text == "ready", "sum-copy ready")
+    assert "GREETING=hi" in ui.text_of(".kv") and "128 MiB" in ui.text_of(".kv")
+    assert ui.served.request("POST", "/function/sum-copy", b"[4, 5]")[2] == b"9"
+
+
+def test_deploy_from_the_store_and_see_it_ready(ui: Ui) -> None:
+    ui.goto("/ui/deploy")
+    entry = ui.wait(lambda d: d.find_element(By.CSS_SELECTOR, '[data-entry="sum"]'), "the store")
+    name = entry.find_element(By.NAME, "name")
+    name.clear()
+    name.send_keys("sum-store")
+    ui.shot("deploy")
+    ui.shot("deploy-store", at="#store-h")
+    entry.find_element(By.CSS_SELECTOR, 'button[type="submit"]').click()
+    ui.wait(lambda d: "sum-store" in d.find_element(By.ID, "store-result").text, "deployed")
+    ui.goto("/ui/")
+    ui.wait(lambda _d: _phase(ui, "sum-store") == "ready", "sum-store ready in the list")
+    assert ui.served.request("GET", "/function/sum-store?a=2&b=2")[2] == b"4"
+
+
+def test_deploy_a_pasted_stack_file_then_remove_it(ui: Ui) -> None:
+    ui.goto("/ui/deploy")
+    stack = ui.driver.find_element(By.CSS_SELECTOR, '#deploy-stack textarea[name="stack"]')
+    text = f"functions:\n  sum-stack:\n    image: {_sum_image(ui)}\n    labels: {{team: ui}}\n"
+    stack.send_keys(text)
+    ui.driver.find_element(By.CSS_SELECTOR, '#deploy-stack button[type="submit"]').click()
+    ui.wait(lambda d: "sum-stack" in d.find_element(By.ID, "deploy-stack-result").text, "deployed")
+    assert ui.served.request("GET", "/function/sum-stack?a=5&b=5")[2] == b"10"
+    # A bad one says what is wrong, and deploys nothing.
+    stack.clear()
+    stack.send_keys("functions:\n  nope:\n    lang: python3\n")
+    ui.driver.find_element(By.CSS_SELECTOR, '#deploy-stack button[type="submit"]').click()
+    ui.wait(
+        lambda d: "give an image" in d.find_element(By.ID, "deploy-stack-result").text,
+        "the error",
+    )
+    ui.goto("/ui/function/sum-stack")
+    assert "team=ui" in ui.text_of(".kv")
+    ui.driver.find_element(By.CSS_SELECTOR, "form[hx-post$='/remove'] button").click()
+    ui.driver.switch_to.alert.accept()
+    ui.wait(lambda d: d.current_url.endswith("/ui/"), "back on the list")
+    assert ui.api("GET", "/system/function/sum-stack")[0] == 404
+    assert ui.api("GET", "/system/function/nope")[0] == 404
+
+
+def test_scale_to_2_and_see_2_replicas(ui: Ui) -> None:
+    ui.goto("/ui/function/sum-store")
+    field = ui.driver.find_element(By.CSS_SELECTOR, 'input[name="replicas"]')
+    field.clear()
+    field.send_keys("2")
+    field.send_keys(Keys.ENTER)  # the keyboard submits the form
+    ui.wait(lambda d: "scaled to 2" in d.find_element(By.ID, "scale-result").text, "scaled")
+    ui.wait(lambda d: d.find_element(By.ID, "replicas").text == "2/2", "2 of 2 replicas, live")
+    status, doc = ui.api("GET", "/system/function/sum-store")
+    assert status == 200 and doc["availableReplicas"] == 2
+
+
+def test_create_and_delete_a_secret_and_its_value_never_reaches_the_browser(ui: Ui) -> None:
+    value = f"value-{uuid.uuid4().hex}"
+    ui.goto("/ui/secrets")
+    # With the keyboard only: tab to the name field, type, tab to the value, Enter.
+    body = ui.driver.find_element(By.TAG_NAME, "body")
+    body.send_keys(Keys.TAB)
+    for _ in range(20):
+        active = ui.driver.switch_to.active_element
+        if active.get_attribute("name") == "name":
+            break
+        active.send_keys(Keys.TAB)
+    else:
+        pytest.fail("the secret's name field cannot be reached with Tab")
+    active.send_keys("ui-made")
+    active.send_keys(Keys.TAB)
+    ui.driver.switch_to.active_element.send_keys(value, Keys.ENTER)
+    ui.wait(lambda d: d.find_elements(By.CSS_SELECTOR, '[data-secret="ui-made"]'), "the new row")
+    assert value not in ui.driver.page_source
+    ui.goto("/ui/secrets")
+    assert value not in ui.driver.page_source
+    assert {"name": "ui-made", "namespace": "openfaas-fn"} in ui.api("GET", "/system/secrets")[1]
+    ui.shot("secrets")
+    # One in use: the 409 says by whom, and it stays.
+    ui.driver.find_element(By.CSS_SELECTOR, '[data-secret="ui-used"] button.danger').click()
+    ui.driver.switch_to.alert.accept()
+    ui.wait(lambda d: "used by sum-copy" in d.find_element(By.ID, "secret-msg").text, "the 409")
+    assert ui.driver.find_elements(By.CSS_SELECTOR, '[data-secret="ui-used"]')
+    # One not in use goes.
+    ui.driver.find_element(By.CSS_SELECTOR, '[data-secret="ui-made"] button.danger').click()
+    ui.driver.switch_to.alert.accept()
+    ui.wait(
+        lambda d: not d.find_elements(By.CSS_SELECTOR, '[data-secret="ui-made"]'), "row removed"
+    )
+    names = [s["name"] for s in ui.api("GET", "/system/secrets")[1]]
+    assert "ui-made" not in names and "ui-used" in names
+
+
+def test_a_form_without_the_csrf_token_is_refused(ui: Ui) -> None:
+    ui.goto("/ui/secrets")
+    ui.driver.execute_script(
+        "document.body.removeAttribute('hx-headers');"
+        "document.querySelector('#secret-create input[name=csrf_token]').remove();"
+    )
+    form = ui.driver.find_element(By.ID, "secret-create")
+    form.find_element(By.NAME, "name").send_keys("no-token")
+    form.find_element(By.NAME, "value").send_keys("x")
+    form.find_element(By.CSS_SELECTOR, 'button[type="submit"]').click()
+    ui.wait(lambda d: "no valid CSRF token" in d.find_element(By.ID, "secrets").text, "the 403")
+    names = [s["name"] for s in ui.api("GET", "/system/secrets")[1]]
+    assert "no-token" not in names
+    # A wrong token is refused as well.
+    ui.goto("/ui/secrets")
+    ui.driver.execute_script(
+        "document.body.setAttribute('hx-headers', JSON.stringify({'X-CSRF-Token': 'forged'}));"
+        "document.querySelector('#secret-create input[name=csrf_token]').value = 'forged';"
+    )
+    form = ui.driver.find_element(By.ID, "secret-create")
+    form.find_element(By.NAME, "name").send_keys("forged-token")
+    form.find_element(By.NAME, "value").send_keys("x")
+    form.find_element(By.CSS_SELECTOR, 'button[type="submit"]').click()
+    ui.wait(lambda d: "no valid CSRF token" in d.find_element(By.ID, "secrets").text, "the 403")
+    assert "forged-token" not in [s["name"] for s in ui.api("GET", "/system/secrets")[1]]
+
+
+def test_the_system_page(ui: Ui) -> None:
+    ui.goto("/ui/system")
+    text = ui.text_of("main")
+    assert "docker" in text and "0.1.0" in text and "store.json" in text
+    ui.shot("system")
