@@ -8,8 +8,10 @@ the function by the workers (:mod:`faaso.control.async_workers`). The answer is 
 function (404), a body over the limit (413), a malformed or not allowed ``X-Callback-Url`` or
 a bad ``X-Call-Id`` (400).
 
-``DELETE /async-function/CALL-ID`` (a path that names no function) cancels a job that has not
-started: 200, 404 when there is no such job, 409 when it already started.
+``DELETE /async-function/X`` is OpenFaaS's asynchronous DELETE call when X names a function
+(the contract is kept); only when X names no function and is a call id (no sub-path) does it
+cancel the job with that id that has not started: 200, 404 when there is no such job, 409 when
+it already started. ``DELETE /system/async/CALL-ID`` (the API) cancels whatever the id.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ async def async_function(request: web.Request) -> web.StreamResponse:
     base, dot, namespace = name.partition(".")
     known = (not dot or namespace == NAMESPACE) and base in intake.routes().functions
     if not known:
-        if request.method == "DELETE" and not slash and name:
+        if request.method == "DELETE" and not slash and CALL_ID_RE.match(name):
             return await _cancel(intake, name)
         return json_error(404, f"no function named {name!r}", function=name)
     callback = request.headers.get(CALLBACK_URL)
