@@ -112,7 +112,9 @@ async def cancel_job(request: web.Request) -> web.Response:
     if outcome == "missing":
         raise NotFoundError(f"no asynchronous call {call_id!r} (or it expired)")
     if outcome == "started":
-        raise ConflictError(f"call {call_id!r} has already started; it cannot be cancelled")
+        raise ConflictError(
+            f"call {call_id!r} has already started (or ended); only a queued call can be cancelled"
+        )
     return web.json_response({"callId": call_id, "state": "cancelled"})
 
 

@@ -135,5 +135,8 @@ async def _cancel(intake: AsyncIntake, call_id: str) -> web.Response:
     if outcome == "missing":
         return json_error(404, f"no function and no asynchronous call named {call_id!r}")
     if outcome == "started":
-        return json_error(409, f"call {call_id!r} has already started; it cannot be cancelled")
+        return json_error(
+            409,
+            f"call {call_id!r} has already started (or ended); only a queued call can be cancelled",
+        )
     return web.json_response({"callId": call_id, "state": "cancelled"})

@@ -145,3 +145,35 @@ async def test_cancel_a_job_that_has_not_started(tmp_path: Path) -> None:
     finally:
         await sink.down()
     assert [s["headers"]["X-Call-Id"] for s in seen] == ["later"]
+
+
+async def test_delete_to_a_function_is_a_call_not_a_cancel(tmp_path: Path) -> None:
+    app, seen = recorder()
+    sink = CallbackSink()
+    await sink.up()
+    try:
+        async with async_rig(tmp_path, {"echo": app}, start_workers=False) as rig:
+            # A queued job whose id is also the function's name.
+            await rig.enqueue(
+                "/async-function/echo", headers={"X-Call-Id": "echo", "X-Callback-Url": sink.url}
+            )
+            status, headers, _ = await rig.enqueue(
+                "/async-function/echo",
+                method="DELETE",
+                headers={"X-Callback-Url": sink.url, "X-Call-Id": "del-1"},
+            )
+            assert (status, headers["X-Call-Id"]) == (202, "del-1")
+            queued = await rig.queue.get("echo")
+            assert queued is not None and queued.state == "queued"  # not cancelled
+            # Not a call id (a space): no function, no cancel.
+            status, _, body = await rig.enqueue("/async-function/a%20b", method="DELETE")
+            assert status == 404 and "no function" in json.loads(body)["error"]
+            await rig.workers.start()
+            await sink.wait_for(2, 20)
+            await rig.workers.close(5.0)
+    finally:
+        await sink.down()
+    assert sorted((s["method"], s["headers"]["X-Call-Id"]) for s in seen) == [
+        ("DELETE", "del-1"),
+        ("POST", "echo"),
+    ]
