@@ -26,6 +26,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
 from faaso.api.async_jobs import AsyncJobsHolder, Waker, add_async_routes
@@ -332,6 +333,15 @@ class CallbackSink:
         return self.received
 
 
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus text as {(sample name, sorted labels): value}."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
 RIG_PASSWORD = "rig-password"  # the /system API's password in an async rig
 
 
@@ -446,7 +456,7 @@ async def async_rig(
                     "faaso_async_enqueued",
                     "Asynchronous jobs accepted",
                     ["function_name"],
-                    {(f,): float(n) for f, n in intake.enqueued.items()},
+                    {(metrics.label(f),): float(n) for f, n in intake.enqueued.items()},
                 )
             ]
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 from aiohttp import web
 
@@ -156,7 +157,8 @@ async def test_dead_letters_are_replayed_and_purged_through_the_api(tmp_path: Pa
             await job_state(rig, call_id, "dead")
         status, dead = await rig.api("GET", "/system/async?state=dead")
         assert status == 200 and [j["callId"] for j in dead] == ["d1", "d2", "d3", "g1"]
-        for bad in ([], {"ids": "d1"}, {"ids": [1]}, {"function": 3}, {"other": 1}):
+        bodies: list[Any] = [[], {"ids": "d1"}, {"ids": [1]}, {"function": 3}, {"other": 1}]
+        for bad in bodies:
             status, doc = await rig.api("POST", "/system/async/replay", bad)
             assert status == 400 and "error" in doc, bad
         status, doc = await rig.api("POST", "/system/async/replay", {"ids": ["d1", "nope"]})
