@@ -363,7 +363,7 @@ class AsyncRig:
         path: str,
         *,
         method: str = "POST",
-        body: bytes = b"",
+        body: bytes | AsyncIterator[bytes] = b"",
         headers: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         url = URL(self.url + path, encoded=True)  # sent as written

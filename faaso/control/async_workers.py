@@ -103,6 +103,7 @@ class AsyncWorkers:
         self.attempts: defaultdict[str, int] = defaultdict(int)
         self.callbacks: defaultdict[str, int] = defaultdict(int)
         self.loop_restarts = 0
+        self.draining = False  # close() is waiting for running jobs
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -146,7 +147,9 @@ class AsyncWorkers:
         busy = [t for t, _ in self._running.values()] + list(self._sending.values())
         if busy:
             self._log.info("async.draining", running=len(self._running), budget=drain)
+            self.draining = True
             _, pending = await asyncio.wait(busy, timeout=drain)
+            self.draining = False
         else:
             pending = set()
         left = [call_id for call_id, (task, _) in self._running.items() if task in pending]

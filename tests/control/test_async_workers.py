@@ -231,8 +231,14 @@ async def test_drain_lets_running_jobs_finish_and_leaves_the_rest_queued(
             return len(started) == 2
 
         await eventually(two_running, 20, "two jobs running")
+        closing = asyncio.create_task(rig.workers.close(1.0))
+
+        async def draining() -> bool:
+            return rig.workers.draining
+
+        await eventually(draining, 20, "the drain to begin")
         gate.release()  # j0 finishes during the drain; j1 is still running at its end
-        await rig.workers.close(0.5)
+        await closing
         states = {j.id: (j.state, j.attempts) for j in await rig.queue.find()}
         gate.release()
     done = [k for k, (s, _) in states.items() if s == "succeeded"]

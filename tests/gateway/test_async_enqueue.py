@@ -4,13 +4,14 @@ workers, real function servers and a real callback server, all on 127.0.0.1."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from faaso.config.routes_file import AsyncSettings
-from tests.helpers import CallbackSink, async_rig
+from tests.helpers import CallbackSink, async_rig, exchange
 
 
 def recorder() -> tuple[web.Application, list[dict[str, Any]]]:
@@ -177,3 +178,25 @@ async def test_delete_to_a_function_is_a_call_not_a_cancel(tmp_path: Path) -> No
         ("DELETE", "del-1"),
         ("POST", "echo"),
     ]
+
+
+async def test_bodies_over_the_limit_are_413_streamed_or_announced(tmp_path: Path) -> None:
+    app, _ = recorder()
+    settings = AsyncSettings(max_body=1024)
+    async with async_rig(tmp_path, {"echo": app}, settings=settings, start_workers=False) as rig:
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(3):
+                yield b"x" * 600  # chunked: no Content-Length to refuse it by
+
+        status, _, body = await rig.enqueue("/async-function/echo", body=chunks())
+        assert status == 413 and "1024" in json.loads(body)["error"]
+        # An announced length over the limit is refused before its body is read: the answer
+        # comes though the client sends nothing after the head.
+        port = int(rig.url.rsplit(":", 1)[1])
+        raw = await exchange(
+            port,
+            b"POST /async-function/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n",
+        )
+        assert raw.startswith(b"HTTP/1.1 413"), raw[:200]
+        assert await rig.queue.find() == []
