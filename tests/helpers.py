@@ -36,7 +36,7 @@ from faaso.config.routes_file import AsyncSettings
 from faaso.control.async_workers import AsyncWorkers
 from faaso.gateway import metrics
 from faaso.gateway.app import GatewayState, gateway_app
-from faaso.gateway.async_enqueue import INTAKE, AsyncIntake
+from faaso.gateway.async_enqueue import INTAKE, AsyncIntake, IntakeSlot
 from faaso.gateway.fast.relay import FAST_PATH, FastSite
 from faaso.gateway.invoke import Invoker
 from faaso.logs import get_logger
@@ -461,7 +461,7 @@ async def async_rig(
             ]
         )
         app = gateway_app(state, mount)
-        app[INTAKE] = intake
+        app[INTAKE] = IntakeSlot(intake)
         front = FastTestServer(app)
         await front.start_server()
         stack.push_async_callback(front.close)

@@ -55,7 +55,15 @@ class AsyncIntake:
         self.enqueued: defaultdict[str, int] = defaultdict(int)
 
 
-INTAKE = web.AppKey("faaso_async_intake", AsyncIntake)
+class IntakeSlot:
+    """Where the server puts the intake once its queue is open. The slot itself is stored on
+    the app before the app starts (a started aiohttp app must not change its own state)."""
+
+    def __init__(self, intake: AsyncIntake | None = None) -> None:
+        self.intake = intake
+
+
+INTAKE = web.AppKey("faaso_async_intake", IntakeSlot)
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes | None:
@@ -76,7 +84,8 @@ async def _read_body(request: web.Request, limit: int) -> bytes | None:
 
 
 async def async_function(request: web.Request) -> web.StreamResponse:
-    intake = request.app.get(INTAKE)
+    slot = request.app.get(INTAKE)
+    intake = None if slot is None else slot.intake
     if intake is None:
         return json_error(503, "asynchronous invocations are not enabled on this server")
     raw_path, _, query = request.raw_path.partition("?")

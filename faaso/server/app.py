@@ -32,7 +32,7 @@ from faaso.control.controller import Prober
 from faaso.control.supervisor import Supervisor
 from faaso.gateway import metrics
 from faaso.gateway.app import GatewayState, gateway_app
-from faaso.gateway.async_enqueue import INTAKE, AsyncIntake
+from faaso.gateway.async_enqueue import INTAKE, AsyncIntake, IntakeSlot
 from faaso.gateway.invoke import Invoker
 from faaso.gateway.pools import Pools
 from faaso.logs import get_logger
@@ -201,7 +201,7 @@ def create_app(
             ]
         )
         await workers.start()
-        app[INTAKE] = intake
+        intake_slot.intake = intake
         async_holder.queue = queue
         async_waker.wake = workers.wake
         if holder.ctx is not None:
@@ -210,7 +210,7 @@ def create_app(
         try:
             yield
         finally:
-            app.pop(INTAKE, None)
+            intake_slot.intake = None
             await workers.close(drain_timeout)
             async_holder.queue = None
             await queue.close()
@@ -224,6 +224,8 @@ def create_app(
         for workers in running:
             workers.stop_claiming()
 
+    intake_slot = IntakeSlot()
+    app[INTAKE] = intake_slot
     app.cleanup_ctx.append(async_ctx)
     app.on_shutdown.append(stop_claiming)
     return app
