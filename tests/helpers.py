@@ -7,8 +7,10 @@ another).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import http.client
+import json
 import os
 import signal
 import socket
@@ -24,12 +26,17 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
+from faaso.api.async_jobs import AsyncJobsHolder, Waker, add_async_routes
+from faaso.api.auth import basic_auth_middleware
+from faaso.api.handlers import ApiHolder, api_app
 from faaso.config.routes_file import AsyncSettings
 from faaso.control.async_workers import AsyncWorkers
+from faaso.gateway import metrics
 from faaso.gateway.app import GatewayState, gateway_app
-from faaso.gateway.async_enqueue import INTAKE, AsyncIntake, IntakeHolder
+from faaso.gateway.async_enqueue import INTAKE, AsyncIntake, IntakeSlot
 from faaso.gateway.fast.relay import FAST_PATH, FastPath, FastSite, FrontConnection
 from faaso.gateway.invoke import Invoker
 from faaso.logs import get_logger
@@ -435,6 +442,18 @@ class CallbackSink:
         return self.received
 
 
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus text as {(sample name, sorted labels): value}."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+RIG_PASSWORD = "rig-password"  # the /system API's password in an async rig
+
+
 @dataclass
 class AsyncRig:
     """The gateway (listening as ``faaso serve`` does) with its queue, intake and workers, in
@@ -453,12 +472,29 @@ class AsyncRig:
         path: str,
         *,
         method: str = "POST",
-        body: bytes = b"",
+        body: bytes | AsyncIterator[bytes] = b"",
         headers: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         url = URL(self.url + path, encoded=True)  # sent as written
         async with self.session.request(method, url, data=body, headers=headers) as resp:
             return resp.status, dict(resp.headers), await resp.read()
+
+    async def api(
+        self, method: str, path: str, body: Any = None, *, auth: bool = True
+    ) -> tuple[int, Any]:
+        """A call to the ``/system`` API (basic auth as admin with :data:`RIG_PASSWORD`)."""
+        token = base64.b64encode(f"admin:{RIG_PASSWORD}".encode()).decode()
+        headers = {"Authorization": f"Basic {token}"} if auth else {}
+        async with self.session.request(
+            method, self.url + path, json=body, headers=headers
+        ) as resp:
+            raw = await resp.read()
+            return resp.status, json.loads(raw) if raw else None
+
+    async def metrics(self) -> str:
+        async with self.session.get(self.url + "/metrics") as resp:
+            assert resp.status == 200
+            return await resp.text()
 
 
 @contextlib.asynccontextmanager
@@ -506,9 +542,35 @@ async def async_rig(
             hosts=CallbackHosts(settings.callback_hosts),
             max_body=settings.max_body,
         )
-        app = gateway_app(state)
-        app[INTAKE] = IntakeHolder()
-        app[INTAKE].intake = intake
+        # The /system API with its auth and the asynchronous routes, as the server mounts it.
+        holder = AsyncJobsHolder()
+        holder.queue = queue
+        waker = Waker()
+        waker.wake = workers.wake
+
+        def mount(gateway: web.Application) -> None:
+            gateway.add_subapp(
+                "/system",
+                api_app(
+                    ApiHolder(),
+                    [basic_auth_middleware(RIG_PASSWORD)],
+                    (lambda api: add_async_routes(api, holder, waker),),
+                ),
+            )
+
+        state.metrics.add_collector(workers.collect)
+        state.metrics.add_collector(
+            lambda: [
+                metrics.counter(
+                    "faaso_async_enqueued",
+                    "Asynchronous jobs accepted",
+                    ["function_name"],
+                    {(metrics.label(f),): float(n) for f, n in intake.enqueued.items()},
+                )
+            ]
+        )
+        app = gateway_app(state, mount)
+        app[INTAKE] = IntakeSlot(intake)
         front = FastTestServer(app)
         await front.start_server()
         stack.push_async_callback(front.close)

@@ -4,6 +4,9 @@ auth, like every ``/system`` route).
 - ``GET /system/async?state=&function=&limit=``: jobs, oldest first (``limit`` 1..1000, 100)
 - ``GET /system/async/CALL-ID``: one job: state, attempts, timings, callback, and the stored
   response (kept ``async.retention`` seconds after the job finished; dead letters until purged)
+- ``DELETE /system/async/CALL-ID``: cancel a job that has not started (200; 409 once it
+  started; 404 unknown). The unambiguous way to cancel: ``DELETE /async-function/X`` cancels
+  only when X names no function (when it does, it is OpenFaaS's asynchronous DELETE call).
 - ``POST /system/async/replay``, ``POST /system/async/purge``: dead letters, selected by a JSON
   body ``{"ids": [...]}`` or ``{"function": NAME}`` (both may be given; ``{}`` is all of them);
   the answer lists the ids replayed or purged.
@@ -19,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from faaso.errors import InvalidRequest, NotFoundError
+from faaso.errors import ConflictError, InvalidRequest, NotFoundError
 from faaso.spec.asyncjob import STATES
 from faaso.spec.timefmt import rfc3339
 from faaso.state.queue import Job, JobQueue
@@ -102,6 +105,19 @@ async def get_job(request: web.Request) -> web.Response:
     return web.json_response(job_json(job, full=True))
 
 
+async def cancel_job(request: web.Request) -> web.Response:
+    queue = request.app[ASYNC_HOLDER].get()
+    call_id = request.match_info["call_id"]
+    outcome = await queue.cancel(call_id, time.time())
+    if outcome == "missing":
+        raise NotFoundError(f"no asynchronous call {call_id!r} (or it expired)")
+    if outcome == "started":
+        raise ConflictError(
+            f"call {call_id!r} has already started (or ended); only a queued call can be cancelled"
+        )
+    return web.json_response({"callId": call_id, "state": "cancelled"})
+
+
 async def _selector(request: web.Request) -> tuple[list[str] | None, str | None]:
     raw = await request.read()
     if not raw.strip():
@@ -155,3 +171,4 @@ def add_async_routes(app: web.Application, holder: AsyncJobsHolder, waker: Waker
     app.router.add_post("/async/replay", replay)
     app.router.add_post("/async/purge", purge)
     app.router.add_get("/async/{call_id}", get_job)
+    app.router.add_delete("/async/{call_id}", cancel_job)

@@ -224,6 +224,9 @@ def register(sub: Any) -> None:
     p = jsub.add_parser("show", parents=common, help="one call: state, attempts, response")
     p.add_argument("call_id")
     p.set_defaults(handler=_async_show)
+    p = jsub.add_parser("cancel", parents=common, help="cancel a call that has not started")
+    p.add_argument("call_id")
+    p.set_defaults(handler=_async_cancel)
     for action, what in (("replay", "queue dead letters again"), ("purge", "delete dead letters")):
         p = jsub.add_parser(action, parents=common, help=f"{what} (the given ids, or all)")
         p.add_argument("ids", nargs="*", metavar="CALL-ID")
@@ -631,6 +634,12 @@ def _async_list(args: argparse.Namespace) -> int:
 
 def _async_show(args: argparse.Namespace) -> int:
     _print_json(_with_client(args, lambda c: c.async_job(args.call_id)))
+    return EXIT_OK
+
+
+def _async_cancel(args: argparse.Namespace) -> int:
+    _with_client(args, lambda c: c.async_cancel(args.call_id))
+    print(f"cancelled {args.call_id}")
     return EXIT_OK
 
 

@@ -304,6 +304,11 @@ class Client:
         doc = await self._json("GET", f"/system/async/{_segment(call_id)}")
         return dict(doc or {})
 
+    async def async_cancel(self, call_id: str) -> dict[str, Any]:
+        """Cancel a job that has not started (``DELETE /system/async/CALL-ID``)."""
+        doc = await self._json("DELETE", f"/system/async/{_segment(call_id)}")
+        return dict(doc or {})
+
     async def async_dead(
         self, action: str, *, ids: Sequence[str] = (), function: str | None = None
     ) -> list[str]:

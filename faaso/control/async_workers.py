@@ -106,6 +106,7 @@ class AsyncWorkers:
         self.loop_restarts = 0
         # The loops run under the one task guard: a crash is logged, the loop restarted.
         self._guard = TaskGuard(log)
+        self.draining = False  # close() is waiting for running jobs
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -154,7 +155,9 @@ class AsyncWorkers:
         busy = [t for t, _ in self._running.values()] + list(self._sending.values())
         if busy:
             self._log.info("async.draining", running=len(self._running), budget=drain)
+            self.draining = True
             _, pending = await asyncio.wait(busy, timeout=drain)
+            self.draining = False
         else:
             pending = set()
         left = [call_id for call_id, (task, _) in self._running.items() if task in pending]

@@ -8,8 +8,10 @@ the function by the workers (:mod:`faaso.control.async_workers`). The answer is 
 function (404), a body over the limit (413), a malformed or not allowed ``X-Callback-Url`` or
 a bad ``X-Call-Id`` (400).
 
-``DELETE /async-function/CALL-ID`` (a path that names no function) cancels a job that has not
-started: 200, 404 when there is no such job, 409 when it already started.
+``DELETE /async-function/X`` is OpenFaaS's asynchronous DELETE call when X names a function
+(the contract is kept); only when X names no function and is a call id (no sub-path) does it
+cancel the job with that id that has not started: 200, 404 when there is no such job, 409 when
+it already started. ``DELETE /system/async/CALL-ID`` (the API) cancels whatever the id.
 """
 
 from __future__ import annotations
@@ -53,15 +55,15 @@ class AsyncIntake:
         self.enqueued: defaultdict[str, int] = defaultdict(int)
 
 
-class IntakeHolder:
-    """Set in the app before it starts (a started app's keys are frozen); the intake comes and
-    goes with the queue's lifecycle."""
+class IntakeSlot:
+    """Where the server puts the intake once its queue is open. The slot itself is stored on
+    the app before the app starts (a started aiohttp app must not change its own state)."""
 
-    def __init__(self) -> None:
-        self.intake: AsyncIntake | None = None
+    def __init__(self, intake: AsyncIntake | None = None) -> None:
+        self.intake = intake
 
 
-INTAKE = web.AppKey("faaso_async_intake", IntakeHolder)
+INTAKE = web.AppKey("faaso_async_intake", IntakeSlot)
 
 
 def _error(status: int, message: str, function: str | None = None) -> web.Response:
@@ -87,8 +89,8 @@ async def _read_body(request: web.Request, limit: int) -> bytes | None:
 
 
 async def async_function(request: web.Request) -> web.StreamResponse:
-    holder = request.app.get(INTAKE)
-    intake = holder.intake if holder is not None else None
+    slot = request.app.get(INTAKE)
+    intake = None if slot is None else slot.intake
     if intake is None:
         return _error(503, "asynchronous invocations are not enabled on this server")
     raw_path, _, query = request.raw_path.partition("?")
@@ -97,7 +99,7 @@ async def async_function(request: web.Request) -> web.StreamResponse:
     base, dot, namespace = name.partition(".")
     known = (not dot or namespace == NAMESPACE) and base in intake.routes().functions
     if not known:
-        if request.method == "DELETE" and not slash and name:
+        if request.method == "DELETE" and not slash and CALL_ID_RE.match(name):
             return await _cancel(intake, name)
         return _error(404, f"no function named {name!r}", name)
     callback = request.headers.get(CALLBACK_URL)
@@ -147,5 +149,8 @@ async def _cancel(intake: AsyncIntake, call_id: str) -> web.Response:
     if outcome == "missing":
         return _error(404, f"no function and no asynchronous call named {call_id!r}")
     if outcome == "started":
-        return _error(409, f"call {call_id!r} has already started; it cannot be cancelled")
+        return _error(
+            409,
+            f"call {call_id!r} has already started (or ended); only a queued call can be cancelled",
+        )
     return web.json_response({"callId": call_id, "state": "cancelled"})

@@ -38,7 +38,7 @@ from faaso.control.controller import Prober
 from faaso.control.supervisor import Supervisor
 from faaso.gateway import metrics
 from faaso.gateway.app import GatewayState, gateway_app
-from faaso.gateway.async_enqueue import INTAKE, AsyncIntake, IntakeHolder
+from faaso.gateway.async_enqueue import INTAKE, AsyncIntake, IntakeSlot
 from faaso.gateway.invoke import Invoker
 from faaso.gateway.pools import Pools
 from faaso.logs import get_logger
@@ -277,7 +277,7 @@ def create_app(
         )
         await workers.start()
         app[AUTOSCALER].pending = workers.pending  # queued jobs keep a function from idling
-        app[INTAKE].intake = intake
+        intake_slot.intake = intake
         async_holder.queue = queue
         async_waker.wake = workers.wake
         queue_views.append(workers.queue_of)
@@ -287,7 +287,7 @@ def create_app(
         try:
             yield
         finally:
-            app[INTAKE].intake = None
+            intake_slot.intake = None
             await workers.close(drain_timeout)
             async_holder.queue = None
             await queue.close()
@@ -301,7 +301,8 @@ def create_app(
         for workers in running:
             workers.stop_claiming()
 
-    app[INTAKE] = IntakeHolder()
+    intake_slot = IntakeSlot()
+    app[INTAKE] = intake_slot
     app.cleanup_ctx.append(async_ctx)
     app.on_shutdown.append(stop_claiming)
     return app

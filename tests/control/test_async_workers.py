@@ -15,7 +15,7 @@ from aiohttp import web
 from faaso.config.routes_file import AsyncSettings
 from faaso.spec.function import FunctionSpec
 from faaso.state.queue import Job
-from tests.helpers import AsyncRig, CallbackSink, async_rig, eventually
+from tests.helpers import AsyncRig, CallbackSink, async_rig, eventually, metric_samples
 
 FAST_RETRY = {
     "com.openfaas.retry.min_wait": "200ms",
@@ -231,8 +231,14 @@ async def test_drain_lets_running_jobs_finish_and_leaves_the_rest_queued(
             return len(started) == 2
 
         await eventually(two_running, 20, "two jobs running")
+        closing = asyncio.create_task(rig.workers.close(1.0))
+
+        async def draining() -> bool:
+            return rig.workers.draining
+
+        await eventually(draining, 20, "the drain to begin")
         gate.release()  # j0 finishes during the drain; j1 is still running at its end
-        await rig.workers.close(0.5)
+        await closing
         states = {j.id: (j.state, j.attempts) for j in await rig.queue.find()}
         gate.release()
     done = [k for k, (s, _) in states.items() if s == "succeeded"]
@@ -270,3 +276,59 @@ async def test_jobs_of_a_dead_worker_run_again_on_start(tmp_path: Path) -> None:
         done = await job_state(rig, "orphan", "succeeded")
         await rig.workers.close(5.0)
     assert done.attempts == 2
+
+
+async def test_metrics_queue_depth_oldest_age_and_outcomes(tmp_path: Path) -> None:
+    app, gate, started = gated()
+    bad, _ = scripted([500, 400])
+    specs = {"bad": spec("bad", **{"com.openfaas.retry.attempts": "1"})}
+    settings = AsyncSettings(concurrency=1)
+    sink = CallbackSink()
+    await sink.up()
+    try:
+        async with async_rig(
+            tmp_path, {"f": app, "bad": bad}, settings=settings, specs=specs
+        ) as rig:
+            for i in range(3):
+                await rig.enqueue("/async-function/f", headers={"X-Call-Id": f"m{i}"})
+            await rig.enqueue(
+                "/async-function/bad", headers={"X-Call-Id": "dead", "X-Callback-Url": sink.url}
+            )
+            await rig.enqueue("/async-function/bad", headers={"X-Call-Id": "fail"})
+            f = (("function_name", "f.openfaas-fn"),)
+            b = (("function_name", "bad.openfaas-fn"),)
+
+            async def figures() -> bool:
+                found = metric_samples(await rig.metrics())
+                return (
+                    found.get(("faaso_async_queue_depth", f)) == 2.0
+                    and found.get(("faaso_async_running", f)) == 1.0
+                    and found.get(("faaso_async_oldest_job_age_seconds", f), 0.0) > 0.0
+                    and found.get(("faaso_async_dead_letters", b)) == 1.0
+                    and found.get(("faaso_async_jobs_total", (*b, ("outcome", "failed")))) == 1.0
+                )
+
+            await eventually(figures, 20, "depth 2, running 1, an oldest age, one dead letter")
+            assert started == ["m0"]
+            for _ in range(3):
+                gate.release()
+            await job_state(rig, "m2", "succeeded")
+            await sink.wait_for(1, 20)
+
+            async def settled() -> bool:
+                found = metric_samples(await rig.metrics())
+                return (
+                    found.get(("faaso_async_queue_depth", f), 0.0) == 0.0
+                    and found.get(("faaso_async_callbacks_total", (("outcome", "delivered"),)))
+                    == 1.0
+                )
+
+            await eventually(settled, 20, "the queue empty and the callback counted")
+            found = metric_samples(await rig.metrics())
+    finally:
+        await sink.down()
+    assert found[("faaso_async_jobs_total", (*f, ("outcome", "succeeded")))] == 3.0
+    assert found[("faaso_async_jobs_total", (*b, ("outcome", "dead")))] == 1.0
+    assert found[("faaso_async_attempts_total", f)] == 3.0
+    assert found[("faaso_async_enqueued_total", f)] == 3.0
+    assert ("faaso_async_oldest_job_age_seconds", f) not in found

@@ -4,13 +4,14 @@ workers, real function servers and a real callback server, all on 127.0.0.1."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from faaso.config.routes_file import AsyncSettings
-from tests.helpers import CallbackSink, async_rig
+from tests.helpers import CallbackSink, async_rig, exchange
 
 
 def recorder() -> tuple[web.Application, list[dict[str, Any]]]:
@@ -145,3 +146,57 @@ async def test_cancel_a_job_that_has_not_started(tmp_path: Path) -> None:
     finally:
         await sink.down()
     assert [s["headers"]["X-Call-Id"] for s in seen] == ["later"]
+
+
+async def test_delete_to_a_function_is_a_call_not_a_cancel(tmp_path: Path) -> None:
+    app, seen = recorder()
+    sink = CallbackSink()
+    await sink.up()
+    try:
+        async with async_rig(tmp_path, {"echo": app}, start_workers=False) as rig:
+            # A queued job whose id is also the function's name.
+            await rig.enqueue(
+                "/async-function/echo", headers={"X-Call-Id": "echo", "X-Callback-Url": sink.url}
+            )
+            status, headers, _ = await rig.enqueue(
+                "/async-function/echo",
+                method="DELETE",
+                headers={"X-Callback-Url": sink.url, "X-Call-Id": "del-1"},
+            )
+            assert (status, headers["X-Call-Id"]) == (202, "del-1")
+            queued = await rig.queue.get("echo")
+            assert queued is not None and queued.state == "queued"  # not cancelled
+            # Not a call id (a space): no function, no cancel.
+            status, _, body = await rig.enqueue("/async-function/a%20b", method="DELETE")
+            assert status == 404 and "no function" in json.loads(body)["error"]
+            await rig.workers.start()
+            await sink.wait_for(2, 20)
+            await rig.workers.close(5.0)
+    finally:
+        await sink.down()
+    assert sorted((s["method"], s["headers"]["X-Call-Id"]) for s in seen) == [
+        ("DELETE", "del-1"),
+        ("POST", "echo"),
+    ]
+
+
+async def test_bodies_over_the_limit_are_413_streamed_or_announced(tmp_path: Path) -> None:
+    app, _ = recorder()
+    settings = AsyncSettings(max_body=1024)
+    async with async_rig(tmp_path, {"echo": app}, settings=settings, start_workers=False) as rig:
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(3):
+                yield b"x" * 600  # chunked: no Content-Length to refuse it by
+
+        status, _, body = await rig.enqueue("/async-function/echo", body=chunks())
+        assert status == 413 and "1024" in json.loads(body)["error"]
+        # An announced length over the limit is refused before its body is read: the answer
+        # comes though the client sends nothing after the head.
+        port = int(rig.url.rsplit(":", 1)[1])
+        raw = await exchange(
+            port,
+            b"POST /async-function/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n",
+        )
+        assert raw.startswith(b"HTTP/1.1 413"), raw[:200]
+        assert await rig.queue.find() == []
