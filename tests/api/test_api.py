@@ -507,9 +507,10 @@ async def test_status_echoes_the_deployment_as_sent(api: Api) -> None:
     for absent in ("envVars", "annotations", "secrets", "limits", "requests", "notes"):
         assert absent not in fn, absent
     assert fn["labels"] == {"faas_function": "bare"}
+    tiny = await tiny_image(api.state.parent)
     deployment = {
         "service": "tiny",
-        "image": image,
+        "image": tiny,
         "labels": {"team": "qa"},
         "limits": {"memory": "5Mi", "cpu": "100m"},
         "requests": {"memory": "1Mi", "cpu": "50m"},
@@ -530,6 +531,32 @@ async def test_status_echoes_the_deployment_as_sent(api: Api) -> None:
     assert inspect["HostConfig"]["NanoCpus"] == 100_000_000
     for gone in ("bare", "tiny"):
         assert (await api.call("DELETE", "/system/functions", {"functionName": gone}))[0] == 202
+    await docker("rmi", tiny)
+
+
+# A function small enough for Docker's 6 MiB floor (the python runtime needs more): perl from
+# the base image, answering 200 to anything (its health check included); about 4 MiB resident.
+TINY_SERVER = r"""use IO::Socket::INET;
+my $s = IO::Socket::INET->new(LocalAddr => "0.0.0.0:8080", Listen => 16, ReuseAddr => 1)
+  or die "$!";
+while (my $c = $s->accept) {
+  while (my $l = <$c>) { last if $l =~ /^\r?\n$/; }
+  print $c "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+  close $c;
+}
+"""
+
+
+async def tiny_image(where: Path) -> str:
+    context = where / "tiny-image"
+    context.mkdir()
+    (context / "tiny.pl").write_text(TINY_SERVER)
+    (context / "Dockerfile").write_text(
+        'FROM faaso/debian:bookworm\nCOPY tiny.pl /tiny.pl\nCMD ["perl", "/tiny.pl"]\n'
+    )
+    tag = f"faaso-tests/tiny:{where.name.lower()}"
+    await docker("build", "-q", "-t", tag, str(context))
+    return tag
 
 
 async def test_provider_mode_and_an_empty_functions_map(
