@@ -520,6 +520,11 @@ async def delete_namespace(request: web.Request) -> web.Response:
         name = body["name"]
     namespace = namespace_name(name)
     ctx.desired.namespace_info(namespace)  # 404 when it does not exist
+    users = [split_key(k)[0] for k in ctx.desired.functions_in(namespace)]
+    if users:  # checked again, under the desired state's lock, by delete_namespace
+        raise ConflictError(
+            f"namespace {namespace!r} still has functions ({', '.join(users)}); remove them first"
+        )
     if ctx.secrets.names(namespace):
         raise ConflictError(
             f"namespace {namespace!r} still has secrets "
