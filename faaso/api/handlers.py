@@ -49,7 +49,7 @@ from faaso.errors import (
 )
 from faaso.gateway.metrics import Metrics
 from faaso.logs import get_logger
-from faaso.spec.function import function_key, split_key
+from faaso.spec.function import NAMESPACE, function_key, split_key
 from faaso.spec.timefmt import rfc3339
 from faaso.state.secret_store import SecretStore
 
@@ -519,6 +519,8 @@ async def delete_namespace(request: web.Request) -> web.Response:
             raise InvalidRequest('the body must be {"name": NAMESPACE}')
         name = body["name"]
     namespace = namespace_name(name)
+    if namespace == NAMESPACE:
+        raise InvalidRequest(f"namespace {NAMESPACE!r} is faaso's default; it stays")
     ctx.desired.namespace_info(namespace)  # 404 when it does not exist
     users = [split_key(k)[0] for k in ctx.desired.functions_in(namespace)]
     if users:  # checked again, under the desired state's lock, by delete_namespace
