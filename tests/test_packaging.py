@@ -79,6 +79,11 @@ def test_the_wheel_has_its_version_py_typed_and_the_runtimes(installed: Path) ->
     code = "from faaso.config.runtimes import builtin_runtimes_dir; print(builtin_runtimes_dir())"
     shipped = run(installed / "python", "-c", code, cwd=installed).stdout.strip()
     assert shipped == str(Path(package) / "_runtimes")
+    # the build id baked in at build time: /system/info's version.sha, never empty
+    baked = (Path(package) / "_build_id.txt").read_text().strip()
+    assert baked
+    code = "from faaso.buildinfo import build_sha; print(build_sha())"
+    assert run(installed / "python", "-c", code, cwd=installed).stdout.strip() == baked
 
 
 @pytest.mark.docker

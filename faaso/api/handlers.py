@@ -5,6 +5,14 @@ Shapes and status codes follow the real servers where they differ from the spec 
 FunctionStatus, 404 on PUT of an unknown function, streaming NDJSON logs with 422 on a bad
 ``tail`` or ``since``. Every error is a 4xx with a JSON ``{"error": ...}``: bad input never
 becomes a 500.
+
+Namespaces as faasd and faas-netes have them: ``NAME.NAMESPACE`` in a path, ``namespace`` in
+the query for reads and in the body for writes (when several are given they must agree);
+absent, the default ``openfaas-fn``. A function's key inside faaso is ``NAME`` in the default
+namespace and ``NAME.NAMESPACE`` in another (:func:`faaso.spec.function.function_key`).
+
+``/system/info`` has two shapes: a gateway's (the default, faaso is the gateway) and, with
+``provider_mode``, a provider's, which a real OpenFaaS gateway in front of faaso reads.
 """
 
 from __future__ import annotations
@@ -26,7 +34,8 @@ from aiohttp import web
 from faaso import __version__
 from faaso.api.openfaas import function_status
 from faaso.backends.base import Backend, Instance
-from faaso.config.deployment import check_namespace
+from faaso.buildinfo import build_sha
+from faaso.config.deployment import namespace_name
 from faaso.config.desired import DesiredState
 from faaso.control.autoscaler import Autoscaler
 from faaso.control.supervisor import ImageProvider, Supervisor
@@ -40,7 +49,7 @@ from faaso.errors import (
 )
 from faaso.gateway.metrics import Metrics
 from faaso.logs import get_logger
-from faaso.spec.function import NAMESPACE
+from faaso.spec.function import NAMESPACE, function_key, split_key
 from faaso.spec.timefmt import rfc3339
 from faaso.state.secret_store import SecretStore
 
@@ -123,13 +132,21 @@ async def read_json(request: web.Request) -> Any:
         raise InvalidRequest(f"the body is not valid JSON: {exc}") from exc
 
 
-def name_of(request: web.Request) -> str:
-    name = request.match_info["name"]
-    base, dot, namespace = name.partition(".")
-    if dot:
-        check_namespace(namespace)
-    check_namespace(request.query.get("namespace"))
-    return base
+def namespace_of(ctx: ApiContext, *given: object) -> str:
+    """The namespace a call names (path suffix, query, body: those given must agree), which
+    must exist; the default one when none is given. Raises InvalidRequest."""
+    names = {namespace_name(g) for g in given if g not in (None, "")}
+    if len(names) > 1:
+        raise InvalidRequest(f"the namespaces given do not agree: {', '.join(sorted(names))}")
+    return ctx.desired.namespace(names.pop() if names else None)
+
+
+def name_of(request: web.Request, *given: object) -> str:
+    """The key of the function in the path (``NAME`` or ``NAME.NAMESPACE``), in the namespace
+    of the query (and of ``given``, from a body)."""
+    ctx = request.app[HOLDER].get()
+    base, _, suffix = request.match_info["name"].partition(".")
+    return function_key(base, namespace_of(ctx, suffix, request.query.get("namespace"), *given))
 
 
 def _status(ctx: ApiContext, name: str) -> dict[str, Any] | None:
@@ -146,14 +163,13 @@ def _status(ctx: ApiContext, name: str) -> dict[str, Any] | None:
         stamps = [i.created for i in controller.instances() if i.created]
         created = min(stamps) if stamps else None
     stored = ctx.desired.deployed.get(name)
-    requests = stored.deployment.get("requests") if stored else None
     status = function_status(
         spec,
         image=image,
         available=available,
         invocations=ctx.metrics.invocations(name),
         created_at=created,
-        requests=requests if isinstance(requests, dict) else None,
+        deployment=stored.deployment if stored else None,
         replicas=controller.replicas if controller is not None else None,
     )
     if ctx.queue_of is not None:
@@ -166,8 +182,7 @@ def _status(ctx: ApiContext, name: str) -> dict[str, Any] | None:
 
 async def list_functions(request: web.Request) -> web.Response:
     ctx = request.app[HOLDER].get()
-    check_namespace(request.query.get("namespace"))
-    names = sorted(ctx.desired.effective().functions)
+    names = ctx.desired.functions_in(namespace_of(ctx, request.query.get("namespace")))
     return web.json_response([s for n in names if (s := _status(ctx, n)) is not None])
 
 
@@ -176,7 +191,7 @@ async def get_function(request: web.Request) -> web.Response:
     name = name_of(request)
     status = _status(ctx, name)
     if status is None:
-        return error(404, f"function {name!r} not found")
+        return error(404, f"function {split_key(name)[0]!r} not found in {split_key(name)[1]!r}")
     return web.json_response(status)
 
 
@@ -185,7 +200,9 @@ async def deploy_function(request: web.Request) -> web.Response:
     body = await read_json(request)
     update = request.method == "PUT"
     spec = await ctx.desired.deploy(body, update=update)
-    return web.json_response({"message": f"function {spec.name!r} deployed"}, status=202)
+    return web.json_response(
+        {"message": f"function {spec.short_name!r} deployed in {spec.namespace!r}"}, status=202
+    )
 
 
 async def delete_function(request: web.Request) -> web.Response:
@@ -193,20 +210,20 @@ async def delete_function(request: web.Request) -> web.Response:
     body = await read_json(request)
     if not isinstance(body, dict) or not isinstance(body.get("functionName"), str):
         raise InvalidRequest('the body must be {"functionName": NAME}')
-    check_namespace(body.get("namespace"))
-    await ctx.desired.remove(body["functionName"])
-    return web.json_response({"message": f"function {body['functionName']!r} removed"}, status=202)
+    name = body["functionName"]
+    base, _, suffix = name.partition(".")
+    await ctx.desired.remove(function_key(base, namespace_of(ctx, suffix, body.get("namespace"))))
+    return web.json_response({"message": f"function {base!r} removed"}, status=202)
 
 
 async def scale_function(request: web.Request) -> web.Response:
     ctx = request.app[HOLDER].get()
-    name = name_of(request)
     body = await read_json(request)
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a ScaleServiceRequest object")
-    check_namespace(body.get("namespace"))
+    name = name_of(request, body.get("namespace"))
     service = body.get("serviceName")
-    if service not in (None, "", name):
+    if service not in (None, "", split_key(name)[0], name):
         raise InvalidRequest(f"serviceName {service!r} does not match the path ({name!r})")
     replicas = body.get("replicas")
     if isinstance(replicas, bool) or not isinstance(replicas, int):
@@ -234,28 +251,33 @@ def _secret_value(body: dict[str, Any]) -> bytes:
     raise InvalidRequest("give the secret's value as 'value' (text) or 'rawValue' (base64)")
 
 
-async def _secret_body(request: web.Request) -> dict[str, Any]:
+async def _secret_body(request: web.Request) -> tuple[dict[str, Any], str]:
+    """The Secret body and its namespace (the body's, or the query's)."""
+    ctx = request.app[HOLDER].get()
     body = await read_json(request)
     if not isinstance(body, dict) or not isinstance(body.get("name"), str):
         raise InvalidRequest("the body must be a Secret object with a 'name'")
-    check_namespace(body.get("namespace"))
-    return body
+    return body, namespace_of(ctx, body.get("namespace"), request.query.get("namespace"))
 
 
-def _users_of(ctx: ApiContext, secret: str) -> list[str]:
-    return sorted(n for n, s in ctx.desired.effective().functions.items() if secret in s.secrets)
+def _users_of(ctx: ApiContext, secret: str, namespace: str) -> list[str]:
+    functions = ctx.desired.effective().functions
+    return sorted(
+        s.short_name for s in functions.values() if s.namespace == namespace and secret in s.secrets
+    )
 
 
 async def list_secrets(request: web.Request) -> web.Response:
     ctx = request.app[HOLDER].get()
-    check_namespace(request.query.get("namespace"))
-    return web.json_response([{"name": n, "namespace": NAMESPACE} for n in ctx.secrets.names()])
+    namespace = namespace_of(ctx, request.query.get("namespace"))
+    names = ctx.secrets.names(namespace)
+    return web.json_response([{"name": n, "namespace": namespace} for n in names])
 
 
 async def create_secret(request: web.Request) -> web.Response:
     ctx = request.app[HOLDER].get()
-    body = await _secret_body(request)
-    ctx.secrets.put(body["name"], _secret_value(body), must_exist=False)
+    body, namespace = await _secret_body(request)
+    ctx.secrets.put(body["name"], _secret_value(body), must_exist=False, namespace=namespace)
     return web.json_response({"message": f"secret {body['name']!r} created"}, status=200)
 
 
@@ -263,15 +285,15 @@ async def update_secret(request: web.Request) -> web.Response:
     """Atomic: when the functions that use the secret cannot roll over to the new value, the
     old value is put back (and they converge on it again) before the 400 goes out."""
     ctx = request.app[HOLDER].get()
-    body = await _secret_body(request)
+    body, namespace = await _secret_body(request)
     name, value = body["name"], _secret_value(body)
-    previous = ctx.secrets.value(name)  # 404 when missing
-    ctx.secrets.put(name, value, must_exist=True)
-    if _users_of(ctx, name):
+    previous = ctx.secrets.value(name, namespace)  # 404 when missing
+    ctx.secrets.put(name, value, must_exist=True, namespace=namespace)
+    if _users_of(ctx, name, namespace):
         try:
             await ctx.desired.refresh()  # the functions that use it roll over to the new value
         except BaseException:
-            ctx.secrets.put(name, previous, must_exist=True)
+            ctx.secrets.put(name, previous, must_exist=True, namespace=namespace)
             # Shielded: a client that leaves does not stop the return to the old value.
             await asyncio.shield(_refresh_quietly(ctx))
             raise
@@ -287,16 +309,16 @@ async def _refresh_quietly(ctx: ApiContext) -> None:
 
 async def delete_secret(request: web.Request) -> web.Response:
     ctx = request.app[HOLDER].get()
-    body = await _secret_body(request)
+    body, namespace = await _secret_body(request)
     name = body["name"]
-    ctx.secrets.path(name)  # 404 when missing, 400 when the name is bad
-    users = _users_of(ctx, name)
+    ctx.secrets.path(name, namespace)  # 404 when missing, 400 when the name is bad
+    users = _users_of(ctx, name, namespace)
     if users:
         return error(
             409,
             f"secret {name!r} is used by {', '.join(users)}; remove it from those functions first",
         )
-    ctx.secrets.delete(name)
+    ctx.secrets.delete(name, namespace)
     return web.json_response({"message": f"secret {name!r} removed"}, status=200)
 
 
@@ -304,16 +326,14 @@ async def delete_secret(request: web.Request) -> web.Response:
 
 
 def _parse_logs_query(
-    request: web.Request,
+    ctx: ApiContext, request: web.Request
 ) -> tuple[str, str | None, int | None, bool, float | None]:
     query = request.query
     name = query.get("name", "")
     if not name:
         raise InvalidRequest("the 'name' query parameter is required")
-    base, dot, namespace = name.partition(".")
-    if dot:
-        check_namespace(namespace)
-    check_namespace(query.get("namespace"))
+    base, _, suffix = name.partition(".")
+    key = function_key(base, namespace_of(ctx, suffix, query.get("namespace")))
     tail: int | None = None
     if query.get("tail") not in (None, ""):
         try:
@@ -334,14 +354,15 @@ def _parse_logs_query(
         if stamp.tzinfo is None:
             stamp = stamp.replace(tzinfo=dt.UTC)
         since = stamp.timestamp()
-    return base, query.get("instance") or None, tail, follow_raw in ("true", "1"), since
+    return key, query.get("instance") or None, tail, follow_raw in ("true", "1"), since
 
 
 async def get_logs(request: web.Request) -> web.StreamResponse:
     ctx = request.app[HOLDER].get()
-    name, instance, tail, follow, since = _parse_logs_query(request)
+    name, instance, tail, follow, since = _parse_logs_query(ctx, request)
+    short, namespace = split_key(name)
     if ctx.desired.spec(name) is None:
-        return error(404, f"function {name!r} not found")
+        return error(404, f"function {short!r} not found in {namespace!r}")
     controller = ctx.supervisor.controller(name)
     instances: list[Instance] = controller.instances() if controller else []
     if instance:
@@ -349,8 +370,8 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
 
     def entry(inst: Instance, stamp: str, text: str) -> bytes:
         doc = {
-            "name": name,
-            "namespace": NAMESPACE,
+            "name": short,
+            "namespace": namespace,
             "instance": inst.name,
             "timestamp": stamp,
             "text": text,
@@ -445,19 +466,88 @@ async def follow_logs(
 # -- the rest ----------------------------------------------------------------------------------
 
 
+PROVIDER_MODE = web.AppKey("faaso_provider_mode", bool)
+
+
 async def info(request: web.Request) -> web.Response:
-    version = {"release": __version__, "sha": "", "commit_message": ""}
+    """A provider's shape behind a real OpenFaaS gateway (which nests it in its own), else
+    the gateway's. ``sha`` is the build's id, never empty."""
+    version = {"release": __version__, "sha": build_sha()}
+    provider = {"provider": "faaso", "orchestration": "docker", "version": version}
+    if request.app[PROVIDER_MODE]:
+        return web.json_response(provider)
     return web.json_response(
         {
-            "provider": {"provider": "faaso", "orchestration": "docker", "version": version},
-            "version": version,
+            "provider": provider,
+            "version": {**version, "commit_message": ""},
             "arch": platform.machine(),
         }
     )
 
 
+# -- namespaces --------------------------------------------------------------------------------
+# GET/POST/DELETE /system/namespaces, and faas-provider's /system/namespace/{name} (GET, POST,
+# PUT, DELETE). A namespace is a name (with labels and annotations) that functions and secrets
+# are kept under; deleting one that still holds functions or secrets is a 409.
+
+
 async def namespaces(request: web.Request) -> web.Response:
-    return web.json_response([NAMESPACE])
+    return web.json_response(request.app[HOLDER].get().desired.namespace_names())
+
+
+async def _namespace_body(request: web.Request) -> dict[str, Any]:
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise InvalidRequest('the body must be {"name": NAMESPACE, "labels": {...}}')
+    in_path = request.match_info.get("namespace")
+    if in_path is not None:
+        if body.get("name") not in (None, "", in_path):
+            raise InvalidRequest(f"name {body['name']!r} does not match the path ({in_path!r})")
+        body = {**body, "name": in_path}
+    return body
+
+
+async def create_namespace(request: web.Request) -> web.Response:
+    ctx = request.app[HOLDER].get()
+    body = await _namespace_body(request)
+    namespace = await ctx.desired.put_namespace(body, create=request.method == "POST")
+    verb = "created" if request.method == "POST" else "updated"
+    return web.json_response({"message": f"namespace {namespace!r} {verb}"}, status=200)
+
+
+async def get_namespace(request: web.Request) -> web.Response:
+    ctx = request.app[HOLDER].get()
+    return web.json_response(
+        ctx.desired.namespace_info(namespace_name(request.match_info["namespace"]))
+    )
+
+
+async def delete_namespace(request: web.Request) -> web.Response:
+    ctx = request.app[HOLDER].get()
+    if "namespace" in request.match_info:
+        name: object = request.match_info["namespace"]
+    else:
+        body = await read_json(request)
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+            raise InvalidRequest('the body must be {"name": NAMESPACE}')
+        name = body["name"]
+    namespace = namespace_name(name)
+    if namespace == NAMESPACE:
+        raise InvalidRequest(f"namespace {NAMESPACE!r} is faaso's default; it stays")
+    ctx.desired.namespace_info(namespace)  # 404 when it does not exist
+    users = [split_key(k)[0] for k in ctx.desired.functions_in(namespace)]
+    if users:  # checked again, under the desired state's lock, by delete_namespace
+        raise ConflictError(
+            f"namespace {namespace!r} still has functions ({', '.join(users)}); remove them first"
+        )
+    if ctx.secrets.names(namespace):
+        raise ConflictError(
+            f"namespace {namespace!r} still has secrets "
+            f"({', '.join(ctx.secrets.names(namespace))}); remove them first"
+        )
+    await ctx.desired.delete_namespace(namespace)
+    ctx.secrets.drop_namespace(namespace)
+    return web.json_response({"message": f"namespace {namespace!r} removed"}, status=200)
 
 
 async def not_found(request: web.Request) -> web.Response:
@@ -468,11 +558,15 @@ def api_app(
     holder: ApiHolder,
     middlewares: list[Any],
     extra: Sequence[Callable[[web.Application], None]] = (),
+    *,
+    provider_mode: bool = False,
 ) -> web.Application:
     """The ``/system`` sub-application (auth applies to it alone); each of ``extra`` adds its
     routes (asynchronous jobs, scaling) before the catch-all 404."""
     app = web.Application(middlewares=[*middlewares, errors_middleware], client_max_size=MAX_BODY)
     app[HOLDER] = holder
+    app[PROVIDER_MODE] = provider_mode
+    build_sha()  # computed once, now, not on the event loop's first /system/info
     r = app.router
     r.add_get("/functions", list_functions)
     r.add_post("/functions", deploy_function)
@@ -487,6 +581,12 @@ def api_app(
     r.add_get("/logs", get_logs)
     r.add_get("/info", info)
     r.add_get("/namespaces", namespaces)
+    r.add_post("/namespaces", create_namespace)
+    r.add_delete("/namespaces", delete_namespace)
+    r.add_get("/namespace/{namespace}", get_namespace)
+    r.add_post("/namespace/{namespace}", create_namespace)
+    r.add_put("/namespace/{namespace}", create_namespace)
+    r.add_delete("/namespace/{namespace}", delete_namespace)
     from faaso.api.store import add_store_routes  # here: that module builds on this one
 
     add_store_routes(app)  # /system/store: faaso's function store

@@ -14,10 +14,10 @@ from typing import Any
 
 from aiohttp import web
 
-from faaso.api.handlers import HOLDER, ApiContext, name_of, read_json
-from faaso.config.deployment import check_namespace
+from faaso.api.handlers import HOLDER, ApiContext, name_of, namespace_of, read_json
 from faaso.control.autoscaler import Autoscaler
 from faaso.errors import InvalidRequest, NotFoundError
+from faaso.spec.function import function_key
 
 ALERT_STATES = ("firing", "resolved")
 
@@ -28,7 +28,7 @@ def _autoscaler(ctx: ApiContext) -> Autoscaler:
     return ctx.autoscaler
 
 
-def _alerts(body: Any) -> list[tuple[str, bool]]:
+def _alerts(ctx: ApiContext, body: Any) -> list[tuple[str, bool]]:
     if not isinstance(body, dict) or not isinstance(body.get("alerts"), list):
         raise InvalidRequest('the body must be an AlertManager webhook payload: {"alerts": [...]}')
     top = body.get("status")
@@ -43,17 +43,15 @@ def _alerts(body: Any) -> list[tuple[str, bool]]:
         status = alert.get("status") or top
         if status not in ALERT_STATES:
             raise InvalidRequest(f"alerts[{i}].status {status!r} must be firing or resolved")
-        base, dot, namespace = name.partition(".")
-        if dot:
-            check_namespace(namespace)
-        out.append((base, status == "firing"))
+        base, _, namespace = name.partition(".")  # the gateway's NAME.NAMESPACE
+        out.append((function_key(base, namespace_of(ctx, namespace)), status == "firing"))
     return out
 
 
 async def alert(request: web.Request) -> web.Response:
     ctx = request.app[HOLDER].get()
     autoscaler = _autoscaler(ctx)
-    alerts = _alerts(await read_json(request))
+    alerts = _alerts(ctx, await read_json(request))
     for name, _ in alerts:
         if ctx.supervisor.controller(name) is None:
             raise NotFoundError(f"function {name!r} does not exist")

@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="after each successful rollout, prune the function's images beyond the N newest "
         "(3; 0: never prune automatically)",
     )
+    serve.add_argument(
+        "--provider-mode",
+        action="store_true",
+        help="run as the provider behind an OpenFaaS gateway (its functions_provider_url): "
+        "/system/info in the provider's shape, the gateway's metrics named faaso_*",
+    )
     _add_logging(serve)
     serve.set_defaults(handler=_serve)
 
@@ -193,6 +199,7 @@ def _serve(args: argparse.Namespace) -> int:
             pull=not args.no_pull,
             drain_timeout=args.drain_timeout,
             keep_images=args.keep_images,
+            provider_mode=args.provider_mode,
         )
 
     async def main() -> None:

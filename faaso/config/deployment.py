@@ -19,9 +19,12 @@ from faaso.spec.function import (
     ENV_NAME_RE,
     FUNCTION_NAME_RE,
     LABEL_KEY_RE,
+    MIN_MEMORY,
     NAMESPACE,
+    NAMESPACE_RE,
     FunctionSpec,
     Limits,
+    function_key,
     parse_memory,
     valid_secret_name,
 )
@@ -63,7 +66,9 @@ def _str_map(doc: Mapping[str, Any], key: str, key_re: re.Pattern[str]) -> Mappi
     return MappingProxyType(out)
 
 
-def _limits(doc: Mapping[str, Any], key: str) -> Limits:
+def _limits(doc: Mapping[str, Any], key: str, notes: list[str] | None = None) -> Limits:
+    """``notes`` gets a line for what is run differently from what was asked (a memory limit
+    below the engine's minimum runs at the minimum, as faasd and faas-netes accept it)."""
     value = doc.get(key)
     if value is None:
         return Limits()
@@ -76,8 +81,15 @@ def _limits(doc: Mapping[str, Any], key: str) -> Limits:
             memory = parse_memory(value["memory"])
         except ValueError as exc:
             raise InvalidRequest(f"{key}.memory {value['memory']!r}: {exc}") from exc
-        if memory < 6 * 1024**2:
-            raise InvalidRequest(f"{key}.memory must be at least 6Mi")
+        if memory <= 0:
+            raise InvalidRequest(f"{key}.memory must be more than 0")
+        if memory < MIN_MEMORY:
+            if notes is not None:
+                notes.append(
+                    f"{key}.memory {value['memory']} is below the container engine's minimum "
+                    f"({MIN_MEMORY // 2**20}Mi): the containers run with {MIN_MEMORY // 2**20}Mi"
+                )
+            memory = MIN_MEMORY
     if value.get("cpu") not in (None, ""):
         raw = value["cpu"]
         try:
@@ -89,9 +101,33 @@ def _limits(doc: Mapping[str, Any], key: str) -> Limits:
     return Limits(memory=memory, cpus=cpus)
 
 
-def check_namespace(namespace: object) -> None:
-    if namespace not in (None, "", NAMESPACE):
-        raise InvalidRequest(f"namespace {namespace!r} does not exist; faaso has {NAMESPACE!r}")
+def namespace_name(namespace: object) -> str:
+    """A namespace as given in a query or a body: absent or empty is the default one. Checks
+    the form only; whether it exists is the desired state's to say. Raises InvalidRequest."""
+    if namespace in (None, ""):
+        return NAMESPACE
+    if not isinstance(namespace, str) or not NAMESPACE_RE.match(namespace):
+        raise InvalidRequest(
+            f"namespace {namespace!r} is not a valid name: lowercase letters, digits and '-', "
+            "at most 63 characters"
+        )
+    return namespace
+
+
+def namespace_doc(doc: object) -> dict[str, dict[str, str]]:
+    """The labels and annotations of a FunctionNamespace body (``{name, labels,
+    annotations}``), validated. Raises InvalidRequest."""
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise InvalidRequest("a namespace must be an object with labels and annotations")
+    unknown = sorted(str(k) for k in doc if k not in ("name", "labels", "annotations"))
+    if unknown:
+        raise InvalidRequest(f"unknown fields: {', '.join(unknown)}")
+    return {
+        "labels": dict(_str_map(doc, "labels", LABEL_KEY_RE)),
+        "annotations": dict(_str_map(doc, "annotations", LABEL_KEY_RE)),
+    }
 
 
 def deployment_to_spec(doc: object, *, created_at: float | None = None) -> FunctionSpec:
@@ -110,7 +146,7 @@ def deployment_to_spec(doc: object, *, created_at: float | None = None) -> Funct
     image = doc.get("image")
     if not isinstance(image, str) or not image.strip() or any(c.isspace() for c in image):
         raise InvalidRequest("image must be a non-empty image reference")
-    check_namespace(doc.get("namespace"))
+    namespace = namespace_name(doc.get("namespace"))
     env_process = doc.get("envProcess")
     if env_process is not None and not isinstance(env_process, str):
         raise InvalidRequest("envProcess must be a string")
@@ -138,18 +174,20 @@ def deployment_to_spec(doc: object, *, created_at: float | None = None) -> Funct
     problem = check_async_annotations(annotations)
     if problem is not None:
         raise InvalidRequest(f"annotation {problem}")
-    _limits(doc, "requests")  # validated, reported back, not enforced (as on faasd)
+    _limits(doc, "requests")  # validated, reported back as sent, not enforced (as on faasd)
+    notes: list[str] = []
+    limits = _limits(doc, "limits", notes)
     try:
         policy = parse_scaling(labels).policy
     except ScaleError as exc:
         raise InvalidRequest(str(exc)) from None
     return FunctionSpec(
-        name=name,
+        name=function_key(name, namespace),
         image=image,
         env=_str_map(doc, "envVars", ENV_NAME_RE),
         labels=labels,
         annotations=annotations,
-        limits=_limits(doc, "limits"),
+        limits=limits,
         secrets=tuple(dict.fromkeys(secrets)),
         read_only_root=read_only,
         env_process=env_process or None,
@@ -157,4 +195,5 @@ def deployment_to_spec(doc: object, *, created_at: float | None = None) -> Funct
         created_at=created_at,
         replicas=policy.min,  # OpenFaaS clients expect min replicas right after a deploy
         scale=policy,
+        notes=tuple(notes),
     )

@@ -4,9 +4,11 @@ The supervisor runs one :class:`~faaso.config.routes_file.Config`; this module m
 from two sources:
 
 - the routes file (read-only to the API: deploy, update and delete of its functions are refused);
-- ``<state>/deployments.json``: functions deployed through the API, and replica counts set
-  through the API for any function. It is written atomically after each change has been applied,
-  so a crash at any point leaves the file as it was before or after that change.
+- ``<state>/deployments.json``: functions deployed through the API, replica counts set
+  through the API for any function, and the namespaces created through the API (besides
+  ``openfaas-fn``, which always exists and holds the routes file's functions). It is written
+  atomically after each change has been applied, so a crash at any point leaves the file as it
+  was before or after that change.
 
 Every change goes through the supervisor's ``apply``, as a diff: a deployment that cannot start
 changes nothing and is not saved.
@@ -23,11 +25,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from faaso.config.deployment import deployment_to_spec
+from faaso.config.deployment import deployment_to_spec, namespace_doc, namespace_name
 from faaso.config.routes_file import Config
 from faaso.errors import ConfigError, ConflictError, InvalidRequest, NotFoundError
 from faaso.logs import get_logger
-from faaso.spec.function import MAX_REPLICAS, FunctionSpec
+from faaso.spec.function import MAX_REPLICAS, NAMESPACE, FunctionSpec, split_key
 from faaso.state.files import atomic_write
 
 STORE_VERSION = 1
@@ -52,6 +54,8 @@ class DesiredState:
         self._lock = asyncio.Lock()
         self.deployed: dict[str, Stored] = {}
         self.replicas: dict[str, int] = {}
+        # namespace -> {"labels": {...}, "annotations": {...}}, the default one left out
+        self.namespaces: dict[str, dict[str, dict[str, str]]] = {}
         self._load()
 
     # -- persistence -------------------------------------------------------------------------
@@ -71,12 +75,19 @@ class DesiredState:
                 doc.get("version") if isinstance(doc, dict) else doc,
                 f"expected version {STORE_VERSION}",
             )
+        for name, item in (doc.get("namespaces") or {}).items():
+            try:
+                self.namespaces[namespace_name(name)] = namespace_doc(item)
+            except (InvalidRequest, TypeError) as exc:
+                raise ConfigError(path, f"namespaces.{name}", item, str(exc)) from exc
         for name, item in (doc.get("functions") or {}).items():
             try:
                 stored = Stored(dict(item["deployment"]), float(item["created_at"]))
-                deployment_to_spec(stored.deployment)
-            except (KeyError, TypeError, ValueError) as exc:
+                spec = deployment_to_spec(stored.deployment)
+            except (KeyError, TypeError, ValueError, InvalidRequest) as exc:
                 raise ConfigError(path, f"functions.{name}", item, str(exc)) from exc
+            if spec.namespace != NAMESPACE:  # a function keeps its namespace in existence
+                self.namespaces.setdefault(spec.namespace, namespace_doc(None))
             self.deployed[name] = stored
         for name, count in (doc.get("replicas") or {}).items():
             if isinstance(count, bool) or not isinstance(count, int) or count < 0:
@@ -91,6 +102,7 @@ class DesiredState:
                 for n, s in sorted(self.deployed.items())
             },
             "replicas": dict(sorted(self.replicas.items())),
+            "namespaces": dict(sorted(self.namespaces.items())),
         }
         atomic_write(self.store_path, json.dumps(doc, indent=2).encode() + b"\n", mode=0o600)
 
@@ -126,6 +138,73 @@ class DesiredState:
 
     def is_from_file(self, name: str) -> bool:
         return name in self.file_config.functions
+
+    # -- namespaces --------------------------------------------------------------------------
+
+    def namespace_names(self) -> list[str]:
+        return [NAMESPACE, *sorted(self.namespaces)]
+
+    def namespace(self, value: object) -> str:
+        """A namespace from a query or a body, which must exist. Raises InvalidRequest."""
+        namespace = namespace_name(value)
+        if namespace != NAMESPACE and namespace not in self.namespaces:
+            raise InvalidRequest(
+                f"namespace {namespace!r} does not exist (create it with POST /system/namespaces)"
+            )
+        return namespace
+
+    def namespace_info(self, namespace: str) -> dict[str, Any]:
+        """The FunctionNamespace document. Raises NotFoundError."""
+        if namespace == NAMESPACE:
+            return {"name": NAMESPACE, "labels": {"openfaas": "1"}, "annotations": {}}
+        doc = self.namespaces.get(namespace)
+        if doc is None:
+            raise NotFoundError(f"namespace {namespace!r} does not exist")
+        return {"name": namespace, **doc}
+
+    def functions_in(self, namespace: str) -> list[str]:
+        """The keys of the functions in a namespace, sorted."""
+        return sorted(k for k in self.effective().functions if split_key(k)[1] == namespace)
+
+    async def put_namespace(self, body: object, *, create: bool) -> str:
+        """POST (create) or PUT (update) a namespace. Raises InvalidRequest, ConflictError,
+        NotFoundError."""
+        if not isinstance(body, dict):
+            raise InvalidRequest('the body must be {"name": NAMESPACE, "labels": {...}}')
+        name = body.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest("name must name the namespace")
+        namespace = namespace_name(name)
+        doc = namespace_doc(body)
+        async with self._lock:
+            exists = namespace == NAMESPACE or namespace in self.namespaces
+            if create and exists:
+                raise ConflictError(f"namespace {namespace!r} already exists")
+            if not create and not exists:
+                raise NotFoundError(f"namespace {namespace!r} does not exist")
+            if namespace == NAMESPACE:
+                raise InvalidRequest(f"namespace {NAMESPACE!r} is faaso's default; it is fixed")
+            self.namespaces = {**self.namespaces, namespace: doc}
+            self._save()
+        return namespace
+
+    async def delete_namespace(self, value: object) -> str:
+        """Remove an empty namespace. Raises InvalidRequest, NotFoundError, ConflictError."""
+        namespace = namespace_name(value)
+        async with self._lock:
+            if namespace == NAMESPACE:
+                raise InvalidRequest(f"namespace {NAMESPACE!r} is faaso's default; it stays")
+            if namespace not in self.namespaces:
+                raise NotFoundError(f"namespace {namespace!r} does not exist")
+            users = self.functions_in(namespace)
+            if users:
+                names = ", ".join(split_key(k)[0] for k in users)
+                raise ConflictError(
+                    f"namespace {namespace!r} still has functions ({names}); remove them first"
+                )
+            self.namespaces = {n: d for n, d in self.namespaces.items() if n != namespace}
+            self._save()
+        return namespace
 
     # -- changes -----------------------------------------------------------------------------
 
@@ -164,6 +243,7 @@ class DesiredState:
     async def deploy(self, body: object, *, update: bool) -> FunctionSpec:
         """POST (create) or PUT (update) /system/functions. Raises InvalidRequest/ConflictError."""
         spec = deployment_to_spec(body)
+        self.namespace(spec.namespace)  # it must exist
         async with self._lock:
             if self.is_from_file(spec.name):
                 raise ConflictError(

@@ -186,7 +186,11 @@ def parse_config(doc: object, path: Path, extra_runtime_dirs: tuple[Path, ...] =
     base = path.parent
     top = check.mapping("", doc)
     if not top:
-        raise check.fail("functions", None, "the file defines no functions")
+        raise check.fail(
+            "functions",
+            None,
+            "the file is empty; write 'functions: {}' to serve only what the API deploys",
+        )
     check.known_keys("", top, TOP_KEYS)
 
     runtime_dirs: list[Path] = list(extra_runtime_dirs)
@@ -197,9 +201,8 @@ def parse_config(doc: object, path: Path, extra_runtime_dirs: tuple[Path, ...] =
         runtime_dirs.insert(0, rdir)
     catalog = RuntimeCatalog(tuple(runtime_dirs))
 
+    # An empty (or absent) map is fine: a server for API deployments only (faas-cli deploy).
     functions_doc = check.mapping("functions", top.get("functions"))
-    if not functions_doc:
-        raise check.fail("functions", top.get("functions"), "must define at least one function")
     functions: dict[str, FunctionSpec] = {}
     for name, fdoc in functions_doc.items():
         functions[name] = _parse_function(check, base, name, fdoc, catalog)

@@ -51,7 +51,9 @@ class RestartPolicy:
 
 def instance_fingerprint(image: str, spec: FunctionSpec, secrets: SecretStore | None) -> str:
     """Whether a running instance still matches: image, run settings and secret values."""
-    secret_digest = secrets.digest(spec.secrets) if secrets is not None and spec.secrets else ""
+    secret_digest = (
+        secrets.digest(spec.secrets, spec.namespace) if secrets is not None and spec.secrets else ""
+    )
     raw = f"{image}\0{spec.run_fingerprint()}\0{secret_digest}".encode()
     return hashlib.sha256(raw).hexdigest()[:24]
 
@@ -518,7 +520,7 @@ class FunctionController:
             if self._secrets is None:
                 raise BackendError(f"function {spec.name} needs secrets, but none are configured")
             try:
-                mounts = self._secrets.mounts(spec.secrets)
+                mounts = self._secrets.mounts(spec.secrets, spec.namespace)
             except FaasoError as exc:
                 raise BackendError(f"function {spec.name}: {exc}") from exc
         instance_spec = InstanceSpec(

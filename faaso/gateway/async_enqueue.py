@@ -25,7 +25,7 @@ from aiohttp import web
 from faaso.gateway.messages import CALL_ID, START_TIME, new_call_id
 from faaso.gateway.proxy import json_error, upstream_headers
 from faaso.spec.asyncjob import CALL_ID_RE, CallbackHosts, parse_callback_url
-from faaso.spec.function import NAMESPACE
+from faaso.spec.function import function_key
 from faaso.spec.routing import RouteTable
 from faaso.state.queue import JobQueue, NewJob
 
@@ -96,8 +96,9 @@ async def async_function(request: web.Request) -> web.StreamResponse:
     raw_path, _, query = request.raw_path.partition("?")
     rest = raw_path[len(PREFIX) :]
     name, slash, sub = rest.partition("/")
-    base, dot, namespace = name.partition(".")
-    known = (not dot or namespace == NAMESPACE) and base in intake.routes().functions
+    short, dot, namespace = name.partition(".")
+    base = function_key(short, namespace)  # the function's key: NAME, or NAME.NAMESPACE
+    known = (not dot or namespace) and base in intake.routes().functions
     if not known:
         if request.method == "DELETE" and not slash and CALL_ID_RE.match(name):
             return await _cancel(intake, name)

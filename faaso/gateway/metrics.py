@@ -35,7 +35,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]  # the gateway has no
 
 
 def label(function: str) -> str:
-    return f"{function}.{NAMESPACE}"
+    return function if "." in function else f"{function}.{NAMESPACE}"  # key of another namespace
 
 
 # The Prometheus client's default buckets, as the OpenFaaS gateway uses them.

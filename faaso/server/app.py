@@ -42,6 +42,7 @@ from faaso.gateway.async_enqueue import INTAKE, AsyncIntake, IntakeSlot
 from faaso.gateway.invoke import Invoker
 from faaso.gateway.pools import Pools
 from faaso.logs import get_logger
+from faaso.server.provider import ProviderMetrics
 from faaso.server.serve import HOOKS, Hooks
 from faaso.spec.asyncjob import CallbackHosts
 from faaso.spec.routing import RouteTable
@@ -68,11 +69,19 @@ def create_app(
     pull: bool = True,
     drain_timeout: float = 15.0,
     keep_images: int = DEFAULT_KEEP,
+    provider_mode: bool = False,
 ) -> web.Application:
-    """The whole server for one config: gateway, API, Docker, builder, supervisor, reloader."""
+    """The whole server for one config: gateway, API, Docker, builder, supervisor, reloader.
+
+    ``provider_mode``: faaso runs behind a real OpenFaaS gateway (see
+    :mod:`faaso.server.provider`): ``/system/info`` in the provider's shape, the gateway's
+    metrics under faaso's names."""
     log = get_logger("faaso")
     private_dir(state_dir)
-    state = GatewayState(RouteTable(config.routes, set(config.functions)))
+    state = GatewayState(
+        RouteTable(config.routes, set(config.functions)),
+        metrics=ProviderMetrics() if provider_mode else None,
+    )
     holder = ApiHolder()
     middlewares = []
     password: str | None = None
@@ -98,6 +107,7 @@ def create_app(
                     lambda api: add_async_routes(api, async_holder, async_waker),
                     lambda api: scaling_api.add_routes(api.router),
                 ),
+                provider_mode=provider_mode,
             ),
         )
         # The web UI at /ui/ (faaso/api/ui/), with the same password; redirects /ui and /.

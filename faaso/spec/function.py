@@ -17,7 +17,10 @@ from types import MappingProxyType
 
 from faaso.spec.scaling import ScalePolicy
 
-# faaso has one OpenFaaS namespace (more come with the namespaces work).
+# OpenFaaS's default namespace: the routes file's functions live there, and so does anything
+# deployed without a namespace. A function of another namespace is keyed ``NAME.NAMESPACE``
+# (function names have no dots, so the key splits one way only): that key names its
+# controller, its containers and its pool, and is its ``function_name`` in the metrics.
 NAMESPACE = "openfaas-fn"
 
 # DNS-1123 label, as OpenFaaS requires; also a valid Docker repository component.
@@ -44,6 +47,8 @@ MEMORY_UNITS = {
 }
 MEMORY_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*$")
 MIN_MEMORY = 6 * 1024**2  # Docker refuses less than 6 MiB
+# Namespaces are DNS labels, as Kubernetes' (and so faas-netes') are.
+NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_STARTUP_TIMEOUT = 120.0
@@ -88,6 +93,17 @@ class FunctionSpec:
     async_concurrency: int | None = None  # asynchronous jobs run at once (None: the default)
     created_at: float | None = None  # API deployments: when they were first deployed
     scale: ScalePolicy = field(default_factory=ScalePolicy)  # replicas starts at scale.min
+    # What faaso runs differently from what was asked, and why (shown in the status).
+    notes: tuple[str, ...] = ()
+
+    @property
+    def short_name(self) -> str:
+        """The function's name within its namespace."""
+        return split_key(self.name)[0]
+
+    @property
+    def namespace(self) -> str:
+        return split_key(self.name)[1]
 
     def run_fingerprint(self) -> str:
         """A hash of everything about the function's containers except its image.
@@ -106,6 +122,19 @@ class FunctionSpec:
         }
         raw = json.dumps(doc, sort_keys=True).encode()
         return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def function_key(name: str, namespace: str | None = None) -> str:
+    """The key of function ``name`` in ``namespace``: the name itself in the default one."""
+    if not namespace or namespace == NAMESPACE:
+        return name
+    return f"{name}.{namespace}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """``sum`` -> (``sum``, ``openfaas-fn``); ``sum.dev`` -> (``sum``, ``dev``)."""
+    name, dot, namespace = key.partition(".")
+    return name, namespace if dot else NAMESPACE
 
 
 def valid_secret_name(name: str) -> bool:

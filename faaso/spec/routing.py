@@ -2,8 +2,10 @@
 
 A route ``/sum`` matches ``/sum``, ``/sum/`` and ``/sum/anything``; the longest prefix wins.
 Every function is also at ``/function/<name>`` and ``/function/<name>.<namespace>`` (the OpenFaaS
-convention). A table is immutable: a reload builds a new one and swaps it in one assignment,
-so a request sees either the old table or the new one.
+convention): a function of the default namespace at both, one of another namespace (keyed
+``name.namespace``, see :mod:`faaso.spec.function`) at the second only. A table is immutable:
+a reload builds a new one and swaps it in one assignment, so a request sees either the old
+table or the new one.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from faaso.spec.function import function_key
 
 ROUTE_SEGMENT_RE = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@%-]+$")
 # Paths faaso itself answers; user routes may not shadow them.
@@ -64,13 +68,12 @@ class RouteTable:
     def _resolve_function(self, raw_path: str) -> Match | None:
         rest = raw_path[len(FUNCTION_PREFIX) :]
         name, slash, sub = rest.partition("/")
-        # name.namespace: faaso has one namespace; accept OpenFaaS's default name for it.
+        # name.namespace -> the function's key (the name alone in the default namespace)
         base, dot, namespace = name.partition(".")
-        if dot and namespace not in ("openfaas-fn",):
+        key = function_key(base, namespace)
+        if (dot and not namespace) or key not in self._functions:
             return None
-        if base not in self._functions:
-            return None
-        return Match(base, "/" + sub if slash else "/")
+        return Match(key, "/" + sub if slash else "/")
 
 
 def normalise_route(prefix: str) -> str:

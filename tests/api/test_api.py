@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import shutil
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,12 +87,13 @@ def config_file(tmp_path: Path) -> Path:
 @pytest.fixture
 async def start_api(
     aiohttp_client: ClientFactory, config_file: Path, tmp_path: Path
-) -> AsyncIterator[Callable[[], Awaitable[Api]]]:
+) -> AsyncIterator[Callable[..., Awaitable[Api]]]:
     started: list[Api] = []
 
-    async def start() -> Api:
+    async def start(**options: Any) -> Api:
         state = tmp_path / "state"
-        client = await aiohttp_client(create_app(load_config(config_file), state, pull=False))
+        app = create_app(load_config(config_file), state, pull=False, **options)
+        client = await aiohttp_client(app)
         password = password_path(state).read_text().strip()
         api = Api(client, state, basic("admin", password))
         started.append(api)
@@ -109,7 +111,7 @@ async def start_api(
 
 
 @pytest.fixture
-async def api(start_api: Callable[[], Awaitable[Api]]) -> Api:
+async def api(start_api: Callable[..., Awaitable[Api]]) -> Api:
     return await start_api()
 
 
@@ -138,8 +140,14 @@ async def test_auth(api: Api) -> None:
 async def test_info_namespaces_and_unknown_route(api: Api) -> None:
     status, info, _ = await api.call("GET", "/system/info")
     assert status == 200
+    # the gateway's shape (faaso is the gateway), with the build's commit: never empty
     assert info["provider"]["provider"] == "faaso"
+    assert info["provider"]["orchestration"] == "docker"
     assert info["version"]["release"]
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert info["version"]["sha"] == info["provider"]["version"]["sha"] == head
     assert (await api.call("GET", "/system/namespaces"))[:2] == (200, ["openfaas-fn"])
     status, body, _ = await api.call("GET", "/system/nothing-here")
     assert status == 404 and "error" in body
@@ -154,6 +162,10 @@ async def test_list_and_describe_file_function(api: Api) -> None:
     assert (fn["replicas"], fn["availableReplicas"]) == (1, 1)
     assert "invocationCount" not in fn  # zero counts are left out
     assert fn["createdAt"]
+    # what was not configured is left out, not empty (Go's omitempty, as faasd and faas-netes)
+    for absent in ("envVars", "annotations", "secrets", "limits", "requests"):
+        assert absent not in fn, absent
+    assert fn["labels"] == {"faas_function": "sum"}
     status, one, _ = await api.call("GET", "/system/function/sum?namespace=openfaas-fn")
     assert status == 200 and one["name"] == "sum"
     assert (await api.call("GET", "/system/function/sum.openfaas-fn"))[0] == 200
@@ -200,7 +212,7 @@ async def test_file_functions_are_read_only_but_scalable(api: Api) -> None:
 
 
 async def test_deploy_update_remove_and_restart(
-    start_api: Callable[[], Awaitable[Api]],
+    start_api: Callable[..., Awaitable[Api]],
 ) -> None:
     api = await start_api()
     image = api.sum_image()
@@ -220,7 +232,8 @@ async def test_deploy_update_remove_and_restart(
     assert (await api.call("GET", "/function/adder?a=40&b=2", auth=False))[:2] == (200, 42)
     _, fn, _ = await api.call("GET", "/system/function/adder")
     assert fn["image"] == image and fn["envVars"] == {"MODE": "one"}
-    assert fn["labels"] == {"team": "maths"} and fn["annotations"] == {"note": "x"}
+    assert fn["labels"] == {"team": "maths", "faas_function": "adder"}
+    assert fn["annotations"] == {"note": "x"}
     assert fn["limits"] == {"memory": "96Mi", "cpu": "0.5"}
     assert fn["requests"] == {"memory": "32Mi"}
     assert fn["readOnlyRootFilesystem"] is True and fn["invocationCount"] == 1
@@ -481,3 +494,186 @@ async def test_logs_engine_error_is_503_before_any_byte(
     assert status == 503, (status, body)
     assert headers["Content-Type"].startswith("application/json")
     assert "engine refused" in body["error"]
+
+
+async def test_status_echoes_the_deployment_as_sent(api: Api) -> None:
+    """OpenFaaS's conformance tests and clients compare what they read with what they sent:
+    unsent fields left out, limits and requests as sent, the faas_function label; a memory limit
+    below Docker's 6 MiB floor is accepted and run at the floor, and the status says so."""
+    image = api.sum_image()
+    status, _, _ = await api.call("POST", "/system/functions", {"service": "bare", "image": image})
+    assert status == 202
+    _, fn, _ = await api.call("GET", "/system/function/bare")
+    for absent in ("envVars", "annotations", "secrets", "limits", "requests", "notes"):
+        assert absent not in fn, absent
+    assert fn["labels"] == {"faas_function": "bare"}
+    tiny = await tiny_image(api.state.parent)
+    deployment = {
+        "service": "tiny",
+        "image": tiny,
+        "labels": {"team": "qa"},
+        "limits": {"memory": "5Mi", "cpu": "100m"},
+        "requests": {"memory": "1Mi", "cpu": "50m"},
+    }
+    status, body, _ = await api.call("POST", "/system/functions", deployment)
+    assert status == 202, body  # not a 400
+    _, fn, _ = await api.call("GET", "/system/function/tiny")
+    assert fn["limits"] == {"memory": "5Mi", "cpu": "100m"}
+    assert fn["requests"] == {"memory": "1Mi", "cpu": "50m"}
+    assert fn["labels"] == {"team": "qa", "faas_function": "tiny"}
+    (note,) = fn["notes"]
+    assert "5Mi" in note and "6Mi" in note
+    _, listed, _ = await api.call("GET", "/system/functions")
+    assert [f for f in listed if f["name"] == "tiny"] == [fn]
+    (name,) = await api.containers("tiny")
+    inspect = json.loads(await docker("inspect", name))[0]
+    assert inspect["HostConfig"]["Memory"] == 6 * 2**20
+    assert inspect["HostConfig"]["NanoCpus"] == 100_000_000
+    for gone in ("bare", "tiny"):
+        assert (await api.call("DELETE", "/system/functions", {"functionName": gone}))[0] == 202
+    await docker("rmi", tiny)
+
+
+# A function small enough for Docker's 6 MiB floor (the python runtime needs more): perl from
+# the base image, answering 200 to anything (its health check included); about 4 MiB resident.
+TINY_SERVER = r"""use IO::Socket::INET;
+my $s = IO::Socket::INET->new(LocalAddr => "0.0.0.0:8080", Listen => 16, ReuseAddr => 1)
+  or die "$!";
+while (my $c = $s->accept) {
+  while (my $l = <$c>) { last if $l =~ /^\r?\n$/; }
+  print $c "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+  close $c;
+}
+"""
+
+
+async def tiny_image(where: Path) -> str:
+    context = where / "tiny-image"
+    context.mkdir()
+    (context / "tiny.pl").write_text(TINY_SERVER)
+    (context / "Dockerfile").write_text(
+        'FROM faaso/debian:bookworm\nCOPY tiny.pl /tiny.pl\nCMD ["perl", "/tiny.pl"]\n'
+    )
+    tag = f"faaso-tests/tiny:{where.name.lower()}"
+    await docker("build", "-q", "-t", tag, str(context))
+    return tag
+
+
+async def test_provider_mode_and_an_empty_functions_map(
+    start_api: Callable[..., Awaitable[Api]], config_file: Path
+) -> None:
+    """API-only use: a routes file with no functions serves; behind an OpenFaaS gateway
+    (--provider-mode) /system/info has the provider's shape and the gateway's metrics are
+    faaso's, so a Prometheus scraping both does not count a call twice."""
+    original = config_file.read_text()
+    config_file.write_text("functions: {}\n")
+    api = await start_api(provider_mode=True)
+    status, info, _ = await api.call("GET", "/system/info")
+    assert status == 200
+    assert set(info) == {"provider", "orchestration", "version"}
+    assert (info["provider"], info["orchestration"]) == ("faaso", "docker")
+    assert info["version"]["release"] and info["version"]["sha"]
+    assert (await api.call("GET", "/system/functions"))[:2] == (200, [])
+    # a function arrives (here by the file's hot reload); calls to it are counted as faaso's
+    config_file.write_text(original)
+
+    async def served() -> bool:
+        status, _, _ = await api.call("GET", "/function/sum?a=1&b=2", auth=False)
+        return status == 200
+
+    await eventually(served, 240, "sum to be served after the reload")
+    _, text, _ = await api.call("GET", "/metrics", auth=False)
+    lines = str(text).splitlines()
+    assert 'faaso_function_invocation_total{code="200",function_name="sum.openfaas-fn"} 1.0' in (
+        lines
+    )
+    assert any(line.startswith("faaso_functions_seconds_bucket{") for line in lines)
+    assert 'faaso_service_count{function_name="sum.openfaas-fn"} 1.0' in lines
+    assert any(line.startswith("faaso_function_restarts_total{") for line in lines)
+    assert not [line for line in lines if line.startswith(("gateway_", "# HELP gateway_"))]
+
+
+async def test_namespaces(start_api: Callable[..., Awaitable[Api]]) -> None:
+    """Namespaces as faasd and faas-netes have them: functions and secrets per namespace,
+    /function/NAME.NAMESPACE, the namespace in the query for reads and in the body for writes.
+    A function named like one of the default namespace is another function."""
+    api = await start_api()
+    image = api.sum_image()
+    assert (await api.call("GET", "/system/namespaces"))[:2] == (200, ["openfaas-fn"])
+    new = {"name": "dev", "labels": {"team": "a"}}
+    assert (await api.call("POST", "/system/namespaces", new))[0] == 200
+    assert (await api.call("POST", "/system/namespaces", new))[0] == 409
+    assert (await api.call("POST", "/system/namespaces", {"name": "Bad_One"}))[0] == 400
+    assert (await api.call("GET", "/system/namespaces"))[1] == ["openfaas-fn", "dev"]
+    status, doc, _ = await api.call("GET", "/system/namespace/dev")
+    assert (status, doc) == (200, {"name": "dev", "labels": {"team": "a"}, "annotations": {}})
+    # secrets: one name, two namespaces, two values
+    for namespace, value in (("dev", "dev-value"), (None, "default-value")):
+        secret = {"name": "token", "value": value, "namespace": namespace}
+        assert (await api.call("POST", "/system/secrets", secret))[0] == 200
+    listed = (await api.call("GET", "/system/secrets?namespace=dev"))[1]
+    assert listed == [{"name": "token", "namespace": "dev"}]
+    listed = (await api.call("GET", "/system/secrets"))[1]
+    assert listed == [{"name": "token", "namespace": "openfaas-fn"}]
+    # a function 'sum' in dev, beside the routes file's 'sum'
+    deployment = {"service": "sum", "image": image, "namespace": "dev", "secrets": ["token"]}
+    status, body, _ = await api.call("POST", "/system/functions", deployment)
+    assert status == 202, body
+    elsewhere = {**deployment, "namespace": "nope"}
+    status, body, _ = await api.call("POST", "/system/functions", elsewhere)
+    assert status == 400 and "does not exist" in body["error"]
+    assert (await api.call("GET", "/function/sum.dev?a=1&b=2", auth=False))[:2] == (200, 3)
+    assert (await api.call("GET", "/function/sum?a=1&b=1", auth=False))[:2] == (200, 2)
+    (name,) = await api.containers("sum.dev")
+    inspect = json.loads(await docker("inspect", name))[0]
+    (mount,) = [m for m in inspect["Mounts"] if m["Destination"].endswith("/token")]
+    assert Path(mount["Source"]).read_text() == "dev-value"
+    _, listed, _ = await api.call("GET", "/system/functions?namespace=dev")
+    assert [(f["name"], f["namespace"]) for f in listed] == [("sum", "dev")]
+    assert listed[0]["labels"] == {"faas_function": "sum"}
+    _, listed, _ = await api.call("GET", "/system/functions")
+    assert [(f["name"], f["namespace"]) for f in listed] == [("sum", "openfaas-fn")]
+    for path in ("/system/function/sum?namespace=dev", "/system/function/sum.dev"):
+        status, fn, _ = await api.call("GET", path)
+        assert (status, fn["namespace"], fn["secrets"]) == (200, "dev", ["token"]), path
+    assert (await api.call("GET", "/system/function/sum.dev?namespace=openfaas-fn"))[0] == 400
+    # writes: the namespace in the body
+    scale = {"serviceName": "sum", "namespace": "dev", "replicas": 2}
+    assert (await api.call("POST", "/system/scale-function/sum", scale))[0] == 202
+    assert len(await api.containers("sum.dev")) == 2
+    assert len(await api.containers("sum")) == 1
+    status, text, headers = await api.call("GET", "/system/logs?name=sum&namespace=dev")
+    assert status == 200 and headers["Content-Type"].startswith("application/x-ndjson")
+    entries = [json.loads(line) for line in str(text).splitlines() if line.strip()]
+    assert all(e["name"] == "sum" and e["namespace"] == "dev" for e in entries)
+    status, _, headers = await api.call("POST", "/async-function/sum.dev?a=1", auth=False)
+    assert status == 202 and headers["X-Call-Id"]
+    _, metrics_text, _ = await api.call("GET", "/metrics", auth=False)
+    assert 'gateway_function_invocation_total{code="200",function_name="sum.dev"}' in str(
+        metrics_text
+    )
+    # a namespace in use is not deleted; the default one never is
+    status, body, _ = await api.call("DELETE", "/system/namespaces", {"name": "dev"})
+    assert status == 409 and "functions" in body["error"]
+    assert (await api.call("DELETE", "/system/namespaces", {"name": "openfaas-fn"}))[0] == 400
+    # kept across a restart
+    await api.client.close()
+    api = await start_api()
+    assert (await api.call("GET", "/system/namespaces"))[1] == ["openfaas-fn", "dev"]
+    assert (await api.call("GET", "/function/sum.dev?a=2&b=2", auth=False))[:2] == (200, 4)
+    # removal, in the namespace the body names
+    remove = {"functionName": "sum", "namespace": "dev"}
+    assert (await api.call("DELETE", "/system/functions", remove))[0] == 202
+    assert await api.containers("sum.dev") == []
+    assert (await api.call("GET", "/function/sum.dev", auth=False))[0] == 404
+    assert (await api.call("GET", "/function/sum?a=1&b=1", auth=False))[:2] == (200, 2)
+    status, body, _ = await api.call("DELETE", "/system/namespaces", {"name": "dev"})
+    assert status == 409 and "secrets" in body["error"]
+    secret = {"name": "token", "namespace": "dev"}
+    assert (await api.call("DELETE", "/system/secrets", secret))[0] == 200
+    assert (await api.call("DELETE", "/system/namespace/dev"))[0] == 200
+    assert (await api.call("GET", "/system/namespaces"))[1] == ["openfaas-fn"]
+    assert (await api.call("GET", "/system/secrets?namespace=dev"))[0] == 400
+    assert (await api.call("GET", "/system/secrets"))[1] == [
+        {"name": "token", "namespace": "openfaas-fn"}
+    ]

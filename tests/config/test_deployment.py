@@ -11,6 +11,7 @@ import pytest
 
 from faaso.config.deployment import deployment_to_spec
 from faaso.errors import InvalidRequest
+from faaso.spec.function import MIN_MEMORY
 
 
 @pytest.mark.parametrize(
@@ -24,7 +25,8 @@ from faaso.errors import InvalidRequest
         ({"service": "ok", "image": "x", "envVars": "A=1"}, "envVars must be an object"),
         ({"service": "ok", "image": "x", "limits": {"memory": "lots"}}, "limits.memory 'lots'"),
         ({"service": "ok", "image": "x", "secrets": ["../etc"]}, "secret name '../etc'"),
-        ({"service": "ok", "image": "x", "namespace": "elsewhere"}, "'elsewhere' does not exist"),
+        ({"service": "ok", "image": "x", "namespace": "Not_One"}, "'Not_One' is not a valid name"),
+        ({"service": "ok", "image": "x", "limits": {"memory": "0"}}, "must be more than 0"),
         ({"service": "ok", "image": "x", "wat": 1}, "unknown fields: wat"),
     ],
 )
@@ -39,3 +41,21 @@ def test_a_good_deployment_is_a_spec() -> None:
         {"service": "ok", "image": "x", "envVars": {"A": "1"}, "secrets": ["db"]}
     )
     assert (spec.name, spec.image, dict(spec.env), spec.secrets) == ("ok", "x", {"A": "1"}, ("db",))
+
+
+def test_a_memory_limit_below_the_engines_minimum_runs_at_the_minimum() -> None:
+    """faasd and faas-netes accept 5Mi (OpenFaaS's conformance tests deploy it); Docker refuses
+    less than 6 MiB. The spec runs at the minimum and says so."""
+    spec = deployment_to_spec({"service": "ok", "image": "x", "limits": {"memory": "5Mi"}})
+    assert spec.limits.memory == MIN_MEMORY
+    (note,) = spec.notes
+    assert "limits.memory 5Mi" in note and "6Mi" in note
+    fine = deployment_to_spec({"service": "ok", "image": "x", "limits": {"memory": "6Mi"}})
+    assert fine.limits.memory == MIN_MEMORY and fine.notes == ()
+
+
+def test_a_deployment_in_another_namespace_is_keyed_name_dot_namespace() -> None:
+    spec = deployment_to_spec({"service": "ok", "image": "x", "namespace": "dev"})
+    assert (spec.name, spec.short_name, spec.namespace) == ("ok.dev", "ok", "dev")
+    default = deployment_to_spec({"service": "ok", "image": "x", "namespace": "openfaas-fn"})
+    assert (default.name, default.short_name, default.namespace) == ("ok", "ok", "openfaas-fn")

@@ -136,7 +136,7 @@ routes:
             "functions.sum.labels.faaso.owner",
             "faaso's own",
         ),
-        ("functions: {}\n", "functions", "at least one function"),
+        ("", "functions", "functions: {}"),
         (
             "functions:\n  sum: {source: functions/sum, max_inflight: 0}\n",
             "functions.sum.max_inflight",
@@ -229,3 +229,11 @@ def test_runtime_falls_back_to_function_yml(tmp_path: Path) -> None:
     path.write_text("functions:\n  greet: {source: functions/greet, runtime: python}\n")
     with pytest.raises(ConfigError, match=r"handler\.py"):
         load_config(path)
+
+
+def test_an_empty_functions_map_is_a_server_for_the_api_only(tmp_path: Path) -> None:
+    for text in ("functions: {}\n", "functions:\nroutes: {}\n", "async: {concurrency: 2}\n"):
+        config = load_config(make(tmp_path, text))
+        assert dict(config.functions) == {} and dict(config.routes) == {}
+    with pytest.raises(ConfigError, match="must name a function defined"):
+        load_config(make(tmp_path, "functions: {}\nroutes: {/x: ghost}\n"))

@@ -6,7 +6,7 @@ from faaso.spec.routing import Match, RouteTable
 
 TABLE = RouteTable(
     {"/sum": "sum", "/api/v1": "api", "/api": "apiroot", "/mul": "mul"},
-    {"sum", "mul", "api", "apiroot", "hello"},
+    {"sum", "mul", "api", "apiroot", "hello", "hello.dev", "only.dev"},
 )
 
 
@@ -31,6 +31,11 @@ TABLE = RouteTable(
         ("/function/hello/x/y", Match("hello", "/x/y")),
         ("/function/hello.openfaas-fn/x", Match("hello", "/x")),
         ("/function/hello.other/x", None),
+        ("/function/hello.dev/x", Match("hello.dev", "/x")),  # another namespace: its key
+        ("/function/only.dev", Match("only.dev", "/")),
+        ("/function/only", None),  # the default namespace has no 'only'
+        ("/function/only.openfaas-fn", None),
+        ("/function/hello.", None),
         ("/function/nope", None),
         ("/function/", None),
     ],
