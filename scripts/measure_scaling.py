@@ -211,7 +211,8 @@ _WRK_SOCKET = re.compile(
     r"Socket errors: connect ([0-9]+), read ([0-9]+), write ([0-9]+), timeout ([0-9]+)"
 )
 _INVOCATIONS = re.compile(
-    r'^gateway_function_invocation_total\{(?=[^}]*function_name="step(?:\.[^"]*)?")[^}]*\} ([0-9.e+]+)$',
+    r"^gateway_function_invocation_total"
+    r'\{(?=[^}]*function_name="step(?:\.[^"]*)?")[^}]*\} ([0-9.e+]+)$',
     re.MULTILINE,
 )
 
