@@ -170,6 +170,8 @@ async def test_min_replicas_after_deploy_and_precedence(site_factory: Any) -> No
     assert len(site.containers("two")) == 2
     _, fn, _ = await site.call("GET", "/system/function/two")
     assert (fn["replicas"], fn["availableReplicas"]) == (2, 2)
+    # started at min by the deploy itself, not raised to it by the autoscaler afterwards
+    assert site.status("two")["scaled_because"] == "deployed"
     # API: the label's min is reported right after the deploy
     image = server_app(site.client)[SUPERVISOR].controller("two").image  # type: ignore[union-attr]
     status, body, _ = await site.call(
@@ -182,6 +184,7 @@ async def test_min_replicas_after_deploy_and_precedence(site_factory: Any) -> No
     assert (fn["replicas"], fn["availableReplicas"]) == (2, 2)
     listed = {f["name"]: f for f in (await site.call("GET", "/system/functions"))[1]}
     assert listed["api"]["replicas"] == 2
+    assert site.status("api")["scaled_because"] == "deployed"
     # a bad label is a 400 naming the key and the value
     status, body, _ = await site.call(
         "POST",
