@@ -341,6 +341,7 @@ async def test_idle_pause_remove_and_wake(site_factory: Any) -> None:
     results = await asyncio.gather(*(site.call("GET", "/lazy") for _ in range(6)))
     assert [(s, b, h.get("X-Faaso-Cold-Start")) for s, b, h in results] == [(200, "ok", "cold")] * 6
     assert len(site.containers("lazy")) == 1 and controller.restarts == restarts_before
+    assert controller.replicas == 1  # one start asked for, not one per waiting request
 
 
 async def test_wake_is_bounded_by_the_timeout(site_factory: Any) -> None:
