@@ -5,15 +5,18 @@ Side by side:
 - wake from paused: a function scaled to 0 (its container paused), request to first byte;
 - wake from removed: the same once the paused container was removed (a cold start);
 - a bare `docker run` of the same image until it answers its health path;
-- kill-to-serving: `docker kill` of a function's only container until it answers again;
-- a load step: from idle to 64 connections (an in-process, bounded load generator) until the
-  replicas the load needs are serving, and back down once the load stops; replicas and request
-  rate over time are drawn to docs/scaling.png.
+- kill-to-serving: `docker kill` of a function's only container until it answers again, without
+  and with a paused spare (`scale: {spare: true}`);
+- a load step: from idle to wrk with 64 connections (bounded in time) until the replicas the
+  load needs are serving, and back down once the load stops; replicas and request rate (the
+  gateway's own counter, sampled every 0.25 s) over time are drawn to docs/scaling.png.
 
 It runs its own `faaso serve --no-auth` on a copy of conf/functions/sum in a temporary folder
 (loopback only), with the autoscaler's windows shortened for the load step (said in the output),
 does a bounded number of rounds, prints each figure and the median, and stops its server and
 containers.
+
+wrk is Debian's package; it is installed with apt-get when missing.
 
 Usage: .venv/bin/python scripts/measure_scaling.py [--rounds 7] [--load-seconds 40]
 """
@@ -24,7 +27,9 @@ import argparse
 import asyncio
 import http.client
 import json
+import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -41,8 +46,10 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 POLL = 0.005
 CONNECTIONS = 64
+STEP_TARGET = 300  # requests/s per replica (x 0.9): the step needs more than one replica
+STEP_MAX = 4
 STEP_SCALE = (
-    "{type: rps, target: 1000, target_proportion: 0.9, min: 1, max: 4, "
+    f"{{type: rps, target: {STEP_TARGET}, target_proportion: 0.9, min: 1, max: {STEP_MAX}, "
     "stable_window: 20, panic_window: 6, scale_down_delay: 10}"
 )
 CONFIG = f"""
@@ -51,6 +58,7 @@ functions:
   removed:
     {{source: sum, runtime: python, scale: {{min: 1, max: 1, remove_after: 0.5, tick: 0.25}}}}
   heal: {{source: sum, runtime: python, scale: {{min: 1, max: 1}}}}
+  healspare: {{source: sum, runtime: python, scale: {{min: 1, max: 1, spare: true}}}}
   step: {{source: sum, runtime: python, scale: {STEP_SCALE}}}
 routes: {{}}
 """
@@ -104,17 +112,14 @@ def status(port: int, name: str) -> dict[str, Any]:
     return json.loads(body) if code == 200 else {}
 
 
-def containers(owner: str, function: str) -> list[str]:
+def containers(owner: str, function: str, *filters: str) -> list[str]:
+    """Ids of the function's containers (running or paused), narrowed by docker ps filters."""
+    argv = ["docker", "ps", "-q", "--filter", f"label=faaso.owner={owner}"]
+    argv += ["--filter", f"label=faaso.function={function}"]
+    for extra in filters:
+        argv += ["--filter", extra]
     out = subprocess.run(
-        [
-            "docker",
-            "ps",
-            "-q",
-            "--filter",
-            f"label=faaso.owner={owner}",
-            "--filter",
-            f"label=faaso.function={function}",
-        ],
+        argv,
         capture_output=True,
         text=True,
         check=True,
@@ -174,74 +179,100 @@ def measure_bare_run(image: str, rounds: int) -> list[float]:
     return out
 
 
-def measure_heal(port: int, owner: str, rounds: int) -> list[float]:
+def measure_heal(port: int, owner: str, rounds: int, function: str, spare: bool) -> list[float]:
     out: list[float] = []
     for i in range(rounds):
         if i:
             time.sleep(11)  # space the kills past faaso's stable_after: no crash-loop backoff
-        (cid,) = containers(owner, "heal")
+        if spare:
+            wait_for(
+                lambda: len(containers(owner, function, "status=paused")) == 1, 60, "the spare"
+            )
+        (cid,) = containers(owner, function, "status=running")
         start = time.perf_counter()
         subprocess.run(["docker", "kill", cid], capture_output=True, check=True)
+        # killed (SIGKILL) when docker kill returns: the first 200 is the replacement's; the
+        # time is taken at that answer, before the (slower) docker ps that checks it
         wait_for(
-            lambda old=cid: (
-                call(port, "GET", "/function/heal?a=1&b=1")[0] == 200
-                and old not in containers(owner, "heal")
-            ),
+            lambda: call(port, "GET", f"/function/{function}?a=1&b=1")[0] == 200,
             60,
             "the replacement",
         )
         out.append(time.perf_counter() - start)
+        if cid in containers(owner, function):
+            raise SystemExit(f"{function}: the killed container {cid} still runs")
     return out
 
 
-async def load_step(port: int, seconds: float) -> dict[str, Any]:
-    """Idle, then 64 connections for ``seconds``, then idle until back at min (bounded)."""
+_WRK_RATE = re.compile(r"Requests/sec:\s+([0-9.]+)")
+_WRK_TOTAL = re.compile(r"([0-9]+) requests in")
+_WRK_NON2XX = re.compile(r"Non-2xx or 3xx responses: ([0-9]+)")
+_WRK_SOCKET = re.compile(
+    r"Socket errors: connect ([0-9]+), read ([0-9]+), write ([0-9]+), timeout ([0-9]+)"
+)
+_INVOCATIONS = re.compile(
+    r"^gateway_function_invocation_total"
+    r'\{(?=[^}]*function_name="step(?:\.[^"]*)?")[^}]*\} ([0-9.e+]+)$',
+    re.MULTILINE,
+)
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    print("wrk is missing: installing Debian's package")
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    subprocess.run([*sudo, "apt-get", "install", "-y", "-q", "wrk"], check=True)
+    found = shutil.which("wrk")
+    if not found:
+        raise SystemExit("wrk could not be installed")
+    return found
+
+
+async def load_step(port: int, seconds: float, wrk: str) -> dict[str, Any]:
+    """Idle, then wrk with 64 connections for ``seconds``, then idle until back at min."""
     base = f"http://127.0.0.1:{port}"
-    done = 0
-    failed = 0
-    loading = asyncio.Event()
-    stop_at = 0.0
     samples: list[dict[str, float]] = []
     t0 = time.monotonic()
 
-    async def client(session: aiohttp.ClientSession) -> None:
-        nonlocal done, failed
-        await loading.wait()
-        while time.monotonic() < stop_at:
-            async with session.get(base + "/function/step?a=1&b=2") as resp:
-                await resp.read()
-                if resp.status == 200:
-                    done += 1
-                else:
-                    failed += 1
-
     async def sampler(session: aiohttp.ClientSession, until: asyncio.Event) -> None:
-        last_done, last_t = 0, time.monotonic()
+        last_count: float | None = None
+        last_t = time.monotonic()
         while not until.is_set():
             async with session.get(base + "/system/function/step") as resp:
                 doc = await resp.json()
+            async with session.get(base + "/metrics") as resp:
+                count = sum(float(v) for v in _INVOCATIONS.findall(await resp.text()))
             now = time.monotonic()
+            rate = 0.0 if last_count is None else (count - last_count) / (now - last_t)
             samples.append(
                 {
                     "t": now - t0,
                     "replicas": float(doc.get("replicas", 0)),
                     "available": float(doc.get("availableReplicas", 0)),
-                    "rps": (done - last_done) / (now - last_t) if now > last_t else 0.0,
+                    "rps": rate,
                 }
             )
-            last_done, last_t = done, now
-            await asyncio.sleep(0.5)  # the sampling period itself
+            last_count, last_t = count, now
+            await asyncio.sleep(0.25)  # the sampling period itself
 
-    connector = aiohttp.TCPConnector(limit=CONNECTIONS + 4)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession() as session:
         finished = asyncio.Event()
         sample_task = asyncio.create_task(sampler(session, finished))
         await asyncio.sleep(4)  # idle before the step, on the plot
         step_at = time.monotonic() - t0
-        stop_at = time.monotonic() + seconds
-        loading.set()
-        await asyncio.gather(*(client(session) for _ in range(CONNECTIONS)))
+        proc = await asyncio.create_subprocess_exec(
+            *(wrk, "-t2", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "--timeout", "10s"),
+            base + "/function/step?a=1&b=2",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await proc.communicate()
         stopped_at = time.monotonic() - t0
+        report = out.decode(errors="replace")
+        if proc.returncode != 0:
+            raise SystemExit(f"wrk failed ({proc.returncode}):\n{report}")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if samples and samples[-1]["t"] > stopped_at and samples[-1]["available"] <= 1:
@@ -250,20 +281,35 @@ async def load_step(port: int, seconds: float) -> dict[str, Any]:
         await asyncio.sleep(2)
         finished.set()
         await sample_task
+    rate = _WRK_RATE.search(report)
+    total = _WRK_TOTAL.search(report)
+    non2xx = _WRK_NON2XX.search(report)
+    socket_errors = _WRK_SOCKET.search(report)
+    rps = float(rate.group(1)) if rate else 0.0
+    needed = max(1, min(STEP_MAX, math.ceil(rps / (STEP_TARGET * 0.9))))
     peak = max(s["replicas"] for s in samples)
-    first_up = next((s["t"] for s in samples if s["t"] >= step_at and s["replicas"] > 1), None)
-    all_up = next((s["t"] for s in samples if s["t"] >= step_at and s["available"] >= peak), None)
+    after = [s for s in samples if s["t"] >= step_at]
+    first_up = next((s["t"] for s in after if s["replicas"] > 1), None)
+    needed_up = next((s["t"] for s in after if s["available"] >= needed), None)
+    all_up = next((s["t"] for s in after if s["available"] >= peak), None)
     down = next((s["t"] for s in samples if s["t"] > stopped_at and s["replicas"] <= 1), None)
+    # the rate one replica served, before the new ones joined
+    one_replica = [s["rps"] for s in after if s["available"] <= 1 and s["t"] < stopped_at]
     return {
         "samples": samples,
         "step_at": step_at,
         "stopped_at": stopped_at,
+        "wrk_requests_per_s": rps,
+        "one_replica_served_rps": max(one_replica) if one_replica else None,
+        "replicas_needed": needed,
         "peak_replicas": peak,
         "first_decision_after": None if first_up is None else first_up - step_at,
+        "needed_serving_after": None if needed_up is None else needed_up - step_at,
         "all_serving_after": None if all_up is None else all_up - step_at,
         "back_down_after": None if down is None else down - stopped_at,
-        "requests": done,
-        "failed": failed,
+        "requests": int(total.group(1)) if total else 0,
+        "failed": (int(non2xx.group(1)) if non2xx else 0)
+        + (sum(int(g) for g in socket_errors.groups()) if socket_errors else 0),
     }
 
 
@@ -284,13 +330,16 @@ def plot(result: dict[str, Any], out: Path) -> None:
     ax2 = ax.twinx()
     ax2.plot(t, [s["rps"] for s in samples], color="grey", alpha=0.6, label="requests/s")
     ax2.set_ylabel("requests/s")
-    for x, what in ((result["step_at"], "64 connections"), (result["stopped_at"], "load stops")):
+    steps = ((result["step_at"], "wrk, 64 connections"), (result["stopped_at"], "load stops"))
+    for x, what in steps:
         ax.axvline(x, color="red", linestyle=":")
         ax.text(x, 0.2, f" {what}", color="red")
     lines = ax.get_legend_handles_labels()
     more = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper right")
-    ax.set_title("faaso autoscaler: a load step (target 1000 requests/s per replica x 0.9)")
+    ax.set_title(
+        f"faaso autoscaler: a load step (target {STEP_TARGET} requests/s per replica x 0.9)"
+    )
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
@@ -309,6 +358,7 @@ def main() -> int:
     args = parser.parse_args()
     # stopped early: still stop our server and its containers (the finally below)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    wrk = ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="faaso-scaling-"))
     shutil.copytree(ROOT / "conf" / "functions" / "sum", work / "sum")
     (work / "routes.yml").write_text(CONFIG)
@@ -344,20 +394,27 @@ def main() -> int:
         print(f"image {image}; {args.rounds} rounds each; machine: {os.cpu_count()} cores")
         paused, removed = measure_wakes(port, owner, args.rounds)
         bare = measure_bare_run(image, args.rounds)
-        heal = measure_heal(port, owner, max(3, args.rounds // 2))
+        heal_rounds = max(3, args.rounds // 2)
+        heal = measure_heal(port, owner, heal_rounds, "heal", spare=False)
+        heal_spare = measure_heal(port, owner, heal_rounds, "healspare", spare=True)
         print(summary("wake from paused (first byte)", paused))
         print(summary("wake from removed (first byte)", removed))
         print(summary("bare docker run until it answers", bare))
         print(summary("kill-to-serving", heal))
+        print(summary("kill-to-serving with a spare", heal_spare))
         ratio = statistics.median(removed) / statistics.median(bare)
         print(f"wake from removed / bare docker run: {ratio:.2f}x")
         print(
             f"load step: {CONNECTIONS} connections for {args.load_seconds:g} s; scale {STEP_SCALE}"
         )
-        result = asyncio.run(load_step(port, args.load_seconds))
+        result = asyncio.run(load_step(port, args.load_seconds, wrk))
         for key in (
+            "wrk_requests_per_s",
+            "one_replica_served_rps",
+            "replicas_needed",
             "peak_replicas",
             "first_decision_after",
+            "needed_serving_after",
             "all_serving_after",
             "back_down_after",
         ):
@@ -371,6 +428,7 @@ def main() -> int:
             "wake_removed_p50_ms": statistics.median(removed) * 1000,
             "bare_docker_run_p50_ms": statistics.median(bare) * 1000,
             "kill_to_serving_p50_ms": statistics.median(heal) * 1000,
+            "kill_to_serving_spare_p50_ms": statistics.median(heal_spare) * 1000,
             "removed_vs_bare": ratio,
             **{k: v for k, v in result.items() if k != "samples"},
         }

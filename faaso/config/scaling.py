@@ -48,6 +48,7 @@ BLOCK_KEYS: dict[str, str | None] = {
     "scale_down_delay": None,
     "max_scale_down_rate": None,
     "remove_after": None,
+    "spare": None,
 }
 LABEL_KEYS = {label: key for key, label in BLOCK_KEYS.items() if label is not None}
 DURATION_KEYS = frozenset(
@@ -130,7 +131,7 @@ def _convert(key: str, value: object) -> Any:
             return ScaleType(str(value).strip().lower())
         except ValueError:
             raise ValueError(f"must be one of {', '.join(t.value for t in ScaleType)}") from None
-    if key == "zero":
+    if key in ("zero", "spare"):
         return _bool(value)
     if key in DURATION_KEYS:
         return parse_duration(value)

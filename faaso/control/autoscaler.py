@@ -249,8 +249,8 @@ class Autoscaler:
             self._set(controller, state, 0, f"idle for {idle:.0f} s: scale to zero (paused)", now)
             state.zero_since = now
             return
-        if controller.paused_count() and now - state.last_activity >= policy.remove_after:
-            controller.remove_paused()  # spares left from a wake, idle long enough
+        if controller.idle_paused() and now - state.last_activity >= policy.remove_after:
+            controller.remove_paused()  # paused ones left from a wake (not the spare), idle
         if not policy.autoscaling:
             state.desired = current
             return

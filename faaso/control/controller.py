@@ -39,6 +39,7 @@ from faaso.state.secret_store import SecretStore
 
 STOP_TIMEOUT = 10.0
 DRAIN_TIMEOUT = 30.0
+SPARE_RETRY = 30.0  # seconds before another try at a spare that could not be made
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +144,7 @@ class FunctionController:
         self.scaled_because = "deployed"
         self.scaled_at = time.time()
         self._remove_paused = False
+        self._spare_not_before = 0.0
         self.waking: str | None = None  # "paused" or "cold" while a request wakes it from zero
         self.autoscaler_view: dict[str, object] | None = None  # written by the autoscaler
 
@@ -161,6 +163,15 @@ class FunctionController:
 
     def paused_count(self) -> int:
         return sum(1 for t in self._tracked.values() if t.paused)
+
+    def idle_paused(self) -> int:
+        """Paused instances beyond the spare the function keeps (what idling may remove)."""
+        if self.replicas == 0:
+            return self.paused_count()
+        return max(0, self.paused_count() - self._spares_wanted())
+
+    def _spares_wanted(self) -> int:
+        return 1 if self.spec.scale.spare else 0
 
     def instances(self) -> list[Instance]:
         return [t.instance for t in self._tracked.values()]
@@ -185,10 +196,26 @@ class FunctionController:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def adopt(self, candidates: list[Instance]) -> list[Instance]:
-        """Take over healthy instances of this exact spec; return the ones not taken."""
+        """Take over healthy instances of this exact spec; return the ones not taken.
+
+        Running ones are health-checked and join the pool. Paused ones (a function at zero, or
+        a spare, when faaso stopped) are kept paused, up to what the function can use: its
+        replicas (one at zero, for the wake) and its spare. They cannot answer a probe while
+        frozen; a thawed process is exactly as it was, and the periodic probes watch it then.
+        """
         rest: list[Instance] = []
-        for instance in candidates:
+        for instance in sorted(candidates, key=lambda i: i.paused):  # running ones first
             taken = sum(1 for t in self._tracked.values() if t.ready)
+            if (
+                instance.paused
+                and len(self._tracked) < max(self.replicas, 1) + self._spares_wanted()
+                and instance.fingerprint == self.fingerprint
+                and instance.running
+                and instance.endpoint is not None
+            ):
+                self._tracked[instance.id] = Tracked(instance, paused=True)
+                self._log.info("instance.adopted", container=instance.name, paused=True)
+                continue
             if (
                 taken < self.replicas
                 and not instance.paused
@@ -422,7 +449,12 @@ class FunctionController:
             extra = sorted(active, key=lambda t: t.started_at, reverse=True)[:-missing]
             await self._retire(extra, "scaled down", DRAIN_TIMEOUT)
         if self._remove_paused:
-            spares = [t for t in self._tracked.values() if t.paused]
+            paused_now = [t for t in self._tracked.values() if t.paused]
+            # the newest current one stays when the function keeps a spare
+            paused_now.sort(
+                key=lambda t: (t.instance.fingerprint == self.fingerprint, t.started_at)
+            )
+            spares = paused_now[: max(0, len(paused_now) - self._spares_wanted())]
             if spares:
                 await self._retire(spares, "idle spare: removed", 0.0)
         if old and len(self._ready_current()) >= target:
@@ -434,6 +466,51 @@ class FunctionController:
         self._set_phase()
         if self.phase is Phase.READY:
             self._converged.set()
+            if not old:
+                return await self._keep_spare()
+        return None
+
+    async def _keep_spare(self) -> float | None:
+        """With ``scale.spare``: one more healthy container, paused, ready to replace one that
+        dies. Made only once the function serves; a death meanwhile is handled right after."""
+        current = [
+            t
+            for t in self._tracked.values()
+            if t.paused and t.instance.fingerprint == self.fingerprint
+        ]
+        if len(current) >= self._spares_wanted() or time.monotonic() < self._spare_not_before:
+            return None
+        fingerprint = self.fingerprint
+        began = time.monotonic()
+        try:
+            instance = await self._backend.start(self._instance_spec())
+        except FaasoError as exc:
+            self._log.warning("instance.spare_failed", error=str(exc))
+            self._spare_not_before = time.monotonic() + SPARE_RETRY
+            return SPARE_RETRY
+        tracked = Tracked(instance)
+        try:
+            await self._wait_healthy(tracked, watched=False)
+            await self._backend.pause(instance.id)
+        except BaseException as exc:
+            with contextlib.suppress(FaasoError):
+                await asyncio.shield(self._backend.stop(instance.id, timeout=0))
+            if not isinstance(exc, FaasoError):
+                raise
+            self._log.warning("instance.spare_failed", container=instance.name, error=str(exc))
+            self._spare_not_before = time.monotonic() + SPARE_RETRY
+            return SPARE_RETRY
+        if fingerprint != self.fingerprint or self._closing:  # the spec changed meanwhile
+            with contextlib.suppress(FaasoError):
+                await self._backend.stop(instance.id, timeout=0)
+            return 0.0
+        tracked.paused = True
+        self._tracked[instance.id] = tracked
+        self._log.info(
+            "instance.spare_ready",
+            container=instance.name,
+            seconds=round(time.monotonic() - began, 3),
+        )
         return None
 
     async def _park(self, victims: list[Tracked]) -> None:
@@ -510,7 +587,7 @@ class FunctionController:
     def fingerprint_for(self, spec: FunctionSpec, image: str) -> str:
         return instance_fingerprint(image, spec, self._secrets)
 
-    async def _launch(self) -> None:
+    def _instance_spec(self) -> InstanceSpec:
         spec = self.spec
         env = dict(spec.env)
         if spec.env_process:
@@ -523,7 +600,7 @@ class FunctionController:
                 mounts = self._secrets.mounts(spec.secrets, spec.namespace)
             except FaasoError as exc:
                 raise BackendError(f"function {spec.name}: {exc}") from exc
-        instance_spec = InstanceSpec(
+        return InstanceSpec(
             function=spec.name,
             image=self.image,
             fingerprint=self.fingerprint,
@@ -533,7 +610,9 @@ class FunctionController:
             mounts=mounts,
             read_only_root=spec.read_only_root,
         )
-        instance = await self._backend.start(instance_spec)
+
+    async def _launch(self) -> None:
+        instance = await self._backend.start(self._instance_spec())
         tracked = Tracked(instance)
         self._tracked[instance.id] = tracked
         self._log.info(
@@ -561,8 +640,11 @@ class FunctionController:
             unix=endpoint.unix,
         )
 
-    async def _wait_healthy(self, tracked: Tracked) -> None:
-        """Poll the health path until it answers 200; fail early if the container exits."""
+    async def _wait_healthy(self, tracked: Tracked, *, watched: bool = True) -> None:
+        """Poll the health path until it answers 200; fail early if the container exits.
+
+        ``watched``: the instance is tracked, so its death event drops it from ``_tracked``
+        (checked at every poll); otherwise (a spare in the making) only every half second."""
         instance, spec = tracked.instance, self.spec
         deadline = time.monotonic() + spec.startup_timeout
         delay = 0.01
@@ -571,7 +653,7 @@ class FunctionController:
             if await self._prober.check(instance, spec.health_path, max(spec.health_timeout, 1.0)):
                 return
             now = time.monotonic()
-            if instance.id not in self._tracked or now >= next_liveness:
+            if (watched and instance.id not in self._tracked) or now >= next_liveness:
                 next_liveness = now + 0.5
                 current = await self._backend.inspect(instance.id)
                 if current is None or not current.running:

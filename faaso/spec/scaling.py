@@ -10,6 +10,10 @@ over a ``stable_window`` (60 s), or over a ``panic_window`` (6 s) when that shor
 at least twice what the ready replicas are meant to carry; no scale-down while panicking, none
 before ``scale_down_delay`` has passed at the lower count, and never more than a factor of
 ``max_scale_down_rate`` per tick.
+
+``spare`` keeps one more container of the function's current image created, healthy and paused
+while the function runs: a container that dies is replaced by thawing it (tens of milliseconds)
+instead of starting a new one; the next spare is made once the function serves again.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ DEFAULT_SCALE_DOWN_DELAY = 30.0
 DEFAULT_MAX_SCALE_DOWN_RATE = 2.0  # at most halve the replicas per tick
 # Paused instances are removed (memory given back) after this much more idle time.
 DEFAULT_REMOVE_AFTER = 5 * 60.0
+# Keep one paused spare container ready while the function runs (heal by a thaw): off, because
+# the frozen spare holds its memory (up to the function's memory limit) for as long as it runs.
+DEFAULT_SPARE = False
 
 
 class ScaleType(StrEnum):
@@ -70,6 +77,7 @@ class ScalePolicy:
     scale_down_delay: float = DEFAULT_SCALE_DOWN_DELAY
     max_scale_down_rate: float = DEFAULT_MAX_SCALE_DOWN_RATE
     remove_after: float = DEFAULT_REMOVE_AFTER
+    spare: bool = DEFAULT_SPARE
 
     @property
     def autoscaling(self) -> bool:

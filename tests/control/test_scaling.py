@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,7 +24,16 @@ from aiohttp.test_utils import TestClient
 from faaso.config.routes_file import load_config
 from faaso.server.app import SUPERVISOR, create_app
 from faaso.state.paths import owner_id
-from tests.helpers import FastTestServer, eventually, server_app
+from tests.helpers import (
+    READY_DEADLINE,
+    FastTestServer,
+    containers_of,
+    eventually,
+    server_app,
+    start_serve,
+    stop_serve,
+    wait_ready,
+)
 
 pytestmark = [
     pytest.mark.docker,
@@ -35,6 +45,7 @@ ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 # One handler for every function here (one image): sleeps START_DELAY seconds before it serves
 # (a slow cold start), and ?s= seconds per request (load that keeps requests in flight).
+# ?c= seconds of busy CPU per request (load for the cpu scale type).
 HANDLER = """
 import os, time
 
@@ -42,6 +53,9 @@ time.sleep(float(os.environ.get("START_DELAY", "0")))
 
 def handle(event, context):
     time.sleep(float(event.query.get("s", "0")))
+    end = time.process_time() + float(event.query.get("c", "0"))
+    while time.process_time() < end:
+        pass
     return "ok"
 """
 FAST = "tick: 0.25, stable_window: 3, panic_window: 1, scale_down_delay: 1"
@@ -124,9 +138,16 @@ async def site_factory(
 
 
 async def _load(
-    site: Site, path: str, connections: int, seconds: float, until: Callable[[], bool]
+    site: Site,
+    path: str,
+    connections: int,
+    seconds: float,
+    until: Callable[[], bool],
+    *,
+    think: float = 0.0,
 ) -> list[int]:
-    """``connections`` clients calling ``path`` in a loop until ``until()`` or ``seconds``."""
+    """``connections`` clients calling ``path`` in a loop until ``until()`` or ``seconds``,
+    each waiting ``think`` seconds between its requests (a light load on many connections)."""
     deadline = time.monotonic() + seconds
     statuses: list[int] = []
 
@@ -136,6 +157,8 @@ async def _load(
                 async with session.get(site.client.make_url(path)) as resp:
                     await resp.read()
                     statuses.append(resp.status)
+                if think:
+                    await asyncio.sleep(think)  # the client's think time, part of the load
 
     await asyncio.gather(*(client() for _ in range(connections)))
     return statuses
@@ -147,6 +170,8 @@ async def test_min_replicas_after_deploy_and_precedence(site_factory: Any) -> No
     assert len(site.containers("two")) == 2
     _, fn, _ = await site.call("GET", "/system/function/two")
     assert (fn["replicas"], fn["availableReplicas"]) == (2, 2)
+    # started at min by the deploy itself, not raised to it by the autoscaler afterwards
+    assert site.status("two")["scaled_because"] == "deployed"
     # API: the label's min is reported right after the deploy
     image = server_app(site.client)[SUPERVISOR].controller("two").image  # type: ignore[union-attr]
     status, body, _ = await site.call(
@@ -159,6 +184,7 @@ async def test_min_replicas_after_deploy_and_precedence(site_factory: Any) -> No
     assert (fn["replicas"], fn["availableReplicas"]) == (2, 2)
     listed = {f["name"]: f for f in (await site.call("GET", "/system/functions"))[1]}
     assert listed["api"]["replicas"] == 2
+    assert site.status("api")["scaled_because"] == "deployed"
     # a bad label is a 400 naming the key and the value
     status, body, _ = await site.call(
         "POST",
@@ -234,16 +260,22 @@ async def test_autoscaler_up_and_down_under_load_without_failures(site_factory: 
     assert 'faaso_autoscaler_desired_replicas{function_name="elastic"}' in metrics
     assert 'faaso_autoscaler_observed_load{function_name="elastic",type="capacity"}' in metrics
 
-    # load goes away, in steps, while requests keep coming on a few connections: none fails
+    # the load drops while 32 connections keep calling (each about once a second, so about
+    # one request in flight: 1 replica's worth): it scales down and none fails
     def scaled_down() -> bool:
         return len(site.containers("elastic")) == 1
 
     began = time.monotonic()
     down_statuses = await _load(
-        site, "/elastic?s=0.05", 1, 60, lambda: scaled_down() and time.monotonic() > began + 2
+        site,
+        "/elastic?s=0.02",
+        32,
+        90,
+        lambda: scaled_down() and time.monotonic() > began + 2,
+        think=1.0,
     )
     assert scaled_down(), site.status("elastic")
-    assert set(down_statuses) == {200}
+    assert len(down_statuses) >= 32 and set(down_statuses) == {200}
 
     # AlertManager: firing adds ceil(max x factor / 100) = 1 (3 x 20%), up to max; resolved: min
     alert = {
@@ -309,6 +341,7 @@ async def test_idle_pause_remove_and_wake(site_factory: Any) -> None:
     results = await asyncio.gather(*(site.call("GET", "/lazy") for _ in range(6)))
     assert [(s, b, h.get("X-Faaso-Cold-Start")) for s, b, h in results] == [(200, "ok", "cold")] * 6
     assert len(site.containers("lazy")) == 1 and controller.restarts == restarts_before
+    assert controller.replicas == 1  # one start asked for, not one per waiting request
 
 
 async def test_wake_is_bounded_by_the_timeout(site_factory: Any) -> None:
@@ -329,3 +362,100 @@ async def test_wake_is_bounded_by_the_timeout(site_factory: Any) -> None:
     await eventually(up, 60, "the woken instance to come up anyway")
     status, body, headers = await site.call("GET", "/slow")
     assert (status, body) == (200, "ok")
+
+
+async def test_cpu_scale_type_follows_the_engine_stats(site_factory: Any) -> None:
+    """``type: cpu``: the load is the containers' CPU from the engine's stats, up and down."""
+    site = await site_factory(
+        {"busy": f"scale: {{type: cpu, target: 20, target_proportion: 1, max: 2, {FAST}}}"},
+        {"/busy": "busy"},
+    )
+    assert len(site.containers("busy")) == 1
+
+    def two() -> bool:
+        return len(site.containers("busy")) == 2 and site.status("busy")["available"] == 2
+
+    # 4 connections each burning 50 ms of CPU per request: far above 20 % of a core
+    statuses = await _load(site, "/busy?c=0.05", 4, 60, two)
+    assert two(), site.status("busy")
+    assert set(statuses) == {200}
+    decision = site.status("busy")["autoscaler"]["last_decision"]
+    assert decision["to"] == 2 and "cpu" in decision["why"], decision
+
+    async def one() -> bool:
+        return len(site.containers("busy")) == 1
+
+    await eventually(one, 60, "back to one replica once the CPU is idle")
+    assert "cpu" in site.status("busy")["autoscaler"]["last_decision"]["why"]
+
+
+async def test_spare_replaces_a_killed_container_by_a_thaw(site_factory: Any) -> None:
+    site = await site_factory(
+        {"spared": "scale: {min: 1, max: 1, spare: true}"}, {"/spared": "spared"}
+    )
+
+    async def spare_made() -> bool:
+        return len(site.containers("spared", paused=True)) == 1
+
+    await eventually(spare_made, 120, "the paused spare")
+    (spare,) = site.containers("spared", paused=True)
+    (live,) = site.containers("spared", paused=False)
+    assert site.status("spared")["phase"] == "ready"
+    await asyncio.to_thread(
+        subprocess.run, ["docker", "kill", live], capture_output=True, check=True
+    )
+
+    async def healed() -> bool:
+        if site.containers("spared", paused=False) != [spare]:
+            return False
+        status, body, _ = await site.call("GET", "/spared")
+        return (status, body) == (200, "ok")
+
+    # the spare itself serves: thawed, not a new container
+    await eventually(healed, 60, "the spare to replace the killed container")
+    controller = server_app(site.client)[SUPERVISOR].controller("spared")
+    assert controller is not None and controller.restarts == 1
+
+    async def next_spare() -> bool:
+        paused = site.containers("spared", paused=True)
+        return len(paused) == 1 and paused != [spare]
+
+    await eventually(next_spare, 120, "the next spare")
+    assert site.containers("spared", paused=False) == [spare]
+
+
+async def test_paused_container_is_adopted_after_a_crash(tmp_path: Path) -> None:
+    """faaso killed while a function is at zero: the next faaso keeps the paused container
+    (no new container) and a request thaws it."""
+    (tmp_path / "fn").mkdir()
+    (tmp_path / "fn" / "handler.py").write_text(HANDLER)
+    config = tmp_path / "routes.yml"
+    write_config(config, {"lazy": "scale: {remove_after: 3600}"}, {"/lazy": "lazy"})
+    state = tmp_path / "state"
+    served = start_serve(config, state, tmp_path / "faaso-1.log", "--no-auth")
+    try:
+        await asyncio.to_thread(wait_ready, served, READY_DEADLINE)
+        code, _, _ = await asyncio.to_thread(
+            served.request, "POST", "/system/scale-function/lazy", b'{"replicas": 0}'
+        )
+        assert code == 202
+
+        async def paused() -> bool:
+            return len(await containers_of(state, "lazy", paused=True)) == 1
+
+        await eventually(paused, 60, "the container to be paused")
+        (frozen,) = await containers_of(state, "lazy", paused=True)
+        served.proc.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(served.proc.wait, 30)
+        served = start_serve(config, state, tmp_path / "faaso-2.log", "--no-auth")
+        await asyncio.to_thread(wait_ready, served, READY_DEADLINE)
+        assert await containers_of(state, "lazy") == [frozen]
+        assert await containers_of(state, "lazy", paused=True) == [frozen]
+        assert '"instance.adopted"' in served.log_text()
+        code, headers, body = await asyncio.to_thread(served.request, "GET", "/lazy")
+        assert (code, body, headers.get("x-faaso-cold-start")) == (200, b"ok", "paused")
+        assert await containers_of(state, "lazy") == [frozen]
+        assert await containers_of(state, "lazy", paused=True) == []
+    finally:
+        if served.proc.poll() is None:
+            await asyncio.to_thread(stop_serve, served)
