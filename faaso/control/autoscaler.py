@@ -71,6 +71,9 @@ class _State:
     panic_load: float = 0.0
     decision: dict[str, object] = field(default_factory=dict)
     ticks: int = 0  # decisions made (each tick), for the status
+    # When the autoscaler first saw the function (its start, or faaso's): the load it has seen is
+    # less than a stable window, so it does not scale down before one has passed.
+    first_seen: float = field(default_factory=time.monotonic)
 
 
 def _average(samples: deque[tuple[float, float]], since: float) -> float:
@@ -313,6 +316,11 @@ class Autoscaler:
             # the load may take it down again: `faaso scale f 2` is not undone at the next tick.
             desired = current
             why += f" (held: scaled by hand less than {policy.stable_window:g} s ago)"
+        elif desired < current and now - state.first_seen < policy.stable_window:
+            # Just started watching (faaso restarted, the function is new): less than a stable
+            # window of load is known, so what runs (an adopted count, say) is kept for now.
+            desired = current
+            why += f" (held: watched for less than {policy.stable_window:g} s)"
         if state.floor > desired:
             desired = state.floor
             why += f" (alert floor {state.floor})"
