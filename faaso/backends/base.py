@@ -173,6 +173,7 @@ class Task:
     exit_code: int | None = None
     created: str | None = None  # RFC 3339
     fingerprint: str = ""
+    node: str = ""  # the node that runs it; only tasks on faaso's own node get an endpoint
 
     @property
     def available(self) -> bool:
@@ -213,6 +214,20 @@ class ServiceEvent:
 
     function: str
     kind: str  # the engine's action: create, update, remove, die, start, health_status ...
+
+
+def task_instance(task: Task, function: str) -> Instance:
+    """A task seen as an :class:`Instance` (what the logs API and the autoscaler read)."""
+    return Instance(
+        id=task.id,
+        name=task.name,
+        function=function,
+        fingerprint=task.fingerprint,
+        endpoint=task.endpoint,
+        running=task.state == "running",
+        exit_code=task.exit_code,
+        created=task.created,
+    )
 
 
 class LogSource(Protocol):

@@ -52,6 +52,7 @@ from faaso.backends.base import (
     ServiceSpec,
     ServiceState,
     Task,
+    task_instance,
 )
 from faaso.errors import BackendError
 from faaso.logs import get_logger
@@ -109,6 +110,7 @@ class SwarmOrchestrator:
         self.prefix = f"faaso-{owner[:8]}"
         self._log = get_logger("faaso.swarm")
         self._names: dict[str, str] = {}  # service name -> function
+        self.node_id = ""  # this engine's node: its tasks are the ones 127.0.0.1 reaches
 
     # -- naming ------------------------------------------------------------------------------
 
@@ -136,6 +138,7 @@ class SwarmOrchestrator:
         if state != "active" or not swarm.get("ControlAvailable"):
             role = "a worker" if state == "active" else state
             raise BackendError(NOT_A_MANAGER.format(state=role))
+        self.node_id = str(swarm.get("NodeID") or "")
 
     async def deploy(self, spec: ServiceSpec) -> None:
         secrets = [await self._ensure_secret(ref) for ref in spec.secrets]
@@ -447,12 +450,14 @@ class SwarmOrchestrator:
             created=found.get("CreatedAt"),
         )
 
-    @staticmethod
-    def _task(info: Mapping[str, Any], function: str) -> Task:
+    def _task(self, info: Mapping[str, Any], function: str) -> Task:
         status = info.get("Status") or {}
         labels = ((info.get("Spec") or {}).get("ContainerSpec") or {}).get("Labels") or {}
         endpoint = None
-        for port in (status.get("PortStatus") or {}).get("Ports") or []:
+        node = str(info.get("NodeID") or "")
+        local = not self.node_id or node == self.node_id
+        ports = (status.get("PortStatus") or {}).get("Ports") or []
+        for port in ports if local else []:
             if port.get("TargetPort") == FUNCTION_PORT and port.get("PublishedPort"):
                 endpoint = Endpoint(DIAL_HOST, int(port["PublishedPort"]))
                 break
@@ -470,6 +475,7 @@ class SwarmOrchestrator:
             exit_code=int(exit_code) if state in ("failed", "complete") and exit_code else None,
             created=info.get("CreatedAt"),
             fingerprint=str(labels.get(LABEL_FINGERPRINT, "")),
+            node=node,
         )
 
     def _event(self, item: dict[str, Any]) -> ServiceEvent | None:
@@ -487,20 +493,6 @@ class SwarmOrchestrator:
         if function and service.startswith(self.prefix + "-"):
             return ServiceEvent(function, action.split(":")[0])
         return None
-
-
-def task_instance(task: Task, function: str) -> Instance:
-    """A task seen as an :class:`Instance` (what the logs API and the autoscaler read)."""
-    return Instance(
-        id=task.id,
-        name=task.name,
-        function=function,
-        fingerprint=task.fingerprint,
-        endpoint=task.endpoint,
-        running=task.state == "running",
-        exit_code=task.exit_code,
-        created=task.created,
-    )
 
 
 def _split_timestamp(line: str) -> tuple[str, str]:
