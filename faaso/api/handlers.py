@@ -25,7 +25,7 @@ from aiohttp import web
 
 from faaso import __version__
 from faaso.api.openfaas import function_status
-from faaso.backends.base import Backend, Instance
+from faaso.backends.base import Instance, LogSource
 from faaso.config.deployment import check_namespace
 from faaso.config.desired import DesiredState
 from faaso.control.autoscaler import Autoscaler
@@ -55,10 +55,11 @@ class ApiContext:
     supervisor: Supervisor
     secrets: SecretStore
     metrics: Metrics
-    backend: Backend
+    backend: LogSource  # where instances' logs come from (the engine, or the Swarm's tasks)
     # The function's asynchronous queue for its status (set when the queue runs).
     queue_of: Callable[[str], dict[str, Any]] | None = None
     autoscaler: Autoscaler | None = None
+    orchestration: str = "docker"  # or swarm: reported by /system/info
 
 
 class ApiHolder:
@@ -433,10 +434,15 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
 
 
 async def info(request: web.Request) -> web.Response:
+    ctx = request.app[HOLDER].get()
     version = {"release": __version__, "sha": "", "commit_message": ""}
     return web.json_response(
         {
-            "provider": {"provider": "faaso", "orchestration": "docker", "version": version},
+            "provider": {
+                "provider": "faaso",
+                "orchestration": ctx.orchestration,
+                "version": version,
+            },
             "version": version,
             "arch": platform.machine(),
         }

@@ -106,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="after each successful rollout, prune the function's images beyond the N newest "
         "(3; 0: never prune automatically)",
     )
+    serve.add_argument(
+        "--backend",
+        choices=("docker", "swarm"),
+        default=None,
+        help="what runs the functions: plain Docker containers, or Docker Swarm services "
+        "(default: the routes file's 'backend:', else docker)",
+    )
     _add_logging(serve)
     serve.set_defaults(handler=_serve)
 
@@ -193,6 +200,7 @@ def _serve(args: argparse.Namespace) -> int:
             pull=not args.no_pull,
             drain_timeout=args.drain_timeout,
             keep_images=args.keep_images,
+            backend_name=args.backend,
         )
 
     async def main() -> None:

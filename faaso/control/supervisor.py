@@ -211,6 +211,12 @@ class Supervisor:
         async with self._apply_lock:
             old = self.config
             assert old is not None, "start() first"
+            running = "swarm" if self._orchestrator is not None else "docker"
+            if new.backend is not None and new.backend != running:
+                raise ReloadError(
+                    f"backend: {new.backend} in the routes file, but faaso runs on {running}; "
+                    "the backend changes only with a restart of faaso"
+                )
             added = [n for n in new.functions if n not in old.functions]
             removed = [n for n in old.functions if n not in new.functions]
 
