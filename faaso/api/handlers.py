@@ -156,6 +156,9 @@ def _status(ctx: ApiContext, name: str) -> dict[str, Any] | None:
         requests=requests if isinstance(requests, dict) else None,
         replicas=controller.replicas if controller is not None else None,
     )
+    if controller is not None and controller.error:
+        # faaso's own field: why it does not run (a task error such as "No such image")
+        status["error"] = controller.error
     if ctx.queue_of is not None:
         status["asyncQueue"] = ctx.queue_of(name)
     return status
