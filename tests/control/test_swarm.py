@@ -96,6 +96,7 @@ functions:
     runtime: python
     read_only_root: true
     labels: {{team: web}}
+    scale: {{min: 1, max: 1}}  # the autoscaler off: the counts below are the API's alone
   ghost:
     image: faaso/does-not-exist-{tmp_path.name}:1
 routes:
