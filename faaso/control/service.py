@@ -90,6 +90,7 @@ class ServiceController:
         self.restarts = 0
         self.last_exit_code: int | None = None
         self.last_logs: list[str] = []
+        self.restart_delays: list[float] = []  # Swarm's restart policy chooses the delays
         self.replicas = spec.replicas
         self.scaled_because = "deployed"
         self.scaled_at = time.time()
