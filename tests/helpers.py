@@ -79,6 +79,43 @@ def docker_available() -> bool:
         return False
 
 
+def swarm_state() -> str:
+    """The engine's Swarm state: ``active``, ``inactive``, ``pending`` ..."""
+    out = subprocess.run(
+        ["docker", "info", "--format", "{{.Swarm.LocalNodeState}}"], capture_output=True, text=True
+    )
+    return out.stdout.strip()
+
+
+def swarm_services(owner: str) -> dict[str, dict[str, Any]]:
+    """The Swarm services a faaso with this owner id made, by function: their inspect JSON."""
+    ids = subprocess.run(
+        ["docker", "service", "ls", "-q", "--filter", f"label=faaso.owner={owner}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    if not ids:
+        return {}
+    shown = subprocess.run(
+        ["docker", "service", "inspect", *ids], capture_output=True, text=True, check=True
+    ).stdout
+    return {s["Spec"]["Labels"]["faaso.function"]: s for s in json.loads(shown)}
+
+
+def remove_swarm_services(owner: str) -> None:
+    """Remove the services (and secret versions) a test's faaso made: only those."""
+    for found in swarm_services(owner).values():
+        subprocess.run(["docker", "service", "rm", found["ID"]], capture_output=True, check=False)
+    secrets = subprocess.run(
+        ["docker", "secret", "ls", "-q", "--filter", f"label=faaso.owner={owner}"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    if secrets:
+        subprocess.run(["docker", "secret", "rm", *secrets], capture_output=True, check=False)
+
+
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
     """Poll ``check`` until it holds or the deadline passes."""
     deadline = time.monotonic() + timeout

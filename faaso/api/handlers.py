@@ -33,7 +33,7 @@ from aiohttp import web
 
 from faaso import __version__
 from faaso.api.openfaas import function_status
-from faaso.backends.base import Backend, Instance
+from faaso.backends.base import Instance, LogSource
 from faaso.buildinfo import build_sha
 from faaso.config.deployment import namespace_name
 from faaso.config.desired import DesiredState
@@ -64,11 +64,12 @@ class ApiContext:
     supervisor: Supervisor
     secrets: SecretStore
     metrics: Metrics
-    backend: Backend
+    backend: LogSource  # where instances' logs come from (the engine, or the Swarm's tasks)
     # The function's asynchronous queue for its status (set when the queue runs).
     queue_of: Callable[[str], dict[str, Any]] | None = None
     autoscaler: Autoscaler | None = None
     images: ImageProvider | None = None  # builds store entries that name a source folder
+    orchestration: str = "docker"  # or swarm: reported by /system/info
 
 
 class ApiHolder:
@@ -172,6 +173,9 @@ def _status(ctx: ApiContext, name: str) -> dict[str, Any] | None:
         deployment=stored.deployment if stored else None,
         replicas=controller.replicas if controller is not None else None,
     )
+    if controller is not None and controller.error:
+        # faaso's own field: why it does not run (a task error such as "No such image")
+        status["error"] = controller.error
     if ctx.queue_of is not None:
         status["asyncQueue"] = ctx.queue_of(name)
     return status
@@ -472,8 +476,10 @@ PROVIDER_MODE = web.AppKey("faaso_provider_mode", bool)
 async def info(request: web.Request) -> web.Response:
     """A provider's shape behind a real OpenFaaS gateway (which nests it in its own), else
     the gateway's. ``sha`` is the build's id, never empty."""
+    holder = request.app[HOLDER]
+    orchestration = holder.ctx.orchestration if holder.ctx is not None else "docker"
     version = {"release": __version__, "sha": build_sha()}
-    provider = {"provider": "faaso", "orchestration": "docker", "version": version}
+    provider = {"provider": "faaso", "orchestration": orchestration, "version": version}
     if request.app[PROVIDER_MODE]:
         return web.json_response(provider)
     return web.json_response(

@@ -106,3 +106,174 @@ class Backend(Protocol):
 
     async def close(self) -> None:
         """Release the connection to the engine (instances keep running)."""
+
+
+# -- the seam one level up: a whole function at a time ----------------------------------------
+#
+# An orchestrator (Docker Swarm) keeps replicas, heals and rolls updates itself, per function.
+# faaso hands it the desired service (spec, image, replica count) and reads back what runs:
+# the tasks, which of them are available (running and healthy), their 127.0.0.1 endpoints and
+# their errors. The per-container :class:`Backend` above stays for plain Docker, where faaso's
+# own controllers do that work.
+
+LABEL_SERVICE = "faaso.service"  # on a service's containers: the function (never faaso.owner)
+LABEL_OPENFAAS_FUNCTION = "com.openfaas.function"
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """The health check the orchestrator runs inside each task."""
+
+    path: str = "/_/health"
+    interval: float = 2.0
+    timeout: float = 1.0
+    retries: int = 3
+    start_period: float = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class SecretRef:
+    """A secret value made available to a function's tasks as a read-only file."""
+
+    name: str  # the secret's name in faaso (and the file's name)
+    version: str  # a digest of the value: each value gets its own orchestrator object
+    source: str  # the host file holding the value
+    target: str  # the path in the task
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    """What to run for one function: everything an orchestrator needs to keep it running."""
+
+    function: str
+    image: str
+    fingerprint: str  # changes whenever anything below but the replica count changes
+    replicas: int
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    limits: Limits = field(default_factory=Limits)
+    reservations: Limits = field(default_factory=Limits)
+    read_only_root: bool = False
+    health: HealthCheck = field(default_factory=HealthCheck)
+    secrets: tuple[SecretRef, ...] = ()
+    stop_grace: float = 10.0  # seconds between SIGTERM and SIGKILL
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One task (replica) of a service, as the orchestrator reports it."""
+
+    id: str
+    name: str  # <function>.<slot>
+    state: str  # new, pending, assigned, preparing, starting, running, failed, rejected ...
+    desired_state: str  # running, shutdown ...
+    endpoint: Endpoint | None = None
+    error: str | None = None
+    message: str | None = None
+    exit_code: int | None = None
+    created: str | None = None  # RFC 3339
+    fingerprint: str = ""
+    node: str = ""  # the node that runs it; only tasks on faaso's own node get an endpoint
+
+    @property
+    def available(self) -> bool:
+        """Running, healthy (a task with a health check runs only once it passed it), and meant
+        to stay so."""
+        return self.state == "running" and self.desired_state == "running"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceState:
+    """One function's service as it is now."""
+
+    function: str
+    id: str
+    fingerprint: str
+    replicas: int  # desired
+    image: str
+    tasks: tuple[Task, ...] = ()
+    update_state: str | None = None  # updating, completed, rollback_started, rollback_completed ...
+    update_message: str | None = None
+    created: str | None = None
+
+    def available(self) -> list[Task]:
+        return [t for t in self.tasks if t.available and t.endpoint is not None]
+
+    def errors(self) -> list[str]:
+        """What went wrong with tasks that should run: the newest first, each message once."""
+        seen: list[str] = []
+        for task in sorted(self.tasks, key=lambda t: t.created or "", reverse=True):
+            if task.error and task.error not in seen:
+                seen.append(task.error)
+        return seen
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceEvent:
+    """Something changed about a function's service or one of its tasks."""
+
+    function: str
+    kind: str  # the engine's action: create, update, remove, die, start, health_status ...
+
+
+def task_instance(task: Task, function: str) -> Instance:
+    """A task seen as an :class:`Instance` (what the logs API and the autoscaler read)."""
+    return Instance(
+        id=task.id,
+        name=task.name,
+        function=function,
+        fingerprint=task.fingerprint,
+        endpoint=task.endpoint,
+        running=task.state == "running",
+        exit_code=task.exit_code,
+        created=task.created,
+    )
+
+
+class LogSource(Protocol):
+    """What the API reads instances' logs from (a :class:`Backend` or an orchestrator's)."""
+
+    async def inspect(self, instance_id: str) -> Instance | None: ...
+
+    def logs(
+        self, instance_id: str, *, follow: bool, since: float | None, tail: int | None
+    ) -> AsyncIterator[tuple[str, str]]: ...
+
+
+class Orchestrator(Protocol):
+    """Runs whole functions (one service each). Implementations raise
+    :class:`faaso.errors.BackendError`; a missing service is None or a no-op, never an error."""
+
+    async def check(self) -> None:
+        """Raise :class:`faaso.errors.BackendError`, saying what to run, when this engine
+        cannot orchestrate (for Swarm: it is not a manager)."""
+
+    async def deploy(self, spec: ServiceSpec) -> None:
+        """Create the function's service, or update it in place (a rolling update)."""
+
+    async def scale(self, function: str, replicas: int) -> None:
+        """Set the replica count alone (no rolling update)."""
+
+    async def service(self, function: str) -> ServiceState | None:
+        """The function's service and its tasks, or None when there is none."""
+
+    async def services(self) -> list[ServiceState]:
+        """Every service this faaso owns (tasks left out)."""
+
+    async def remove(self, function: str) -> None:
+        """Remove the service (its tasks stop). Idempotent."""
+
+    def events(self) -> AsyncIterator[ServiceEvent]:
+        """Changes to this faaso's services and their tasks, as the engine sees them. Ends or
+        raises :class:`faaso.errors.BackendError` when the engine goes away."""
+
+    async def inspect(self, instance_id: str) -> Instance | None:
+        """A task as an :class:`Instance` (for the logs API), or None when it is gone."""
+
+    def logs(
+        self, instance_id: str, *, follow: bool, since: float | None, tail: int | None
+    ) -> AsyncIterator[tuple[str, str]]:
+        """(RFC 3339 timestamp, text) for each line a task printed, oldest first."""
+
+    async def close(self) -> None:
+        """Release the connection (services keep running)."""

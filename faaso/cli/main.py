@@ -112,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run as the provider behind an OpenFaaS gateway (its functions_provider_url): "
         "/system/info in the provider's shape, the gateway's metrics named faaso_*",
     )
+    serve.add_argument(
+        "--backend",
+        choices=("docker", "swarm"),
+        default=None,
+        help="what runs the functions: plain Docker containers, or Docker Swarm services "
+        "(default: the routes file's 'backend:', else docker)",
+    )
     _add_logging(serve)
     serve.set_defaults(handler=_serve)
 
@@ -200,6 +207,7 @@ def _serve(args: argparse.Namespace) -> int:
             drain_timeout=args.drain_timeout,
             keep_images=args.keep_images,
             provider_mode=args.provider_mode,
+            backend_name=args.backend,
         )
 
     async def main() -> None:

@@ -41,7 +41,10 @@ from faaso.spec.function import (
 )
 from faaso.spec.routing import RESERVED_PREFIXES, ROUTE_SEGMENT_RE, normalise_route
 
-TOP_KEYS = frozenset({"functions", "routes", "runtimes", "async", "store"})
+TOP_KEYS = frozenset({"functions", "routes", "runtimes", "async", "store", "backend", "registry"})
+BACKENDS = ("docker", "swarm")
+# host[:port][/path]: where images are pushed for an orchestrator's nodes to pull
+REGISTRY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?(/[a-z0-9][a-z0-9._/-]*)?$")
 FUNCTION_KEYS = frozenset(
     {
         "source",
@@ -106,6 +109,8 @@ class Config:
     # The function store (faaso.config.store): a file's absolute path or an http(s) URL;
     # None: the store faaso ships.
     store: str | None = None
+    backend: str | None = None  # docker or swarm; None: not said (docker, or --backend)
+    registry: str | None = None  # where images are pushed for the Swarm's nodes
 
 
 class _Checker:
@@ -228,7 +233,25 @@ def parse_config(doc: object, path: Path, extra_runtime_dirs: tuple[Path, ...] =
         runtime_dirs=catalog.dirs,
         async_settings=_parse_async(check, top.get("async")),
         store=_store_location(check, base, top.get("store")),
+        backend=_parse_backend(check, top.get("backend")),
+        registry=_parse_registry(check, top.get("registry")),
     )
+
+
+def _parse_backend(check: _Checker, value: object) -> str | None:
+    if value is None:
+        return None
+    if value not in BACKENDS:
+        raise check.fail("backend", value, f"must be one of {', '.join(BACKENDS)}")
+    return str(value)
+
+
+def _parse_registry(check: _Checker, value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not REGISTRY_RE.match(value.rstrip("/")):
+        raise check.fail("registry", value, "must be a registry as host[:port][/path]")
+    return value.rstrip("/")
 
 
 def _whole(check: _Checker, key: str, value: object, low: int, high: int) -> int:

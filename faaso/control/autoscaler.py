@@ -41,7 +41,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from structlog.typing import FilteringBoundLogger
 
 from faaso.backends.base import Backend
-from faaso.control.controller import FunctionController
+from faaso.control.service import AnyController
 from faaso.errors import FaasoError, NotFoundError
 from faaso.guard import TaskGuard
 from faaso.spec.scaling import ScalePolicy, ScaleType
@@ -84,7 +84,7 @@ def _average(samples: deque[tuple[float, float]], since: float) -> float:
 class Autoscaler:
     def __init__(
         self,
-        controllers: Callable[[], list[FunctionController]],
+        controllers: Callable[[], list[AnyController]],
         started: Callable[[str], int],
         backend: Backend,
         log: FilteringBoundLogger,
@@ -200,7 +200,7 @@ class Autoscaler:
                         "autoscaler.decision_failed", function=controller.name, error=str(exc)
                     )
 
-    def _sample(self, controller: FunctionController, state: _State, now: float) -> None:
+    def _sample(self, controller: AnyController, state: _State, now: float) -> None:
         policy = controller.spec.scale
         count = self._started(controller.name)
         requests = count - state.last_count
@@ -219,7 +219,7 @@ class Autoscaler:
         while state.samples and state.samples[0][0] < now - policy.stable_window:
             state.samples.popleft()
 
-    async def _cpu(self, controller: FunctionController, state: _State, now: float) -> None:
+    async def _cpu(self, controller: AnyController, state: _State, now: float) -> None:
         readings = await asyncio.gather(
             *(self._backend.cpu_seconds(i.id) for i in controller.instances()),
             return_exceptions=True,
@@ -229,14 +229,14 @@ class Autoscaler:
             state.cpu_percent = 100.0 * (total - state.cpu_total) / (now - state.cpu_at)
         state.cpu_total, state.cpu_at = total, now
 
-    async def _decide(self, controller: FunctionController, state: _State, now: float) -> None:
+    async def _decide(self, controller: AnyController, state: _State, now: float) -> None:
         state.ticks += 1
         try:
             await self._decide_now(controller, state, now)
         finally:
             controller.autoscaler_view = self.status(controller.name)
 
-    async def _decide_now(self, controller: FunctionController, state: _State, now: float) -> None:
+    async def _decide_now(self, controller: AnyController, state: _State, now: float) -> None:
         policy = controller.spec.scale
         current = controller.replicas
         if state.set_by_us is not None and current != state.set_by_us:
@@ -265,7 +265,7 @@ class Autoscaler:
             self._set(controller, state, desired, why, now)
 
     def _desired(
-        self, controller: FunctionController, policy: ScalePolicy, state: _State, now: float
+        self, controller: AnyController, policy: ScalePolicy, state: _State, now: float
     ) -> tuple[int, str]:
         current = controller.replicas
         per = policy.per_replica
@@ -329,7 +329,7 @@ class Autoscaler:
             why += f" (clamped to {policy.min}..{policy.max})"
         return clamped, why
 
-    def _at_zero(self, controller: FunctionController, state: _State, now: float) -> None:
+    def _at_zero(self, controller: AnyController, state: _State, now: float) -> None:
         state.desired = 0
         if state.zero_since is None:
             state.zero_since = now
@@ -338,7 +338,7 @@ class Autoscaler:
             controller.remove_paused()
 
     def _set(
-        self, controller: FunctionController, state: _State, replicas: int, why: str, now: float
+        self, controller: AnyController, state: _State, replicas: int, why: str, now: float
     ) -> None:
         before = controller.replicas
         state.decision = {

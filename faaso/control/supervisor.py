@@ -20,10 +20,11 @@ from typing import Any, Protocol
 
 from structlog.typing import FilteringBoundLogger
 
-from faaso.backends.base import Backend, BackendEvent, Instance
+from faaso.backends.base import Backend, BackendEvent, Instance, Orchestrator
 from faaso.config.routes_file import Config
 from faaso.control.controller import STOP_TIMEOUT, FunctionController, Prober, RestartPolicy
 from faaso.control.hooks import RolloutHook, run_rollout_hook
+from faaso.control.service import AnyController, ServiceController
 from faaso.errors import BackendError, FaasoError, ReloadError
 from faaso.gateway.pools import Pools
 from faaso.guard import TaskGuard
@@ -65,7 +66,11 @@ class Supervisor:
         policy: RestartPolicy | None = None,
         secrets: SecretStore | None = None,
         after_rollout: RolloutHook | None = None,
+        orchestrator: Orchestrator | None = None,
     ) -> None:
+        # With an orchestrator (Swarm) each function is a ServiceController on it; without,
+        # faaso's own FunctionControllers run containers on ``backend``.
+        self._orchestrator = orchestrator
         self._after_rollout = after_rollout  # see faaso.control.hooks
         self._secrets = secrets
         self._backend = backend
@@ -75,7 +80,7 @@ class Supervisor:
         self._log = log
         self._on_config = on_config
         self._policy = policy or RestartPolicy()
-        self._controllers: dict[str, FunctionController] = {}
+        self._controllers: dict[str, AnyController] = {}
         self._pending: dict[str, Pending] = {}
         self._leftovers: dict[str, list[Instance]] = {}
         self._guard = TaskGuard(log)
@@ -94,10 +99,10 @@ class Supervisor:
     def not_ready(self) -> list[FunctionStatus]:
         return [s for s in self.statuses() if not s.ready]
 
-    def controller(self, name: str) -> FunctionController | None:
+    def controller(self, name: str) -> AnyController | None:
         return self._controllers.get(name)
 
-    def controllers(self) -> list[FunctionController]:
+    def controllers(self) -> list[AnyController]:
         return list(self._controllers.values())
 
     def max_inflight_of(self, function: str) -> int | None:
@@ -129,9 +134,13 @@ class Supervisor:
         for name in list(self._leftovers):
             if name not in config.functions:
                 del self._leftovers[name]
+        if self._orchestrator is not None:
+            await self._remove_stale_services(config)
         for spec in config.functions.values():
             self._guard.spawn(f"bring-up-{spec.name}", self._bring_up_fn(spec), restart=False)
         self._guard.spawn("engine-watch", self._watch_engine)
+        if self._orchestrator is not None:
+            self._guard.spawn("service-watch", self._watch_services)
 
     async def close(self) -> None:
         """Cancel what is in progress, then drain and stop every instance faaso owns."""
@@ -167,17 +176,29 @@ class Supervisor:
         controller = await self._new_controller(spec, image)
         controller.start()
 
-    async def _new_controller(self, spec: FunctionSpec, image: str) -> FunctionController:
-        controller = FunctionController(
-            spec,
-            image,
-            backend=self._backend,
-            pool=self._pools.get(spec.name),
-            prober=self._prober,
-            log=self._log,
-            policy=self._policy,
-            secrets=self._secrets,
-        )
+    async def _new_controller(self, spec: FunctionSpec, image: str) -> AnyController:
+        controller: AnyController
+        if self._orchestrator is not None:
+            controller = ServiceController(
+                spec,
+                image,
+                orchestrator=self._orchestrator,
+                pool=self._pools.get(spec.name),
+                prober=self._prober,
+                log=self._log,
+                secrets=self._secrets,
+            )
+        else:
+            controller = FunctionController(
+                spec,
+                image,
+                backend=self._backend,
+                pool=self._pools.get(spec.name),
+                prober=self._prober,
+                log=self._log,
+                policy=self._policy,
+                secrets=self._secrets,
+            )
         self._controllers[spec.name] = controller
         rest = await controller.adopt(self._leftovers.pop(spec.name, []))
         await self._stop_all(rest, reason="out of date")
@@ -190,6 +211,12 @@ class Supervisor:
         async with self._apply_lock:
             old = self.config
             assert old is not None, "start() first"
+            running = "swarm" if self._orchestrator is not None else "docker"
+            if new.backend is not None and new.backend != running:
+                raise ReloadError(
+                    f"backend: {new.backend} in the routes file, but faaso runs on {running}; "
+                    "the backend changes only with a restart of faaso"
+                )
             added = [n for n in new.functions if n not in old.functions]
             removed = [n for n in old.functions if n not in new.functions]
 
@@ -249,7 +276,7 @@ class Supervisor:
             gone = [self._controllers.pop(n) for n in removed if n in self._controllers]
             for name in removed:
                 self._pending.pop(name, None)
-            await asyncio.gather(*(c.close() for c in gone))
+            await asyncio.gather(*(self._retire(c) for c in gone))
             for name in removed:
                 self._pools.drop(name)
             self._log.info("reload.done", added=added, removed=removed, changed=changed)
@@ -273,12 +300,22 @@ class Supervisor:
             or controller.fingerprint != controller.fingerprint_for(spec, image)
         )
 
+    @staticmethod
+    async def _retire(controller: AnyController, drain_timeout: float | None = None) -> None:
+        """A function leaves: its instances stop (a service is removed, not just left)."""
+        if drain_timeout is None:
+            await controller.close()
+        else:
+            await controller.close(drain_timeout=drain_timeout)
+        if isinstance(controller, ServiceController):
+            await controller.remove()
+
     async def _roll_back(
-        self, fresh: list[FunctionController], previous: dict[str, tuple[FunctionSpec, str]]
+        self, fresh: list[AnyController], previous: dict[str, tuple[FunctionSpec, str]]
     ) -> None:
         for controller in fresh:
             self._controllers.pop(controller.name, None)
-        await asyncio.gather(*(c.close(drain_timeout=1.0) for c in fresh))
+        await asyncio.gather(*(self._retire(c, 1.0) for c in fresh))
         for controller in fresh:
             self._pools.drop(controller.name)
         for name, (spec, image) in previous.items():
@@ -304,6 +341,30 @@ class Supervisor:
                         controller.on_event(event)
             except BackendError as exc:
                 self._log.warning("engine.events_lost", error=str(exc), retry_in=delay)
+            await asyncio.sleep(delay)  # reconnect backoff
+            delay = min(delay * 2, RECONNECT_MAX)
+
+    async def _remove_stale_services(self, config: Config) -> None:
+        """Services of this faaso whose function is no longer in the config go."""
+        assert self._orchestrator is not None
+        for found in await self._orchestrator.services():
+            if found.function not in config.functions:
+                self._log.info("service.stale", function=found.function, reason="not in the config")
+                await self._orchestrator.remove(found.function)
+
+    async def _watch_services(self) -> None:
+        """The orchestrator's events wake the function's controller (which also polls)."""
+        assert self._orchestrator is not None
+        delay = 0.5
+        while True:
+            try:
+                async for event in self._orchestrator.events():
+                    delay = 0.5
+                    controller = self._controllers.get(event.function)
+                    if controller is not None:
+                        controller.on_event(BackendEvent(event.kind, "", event.function))
+            except BackendError as exc:
+                self._log.warning("swarm.events_lost", error=str(exc), retry_in=delay)
             await asyncio.sleep(delay)  # reconnect backoff
             delay = min(delay * 2, RECONNECT_MAX)
 

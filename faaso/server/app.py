@@ -24,10 +24,13 @@ from faaso.api.async_jobs import AsyncJobsHolder, Waker, add_async_routes
 from faaso.api.auth import basic_auth_middleware, ensure_password, password_path
 from faaso.api.handlers import ApiContext, ApiHolder, api_app
 from faaso.api.ui import mount_ui
+from faaso.backends.base import LogSource
 from faaso.backends.docker.backend import DockerBackend
+from faaso.backends.swarm.orchestrator import SwarmOrchestrator
 from faaso.build import engine as docker_client
 from faaso.build.builder import Builder
 from faaso.build.prune import DEFAULT_KEEP, prune
+from faaso.build.registry import RegistryImages
 from faaso.config.desired import DesiredState
 from faaso.config.reloader import Reloader
 from faaso.config.routes_file import Config
@@ -35,7 +38,7 @@ from faaso.config.runtimes import RuntimeCatalog
 from faaso.control.async_workers import AsyncWorkers
 from faaso.control.autoscaler import Autoscaler
 from faaso.control.controller import Prober
-from faaso.control.supervisor import Supervisor
+from faaso.control.supervisor import ImageProvider, Supervisor
 from faaso.gateway import metrics
 from faaso.gateway.app import GatewayState, gateway_app
 from faaso.gateway.async_enqueue import INTAKE, AsyncIntake, IntakeSlot
@@ -70,13 +73,16 @@ def create_app(
     drain_timeout: float = 15.0,
     keep_images: int = DEFAULT_KEEP,
     provider_mode: bool = False,
+    backend_name: str | None = None,
 ) -> web.Application:
     """The whole server for one config: gateway, API, Docker, builder, supervisor, reloader.
 
     ``provider_mode``: faaso runs behind a real OpenFaaS gateway (see
     :mod:`faaso.server.provider`): ``/system/info`` in the provider's shape, the gateway's
-    metrics under faaso's names."""
+    metrics under faaso's names. ``backend_name`` (``--backend``) wins over the routes file's
+    ``backend:``; plain Docker when neither says."""
     log = get_logger("faaso")
+    chosen = backend_name or config.backend or "docker"
     private_dir(state_dir)
     state = GatewayState(
         RouteTable(config.routes, set(config.functions)),
@@ -155,6 +161,17 @@ def create_app(
                 get_logger("faaso.build"),
                 allow_pull=pull,
             )
+            orchestrator: SwarmOrchestrator | None = None
+            images: ImageProvider = builder
+            logs_source: LogSource = backend
+            if chosen == "swarm":
+                orchestrator = SwarmOrchestrator(docker, owner_id(state_dir))
+                await orchestrator.check()  # not a manager: a one-line error, nothing touched
+                images = RegistryImages(
+                    builder, docker, config.registry, get_logger("faaso.images")
+                )
+                logs_source = orchestrator
+            log.info("faaso.backend", backend=chosen, registry=config.registry)
             probe_session = await stack.enter_async_context(
                 aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
             )
@@ -166,13 +183,14 @@ def create_app(
 
             supervisor = Supervisor(
                 backend,
-                builder,
+                images,
                 state.pools,
                 Prober(probe_session),
                 get_logger("faaso.supervisor"),
                 on_config=on_config,
                 secrets=secrets,
                 after_rollout=prune_after_rollout if keep_images > 0 else None,
+                orchestrator=orchestrator,
             )
             stack.push_async_callback(supervisor.close)  # stops what it started, if anything
             desired = DesiredState(config, state_dir / "deployments.json", supervisor.apply)
@@ -214,8 +232,9 @@ def create_app(
                 autoscaler.start()  # scaling
                 reloader.start()
                 ctx = ApiContext(
-                    desired, supervisor, secrets, state.metrics, backend, images=builder
+                    desired, supervisor, secrets, state.metrics, logs_source, images=builder
                 )
+                ctx.orchestration = chosen
                 ctx.autoscaler = autoscaler
                 ctx.queue_of = queue_of
                 holder.ctx = ctx

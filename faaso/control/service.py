@@ -1,0 +1,354 @@
+"""One function on an orchestrator (Docker Swarm): the service is the controller's state.
+
+The orchestrator keeps the replicas, heals them and rolls updates (start-first, rolled back on
+failure); this controller only hands it the desired service and follows what runs:
+
+- on start it adopts the function's service when its fingerprint matches (no redeploy, no cold
+  start after a faaso restart), and otherwise deploys it (create, or a rolling update);
+- a replica count (the spec's, an API scale, the autoscaler's, a wake from zero) is a scale of
+  the service, not a rolling update;
+- it follows the service's tasks (woken by the engine's events, and every ``POLL`` seconds
+  since tasks on other nodes send no event here): a task that is running (healthy: Swarm runs
+  a task with a health check only once it passed) and answers faaso's own probe joins the
+  proxy's pool; one that is no longer meant to run, or stopped, leaves it;
+- task errors (no such image, rejected, no suitable node) become the function's error and
+  phase, so a deploy that can never run fails instead of waiting.
+
+Scale to zero has one step here: the replica count goes to 0 and the tasks stop (Swarm cannot
+pause a task); a request wakes the function by scaling it back to ``min``.
+
+It offers what the supervisor, the API and the autoscaler read of a controller (see
+:class:`faaso.control.controller.FunctionController`), so they do not know which one runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from structlog.typing import FilteringBoundLogger
+
+from faaso.backends.base import (
+    BackendEvent,
+    HealthCheck,
+    Instance,
+    Orchestrator,
+    SecretRef,
+    ServiceSpec,
+    ServiceState,
+    Task,
+    task_instance,
+)
+from faaso.control.controller import FunctionController, Prober, instance_fingerprint
+from faaso.errors import BackendError, FaasoError
+from faaso.gateway.pools import FunctionPool
+from faaso.guard import TaskGuard
+from faaso.spec.function import FunctionSpec
+from faaso.spec.status import SETTLED, FunctionStatus, Phase
+from faaso.state.secret_store import MOUNT_DIR, SecretStore
+
+POLL = 1.0  # seconds between looks at the service's tasks when no event came
+# task states after which a task will not run again
+ENDED = frozenset({"complete", "shutdown", "failed", "rejected", "orphaned", "remove"})
+FAILED_STATES = frozenset({"failed", "rejected"})
+# this many failed tasks of the current spec, and none running: the function cannot start
+FAIL_AFTER = 2
+
+
+class ServiceController:
+    """Keeps one function's service as the spec says, and its pool as the tasks are."""
+
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        image: str,
+        *,
+        orchestrator: Orchestrator,
+        pool: FunctionPool,
+        prober: Prober,
+        log: FilteringBoundLogger,
+        secrets: SecretStore | None = None,
+    ) -> None:
+        self._secrets = secrets
+        self.spec = spec
+        self.image = image
+        self.fingerprint = instance_fingerprint(image, spec, secrets)
+        self._orchestrator = orchestrator
+        self._pool = pool
+        self._prober = prober
+        self._log = log.bind(function=spec.name)
+        self._guard = TaskGuard(self._log)
+        self._wake = asyncio.Event()
+        self._converged = asyncio.Event()
+        self._closing = False
+        self._deployed: str | None = None  # the fingerprint the service has (as faaso set it)
+        self._scaled: int | None = None  # the replica count the service has
+        self._tasks: dict[str, Task] = {}  # the tasks of the last look, by id
+        self.phase = Phase.STARTING
+        self.error: str | None = None
+        self.restarts = 0
+        self.last_exit_code: int | None = None
+        self.last_logs: list[str] = []
+        self.restart_delays: list[float] = []  # Swarm's restart policy chooses the delays
+        self.replicas = spec.replicas
+        self.scaled_because = "deployed"
+        self.scaled_at = time.time()
+        self.waking: str | None = None
+        self.autoscaler_view: dict[str, object] | None = None
+        self.state: ServiceState | None = None
+
+    # -- what others read --------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def ready_count(self) -> int:
+        return len(self._pool)
+
+    def inflight(self) -> int:
+        return self._pool.inflight()
+
+    def paused_count(self) -> int:
+        return 0  # Swarm cannot pause a task
+
+    def idle_paused(self) -> int:
+        return 0  # nothing paused, so nothing for idling to remove
+
+    def instances(self) -> list[Instance]:
+        """The tasks meant to run (their logs, their CPU for the autoscaler)."""
+        return [
+            task_instance(t, self.name)
+            for t in self._tasks.values()
+            if t.desired_state == "running"
+        ]
+
+    def status(self) -> FunctionStatus:
+        return FunctionStatus(
+            function=self.name,
+            phase=self.phase,
+            replicas=self.replicas,
+            available=len(self._pool),
+            image=self.image,
+            error=self.error,
+            restarts=self.restarts,
+            last_exit_code=self.last_exit_code,
+            last_logs=tuple(self.last_logs),
+            scaled_because=self.scaled_because,
+            scaled_at=self.scaled_at,
+            autoscaler=self.autoscaler_view,
+        )
+
+    def fingerprint_for(self, spec: FunctionSpec, image: str) -> str:
+        return instance_fingerprint(image, spec, self._secrets)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def adopt(self, candidates: list[Instance]) -> list[Instance]:
+        """Plain-Docker containers are not this controller's: all of them are left over."""
+        return candidates
+
+    def start(self) -> None:
+        self._pool.holding = True
+        self._pool.wake = self.wake
+        self._guard.spawn(f"service-{self.name}", self._run)
+
+    async def wait_converged(self, timeout: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._converged.wait()
+        return self._converged.is_set() and self.phase in SETTLED
+
+    def update(self, spec: FunctionSpec, image: str) -> None:
+        previous = self.spec
+        self.spec = spec
+        self.image = image
+        self.fingerprint = instance_fingerprint(image, spec, self._secrets)
+        if spec.replicas != previous.replicas or spec.scale != previous.scale:
+            self.set_replicas(spec.replicas, "the configured replicas changed")
+        elif self.replicas > 0:
+            self.set_replicas(spec.scale.clamp(self.replicas), "the scale bounds changed")
+        self.error = None
+        self._converged.clear()
+        self._wake.set()
+
+    async def close(self, *, drain_timeout: float = 30.0) -> None:
+        """Stop following the service; it keeps running (Swarm holds it; a faaso that starts
+        on the same state adopts it). :meth:`remove` removes it."""
+        self._closing = True
+        self._pool.holding = False
+        self._pool.wake = None
+        await self._guard.close()
+        for member in self._pool.members():
+            self._pool.remove(member.instance_id)
+        self.phase = Phase.STOPPED
+
+    async def remove(self) -> None:
+        """Remove the service: the function is gone from the config."""
+        try:
+            await self._orchestrator.remove(self.name)
+        except FaasoError as exc:
+            self._log.warning("service.remove_failed", error=str(exc))
+
+    # -- scaling -----------------------------------------------------------------------------
+
+    def set_replicas(self, replicas: int, why: str) -> None:
+        if replicas == self.replicas:
+            return
+        self._log.info("function.scale", replicas_from=self.replicas, replicas_to=replicas, why=why)
+        self.replicas = replicas
+        self.scaled_because = why
+        self.scaled_at = time.time()
+        self._converged.clear()
+        self._wake.set()
+
+    def remove_paused(self) -> None:
+        """Nothing is paused on Swarm: a scale to zero stops the tasks at once."""
+
+    def wake(self) -> str | None:
+        if self._closing:
+            return None
+        if self.replicas > 0:
+            return self.waking
+        self.waking = "cold"
+        self.set_replicas(max(1, self.spec.scale.min), "woken by a request (cold)")
+        return self.waking
+
+    def on_event(self, event: BackendEvent) -> None:
+        """Something changed about the service or a task: look again now."""
+        self._wake.set()
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _service_spec(self) -> ServiceSpec:
+        spec = self.spec
+        env = dict(spec.env)
+        if spec.env_process:
+            env.setdefault("fprocess", spec.env_process)
+        refs: tuple[SecretRef, ...] = ()
+        if spec.secrets and self._secrets is not None:
+            refs = tuple(
+                SecretRef(
+                    name=n,
+                    version=self._secrets.digest([n]),
+                    source=str(self._secrets.path(n)),
+                    target=f"{MOUNT_DIR}/{n}",
+                )
+                for n in spec.secrets
+            )
+        return ServiceSpec(
+            function=spec.name,
+            image=self.image,
+            fingerprint=self.fingerprint,
+            replicas=self.replicas,
+            env=env,
+            labels=spec.labels,
+            limits=spec.limits,
+            read_only_root=spec.read_only_root,
+            health=HealthCheck(
+                path=spec.health_path,
+                interval=spec.health_interval,
+                timeout=spec.health_timeout,
+                retries=spec.health_failures,
+                start_period=spec.startup_timeout,
+            ),
+            secrets=refs,
+        )
+
+    async def _run(self) -> None:
+        while not self._closing:
+            try:
+                await self._reconcile()
+            except FaasoError as exc:  # the engine is away, or refused the spec: try again
+                self.error = str(exc)
+                self._log.warning("service.reconcile_failed", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(POLL):  # poll with a deadline (events wake it early)
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def _reconcile(self) -> None:
+        if self._deployed is None:  # first look: adopt the service when it matches
+            found = await self._orchestrator.service(self.name)
+            if found is not None and found.fingerprint == self.fingerprint:
+                self._deployed, self._scaled = found.fingerprint, found.replicas
+                self._log.info("service.adopted", replicas=found.replicas)
+        if self._deployed != self.fingerprint:
+            try:
+                await self._orchestrator.deploy(self._service_spec())
+            except BackendError as exc:
+                self._fail(str(exc))
+                raise
+            self._deployed, self._scaled = self.fingerprint, self.replicas
+        elif self._scaled != self.replicas:
+            await self._orchestrator.scale(self.name, self.replicas)
+            self._scaled = self.replicas
+        state = await self._orchestrator.service(self.name)
+        if state is None:  # removed behind faaso's back: deploy it again on the next look
+            self._deployed = None
+            self._wake.set()
+            return
+        self.state = state
+        await self._sync(state)
+
+    async def _sync(self, state: ServiceState) -> None:
+        self._tasks = {t.id: t for t in state.tasks}
+        live = {t.id: t for t in state.available()}
+        for member in self._pool.members():
+            if member.instance_id not in live:
+                self._pool.remove(member.instance_id)
+                self._log.info("task.left_pool", task=member.instance_id[:12])
+        for task in live.values():
+            if task.id in self._pool or task.endpoint is None:
+                continue
+            instance = task_instance(task, self.name)
+            if await self._prober.check(
+                instance, self.spec.health_path, max(self.spec.health_timeout, 1.0)
+            ):
+                self._pool.add(task.id, task.endpoint)
+                self._log.info("task.joined_pool", task=task.name, endpoint=task.endpoint.base_url)
+        current = [t for t in state.tasks if t.fingerprint == self.fingerprint]
+        failed = [t for t in current if t.state in FAILED_STATES]
+        self.restarts = len([t for t in state.tasks if t.state in FAILED_STATES])
+        if failed:
+            newest = max(failed, key=lambda t: t.created or "")
+            self.last_exit_code = newest.exit_code
+        ready = [t for t in current if t.id in self._pool]
+        self._set_phase(state, current, failed, ready)
+
+    def _set_phase(
+        self, state: ServiceState, current: list[Task], failed: list[Task], ready: list[Task]
+    ) -> None:
+        rolling_back = (state.update_state or "").startswith("rollback")
+        if self.replicas == 0:
+            self.phase, self.error = Phase.SCALED_TO_ZERO, None
+            self.waking = None
+        elif len(ready) >= self.replicas and not rolling_back:
+            self.phase, self.error = Phase.READY, None
+            self.waking = None
+        elif rolling_back:
+            message = state.update_message or "the update failed and was rolled back"
+            errors = [t.error for t in failed if t.error]
+            self._fail(f"{message}: {errors[0]}" if errors else message)
+            return
+        elif len(failed) >= FAIL_AFTER and not ready:
+            errors = [t.error or t.message or t.state for t in failed]
+            newest = max(failed, key=lambda t: t.created or "")
+            self._fail(newest.error or errors[0] or "tasks fail to start")
+            return
+        else:
+            self.phase = Phase.DEGRADED if ready else Phase.STARTING
+            if failed:
+                self.error = next((t.error for t in failed if t.error), self.error)
+            return
+        self._converged.set()
+
+    def _fail(self, error: str) -> None:
+        if self.error != error or self.phase is not Phase.FAILED:
+            self._log.error("function.failed", error=error)
+        self.phase, self.error = Phase.FAILED, error
+        self._converged.set()
+
+
+AnyController = FunctionController | ServiceController
