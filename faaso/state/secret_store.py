@@ -69,5 +69,9 @@ class SecretStore:
             h.update(hashlib.sha256(path.read_bytes()).digest() if path.is_file() else b"-")
         return h.hexdigest()[:16]
 
+    def missing(self, names: Iterable[str]) -> list[str]:
+        """The named secrets that do not exist (or have an invalid name), in order."""
+        return [n for n in names if not (valid_secret_name(n) and (self.root / n).is_file())]
+
     def mounts(self, names: Iterable[str]) -> tuple[tuple[str, str], ...]:
         return tuple((str(self.path(n)), f"{MOUNT_DIR}/{n}") for n in names)
