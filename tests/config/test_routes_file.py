@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -229,3 +230,21 @@ def test_runtime_falls_back_to_function_yml(tmp_path: Path) -> None:
     path.write_text("functions:\n  greet: {source: functions/greet, runtime: python}\n")
     with pytest.raises(ConfigError, match=r"handler\.py"):
         load_config(path)
+
+
+def test_limits_the_host_cannot_give_are_refused(tmp_path: Path) -> None:
+    """More CPUs than the host has (the engine would refuse every container), or more memory
+    than it has: an error naming the key and value, before anything starts."""
+    cpus = (os.cpu_count() or 1) + 1
+    for text, key, fragment in (
+        (f"{{cpus: {cpus}}}", "functions.sum.limits.cpus", "CPUs"),
+        ("{memory: 100000Gi}", "functions.sum.limits.memory", "this host's memory"),
+    ):
+        path = make(tmp_path, f"functions:\n  sum: {{source: functions/sum, limits: {text}}}\n")
+        with pytest.raises(ConfigError) as info:
+            load_config(path)
+        assert info.value.key == key and fragment in str(info.value), str(info.value)
+    # what the host has is fine
+    limits = f"{{cpus: {cpus - 1}, memory: 64Mi}}"
+    path = make(tmp_path, f"functions:\n  sum: {{source: functions/sum, limits: {limits}}}\n")
+    assert load_config(path).functions["sum"].limits.cpus == cpus - 1
