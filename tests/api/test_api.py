@@ -263,8 +263,12 @@ async def test_deploy_update_remove_and_restart(
     assert (await api.call("GET", "/function/adder?a=1&b=1", auth=False))[:2] == (200, 2)
     # remove
     status, _, _ = await api.call("DELETE", "/system/functions", {"functionName": "adder"})
-    assert status == 202
-    assert await api.containers("adder") == []
+    assert status == 202  # accepted: its container drains and stops in the background
+
+    async def adder_gone() -> bool:
+        return await api.containers("adder") == []
+
+    await eventually(adder_gone, 60, "the removed function's container to go")
     assert (await api.call("GET", "/system/function/adder"))[0] == 404
     assert (await api.call("GET", "/function/adder", auth=False))[0] == 404
     assert (await api.call("DELETE", "/system/functions", {"functionName": "adder"}))[0] == 404
