@@ -17,6 +17,7 @@ carries an HTTP status of its own.
     │   ├── WheelError
     │   └── NpmError
     ├── BackendError        the container engine refused or failed an operation
+    │   └── UnrunnableError the instance cannot start as specified; retrying will not help
     ├── BootstrapError      the base image could not be pulled nor built
     ├── ReloadError         a new desired state could not be applied; the old one runs on
     ├── StateLockedError    another faaso holds the state directory
@@ -97,6 +98,11 @@ class NpmError(DependencyError):
 
 class BackendError(FaasoError):
     """The container engine refused or failed an operation."""
+
+
+class UnrunnableError(BackendError):
+    """An instance cannot be started as specified (the engine refused its settings, a secret it
+    needs does not exist): starting it again with the same spec fails the same way."""
 
 
 class BootstrapError(FaasoError):

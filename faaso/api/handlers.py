@@ -178,6 +178,14 @@ def _status(ctx: ApiContext, name: str) -> dict[str, Any] | None:
         status["error"] = controller.error
     if ctx.queue_of is not None:
         status["asyncQueue"] = ctx.queue_of(name)
+    # What the background is doing with it (a change answered with 202 is applied there).
+    current = next((s for s in ctx.supervisor.statuses() if s.function == name), None)
+    if current is not None:
+        status["phase"] = str(current.phase)
+        if current.error:
+            status["error"] = current.error
+        if current.rollout_error:
+            status["rolloutError"] = current.rollout_error
     return status
 
 
@@ -237,7 +245,7 @@ async def scale_function(request: web.Request) -> web.Response:
     if controller is not None and controller.replicas != replicas:
         # now, even when the spec's count did not change (the autoscaler or a wake moved it)
         controller.set_replicas(replicas, "scaled through the API")
-        await controller.wait_converged(controller.spec.startup_timeout + 30)
+    # 202: accepted; the instances start or drain in the background (the status shows it)
     return web.json_response({"message": f"function {name!r} scaled to {replicas}"}, status=202)
 
 
@@ -282,26 +290,51 @@ async def create_secret(request: web.Request) -> web.Response:
     ctx = request.app[HOLDER].get()
     body, namespace = await _secret_body(request)
     ctx.secrets.put(body["name"], _secret_value(body), must_exist=False, namespace=namespace)
+    if _users_of(ctx, body["name"], namespace):  # functions waiting for it start now
+        ctx.supervisor.refresh_soon(f"secret {body['name']!r} created")
     return web.json_response({"message": f"secret {body['name']!r} created"}, status=200)
 
 
 async def update_secret(request: web.Request) -> web.Response:
-    """Atomic: when the functions that use the secret cannot roll over to the new value, the
-    old value is put back (and they converge on it again) before the 400 goes out."""
+    """202: the value is stored, the functions that use it roll over in the background. When
+    they cannot, the old value is put back (and they converge on it again), and their status
+    says why (``rolloutError``)."""
     ctx = request.app[HOLDER].get()
     body, namespace = await _secret_body(request)
     name, value = body["name"], _secret_value(body)
     previous = ctx.secrets.value(name, namespace)  # 404 when missing
     ctx.secrets.put(name, value, must_exist=True, namespace=namespace)
-    if _users_of(ctx, name, namespace):
-        try:
-            await ctx.desired.refresh()  # the functions that use it roll over to the new value
-        except BaseException:
-            ctx.secrets.put(name, previous, must_exist=True, namespace=namespace)
-            # Shielded: a client that leaves does not stop the return to the old value.
-            await asyncio.shield(_refresh_quietly(ctx))
-            raise
-    return web.json_response({"message": f"secret {name!r} updated"}, status=200)
+    users = _users_of(ctx, name, namespace)
+    if users:
+        ctx.supervisor.run_soon(
+            f"secret-update-{name}",
+            lambda: _roll_secret(ctx, name, value, previous, users, namespace),
+        )
+    return web.json_response({"message": f"secret {name!r} updated"}, status=202)
+
+
+async def _roll_secret(
+    ctx: ApiContext,
+    name: str,
+    value: bytes,
+    previous: bytes,
+    users: list[str],
+    namespace: str,
+) -> None:
+    log = get_logger("faaso.api")
+    try:
+        await ctx.desired.refresh()  # the functions that use it roll over to the new value
+    except ReloadError as exc:
+        with contextlib.suppress(FaasoError):
+            if ctx.secrets.value(name, namespace) == value:  # not changed again meanwhile
+                ctx.secrets.put(name, previous, must_exist=True, namespace=namespace)
+        log.error("secret.update_not_applied", secret=name, error=str(exc))
+        await _refresh_quietly(ctx)
+        why = f"the new value of secret {name!r} was not applied, the old one is back: {exc}"
+        for user in users:
+            controller = ctx.supervisor.controller(user)
+            if controller is not None:
+                controller.rollout_error = why
 
 
 async def _refresh_quietly(ctx: ApiContext) -> None:

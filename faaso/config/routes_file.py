@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from faaso.config.host import host_cpus, host_memory
 from faaso.config.runtimes import RuntimeCatalog, load_function_file
 from faaso.config.scaling import ScaleError, parse_scaling
 from faaso.config.yamlutil import load_strict
@@ -467,9 +468,22 @@ def _parse_function(
             ) from exc
         if memory < MIN_MEMORY:
             raise check.fail(f"{key}.limits.memory", limits_doc["memory"], "must be at least 6Mi")
+        physical = host_memory()
+        if physical is not None and memory > physical:
+            raise check.fail(
+                f"{key}.limits.memory",
+                limits_doc["memory"],
+                f"is more than this host's memory ({physical // 2**20}Mi)",
+            )
     cpus: float | None = None
     if limits_doc.get("cpus") is not None:
         cpus = check.number(f"{key}.limits.cpus", limits_doc["cpus"], 0.0, 1024.0)
+        if cpus > host_cpus():
+            raise check.fail(
+                f"{key}.limits.cpus",
+                limits_doc["cpus"],
+                f"is more than this host's {host_cpus()} CPUs",
+            )
 
     secrets = doc.get("secrets", [])
     if not isinstance(secrets, list) or not all(isinstance(x, str) for x in secrets):

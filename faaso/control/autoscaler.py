@@ -239,8 +239,10 @@ class Autoscaler:
     async def _decide_now(self, controller: AnyController, state: _State, now: float) -> None:
         policy = controller.spec.scale
         current = controller.replicas
-        if state.set_by_us is not None and current != state.set_by_us:
-            # Someone else set it (the API, a file edit, a wake): the scale-down delay holds it.
+        if current != state.set_by_us:
+            # Someone else set it (the API, a file edit, a wake; or the deploy, on the first
+            # tick): the scale-down delay holds it. An API scale answers before its instances
+            # start, so this must hold from the first tick on.
             state.wanted.append((now, current))
             state.set_by_us = current
         if current == 0:

@@ -29,7 +29,7 @@ import aiohttp
 from structlog.typing import FilteringBoundLogger
 
 from faaso.backends.base import Backend, BackendEvent, Instance, InstanceSpec
-from faaso.errors import BackendError, FaasoError
+from faaso.errors import BackendError, FaasoError, UnrunnableError
 from faaso.gateway.pools import FunctionPool, drain
 from faaso.guard import TaskGuard
 from faaso.spec.endpoint import Endpoint
@@ -127,13 +127,20 @@ class FunctionController:
         self._tracked: dict[str, Tracked] = {}
         self._wake = asyncio.Event()
         self._guard = TaskGuard(self._log)  # the reconcile and probe loops
-        self._cleanups: set[asyncio.Task[None]] = set()  # removing dead containers
+        # removing dead containers, by instance id; each returns (exit code, last output)
+        self._cleanups: dict[str, asyncio.Task[tuple[int | None, list[str]]]] = {}
+        # what the last dead instances left (exit code, last output), read before removal
+        self._last_words: dict[str, tuple[int | None, list[str]]] = {}
         self._closing = False
         self._young_deaths = 0
         self._not_before = 0.0  # backoff: no start before this monotonic time
         self._converged = asyncio.Event()
+        # An instance could not start as specified (UnrunnableError): no more attempts until the
+        # spec changes (update) or a secret it needs is created (a refresh is an update).
+        self._blocked = False
         self.phase = Phase.STARTING
         self.error: str | None = None
+        self.rollout_error: str | None = None  # why the last rollout failed (then rolled back)
         self.restarts = 0
         self.last_exit_code: int | None = None
         self.last_logs: list[str] = []
@@ -184,6 +191,7 @@ class FunctionController:
             available=len(self._pool),
             image=self.image,
             error=self.error,
+            rollout_error=self.rollout_error,
             restarts=self.restarts,
             last_exit_code=self.last_exit_code,
             last_logs=tuple(self.last_logs),
@@ -266,7 +274,18 @@ class FunctionController:
         self._converged.clear()
         self._young_deaths = 0
         self._not_before = 0.0
+        self._blocked = False
         self._wake.set()
+
+    async def detach(self) -> None:
+        """Stop reconciling and probing, and leave every instance running (a restart of faaso
+        that keeps its containers: the next start adopts them)."""
+        self._closing = True
+        self._pool.holding = False
+        self._pool.wake = None
+        await self._guard.close()
+        await asyncio.gather(*self._cleanups.values(), return_exceptions=True)
+        self.phase = Phase.STOPPED
 
     async def close(self, *, drain_timeout: float = DRAIN_TIMEOUT) -> None:
         """Stop reconciling; take every instance out of the pool, drain it, stop it."""
@@ -274,7 +293,7 @@ class FunctionController:
         self._pool.holding = False
         self._pool.wake = None
         await self._guard.close()
-        await asyncio.gather(*self._cleanups, return_exceptions=True)
+        await asyncio.gather(*self._cleanups.values(), return_exceptions=True)
         await self._retire(list(self._tracked.values()), "shutdown", drain_timeout)
         self.phase = Phase.STOPPED
 
@@ -347,22 +366,30 @@ class FunctionController:
         )
         self._converged.clear()
         self._wake.set()
-        task = asyncio.create_task(self._collect_and_remove(instance))
-        self._cleanups.add(task)
-        task.add_done_callback(self._cleanups.discard)
+        task = asyncio.create_task(self._collect_and_remove(instance, exit_code))
+        self._cleanups[instance.id] = task
+        task.add_done_callback(lambda _t: self._cleanups.pop(instance.id, None))
 
-    async def _collect_and_remove(self, instance: Instance) -> None:
+    async def _collect_and_remove(
+        self, instance: Instance, exit_code: int | None
+    ) -> tuple[int | None, list[str]]:
+        """Read what a dead instance left (exit code, last output), then remove it."""
+        logs: list[str] = []
         try:
             logs = await self._backend.logs_tail(instance.id, 20)
             if logs:
                 self.last_logs = logs
-            if self.last_exit_code is None:
+            if exit_code is None:
                 gone = await self._backend.inspect(instance.id)
                 if gone is not None and gone.exit_code is not None:
-                    self.last_exit_code = gone.exit_code
+                    exit_code = self.last_exit_code = gone.exit_code
+            self._last_words[instance.id] = (exit_code, logs)
+            while len(self._last_words) > 16:  # only the newest are asked for
+                del self._last_words[next(iter(self._last_words))]
             await self._backend.stop(instance.id, timeout=0)
         except FaasoError as exc:
             self._log.warning("instance.cleanup_failed", container=instance.name, error=str(exc))
+        return exit_code, logs
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -427,6 +454,11 @@ class FunctionController:
             # A paused instance answers tens of milliseconds after it is thawed: use those first.
             thawed = await asyncio.gather(*(self._thaw(t) for t in paused[:missing]))
             missing -= sum(thawed)
+        if missing > 0 and self._blocked:
+            # Starting it again would fail the same way: wait for a new spec (or a secret).
+            self._set_phase()
+            self._converged.set()
+            return None
         if missing > 0:
             wait = self._not_before - time.monotonic()
             if wait > 0:
@@ -439,6 +471,18 @@ class FunctionController:
             for failure in failures:
                 if isinstance(failure, asyncio.CancelledError):
                     raise failure
+            unrunnable = [f for f in failures if isinstance(f, UnrunnableError)]
+            if unrunnable:
+                self.error = str(unrunnable[0])
+                self._blocked = True
+                self._log.error(
+                    "function.unrunnable",
+                    error=self.error,
+                    note="not retried until the function's settings change",
+                )
+                self._set_phase()
+                self._converged.set()  # settled, as far as it can get: wait_converged says no
+                return None
             if failures:
                 first = failures[0]
                 self.error = str(first)
@@ -575,6 +619,8 @@ class FunctionController:
         if self.replicas == 0:
             paused = any(t.paused for t in self._tracked.values())
             self.phase = Phase.PAUSED if paused else Phase.SCALED_TO_ZERO
+        elif self._blocked and ready < self.replicas:
+            self.phase = Phase.FAILED
         elif self._young_deaths >= self._policy.crash_loop_after:
             self.phase = Phase.CRASH_LOOP
         elif ready >= self.replicas:
@@ -595,7 +641,20 @@ class FunctionController:
         mounts: tuple[tuple[str, str], ...] = ()
         if spec.secrets:
             if self._secrets is None:
-                raise BackendError(f"function {spec.name} needs secrets, but none are configured")
+                raise UnrunnableError(
+                    f"function {spec.name} needs secrets, but none are configured"
+                )
+            missing = self._secrets.missing(spec.secrets, spec.namespace)
+            if missing:
+                listed = ", ".join(repr(m) for m in missing)
+                fixes = "; ".join(f"faaso secret create {m} --value VALUE" for m in missing)
+                raise UnrunnableError(
+                    f"function {spec.name} needs the secret {listed}, which does not exist; "
+                    f"create it with: {fixes} (it starts as soon as the secret exists)"
+                    if len(missing) == 1
+                    else f"function {spec.name} needs the secrets {listed}, which do not exist; "
+                    f"create them with: {fixes} (it starts as soon as they exist)"
+                )
             try:
                 mounts = self._secrets.mounts(spec.secrets, spec.namespace)
             except FaasoError as exc:
@@ -655,14 +714,9 @@ class FunctionController:
             now = time.monotonic()
             if (watched and instance.id not in self._tracked) or now >= next_liveness:
                 next_liveness = now + 0.5
-                current = await self._backend.inspect(instance.id)
-                if current is None or not current.running:
-                    code = current.exit_code if current else None
-                    if code is not None:
-                        self.last_exit_code = code
-                    tail = await self._backend.logs_tail(instance.id, 20)
-                    if tail:
-                        self.last_logs = tail
+                exited = await self._exited(instance)
+                if exited is not None:
+                    code, tail = exited
                     raise BackendError(
                         f"container {instance.name} exited (code {code}) before it was healthy; "
                         "its last output:\n" + "\n".join("  | " + line for line in tail)
@@ -674,6 +728,26 @@ class FunctionController:
                 )
             await asyncio.sleep(delay)  # poll with backoff, bounded by the deadline
             delay = min(delay * 2, 0.05)  # fine-grained: a request may be waiting (a wake)
+
+    async def _exited(self, instance: Instance) -> tuple[int | None, list[str]] | None:
+        """(exit code, last output) of an instance that is no longer running, else None."""
+        cleanup = self._cleanups.get(instance.id)
+        if cleanup is not None:
+            # Its death was seen (the engine's event) and its container is being removed:
+            # what it left is read there, before the removal.
+            await asyncio.shield(cleanup)
+        if instance.id in self._last_words:
+            return self._last_words.pop(instance.id)
+        current = await self._backend.inspect(instance.id)
+        if current is not None and current.running:
+            return None
+        code = current.exit_code if current else None
+        if code is not None:
+            self.last_exit_code = code
+        tail = await self._backend.logs_tail(instance.id, 20)
+        if tail:
+            self.last_logs = tail
+        return code, tail
 
     async def _probe_loop(self) -> None:
         """Periodic health checks of ready instances; N failures in a row take one out."""

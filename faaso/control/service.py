@@ -87,6 +87,7 @@ class ServiceController:
         self._tasks: dict[str, Task] = {}  # the tasks of the last look, by id
         self.phase = Phase.STARTING
         self.error: str | None = None
+        self.rollout_error: str | None = None  # why the last rollout failed (then rolled back)
         self.restarts = 0
         self.last_exit_code: int | None = None
         self.last_logs: list[str] = []
@@ -138,6 +139,7 @@ class ServiceController:
             scaled_because=self.scaled_because,
             scaled_at=self.scaled_at,
             autoscaler=self.autoscaler_view,
+            rollout_error=self.rollout_error,
         )
 
     def fingerprint_for(self, spec: FunctionSpec, image: str) -> str:
@@ -183,6 +185,11 @@ class ServiceController:
         for member in self._pool.members():
             self._pool.remove(member.instance_id)
         self.phase = Phase.STOPPED
+
+    async def detach(self) -> None:
+        """Leave the service running for the next faaso to adopt: what :meth:`close` does on
+        Swarm anyway (the service outlives faaso)."""
+        await self.close()
 
     async def remove(self) -> None:
         """Remove the service: the function is gone from the config."""

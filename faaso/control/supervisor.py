@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -86,6 +87,7 @@ class Supervisor:
         self._guard = TaskGuard(log)
         self._engine_seen = False  # the event stream was open once: a restart resyncs first
         self._apply_lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()  # removed functions draining, stopping
         self.config: Config | None = None
 
     # -- what the app reads ------------------------------------------------------------------
@@ -142,9 +144,15 @@ class Supervisor:
         if self._orchestrator is not None:
             self._guard.spawn("service-watch", self._watch_services)
 
-    async def close(self) -> None:
-        """Cancel what is in progress, then drain and stop every instance faaso owns."""
+    async def close(self, *, keep_running: bool = False) -> None:
+        """Cancel what is in progress, then drain and stop every instance faaso owns; with
+        ``keep_running``, leave the instances running (the next start adopts them)."""
         await self._guard.close()
+        await asyncio.gather(*self._retiring)  # removed functions: stopped either way
+        if keep_running:
+            await asyncio.gather(*(c.detach() for c in self._controllers.values()))
+            self._leftovers.clear()
+            return
         await asyncio.gather(*(c.close(drain_timeout=5.0) for c in self._controllers.values()))
         await self._stop_all(
             [i for found in self._leftovers.values() for i in found], reason="shutdown"
@@ -206,11 +214,34 @@ class Supervisor:
 
     # -- reload ------------------------------------------------------------------------------
 
-    async def apply(self, new: Config) -> dict[str, list[str]]:
-        """Reconfigure to ``new`` as a diff. Raises :class:`ReloadError`; then nothing changed."""
+    def refresh_soon(self, why: str) -> None:
+        """Re-apply the running config in the background (a secret was created or changed:
+        the functions that use it start or roll over). A failure is logged, and shown in the
+        functions' status (``rollout_error``)."""
+
+        async def refresh() -> None:
+            try:
+                await self.apply(None)
+            except ReloadError as exc:
+                self._log.error("refresh.failed", why=why, error=str(exc))
+
+        self._guard.spawn(f"refresh ({why})", refresh, restart=False)
+
+    def run_soon(self, name: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``work`` in the background, under the supervisor's guard (logged if it fails,
+        cancelled on close): what an API call accepted and answered before it was done."""
+        self._guard.spawn(name, work, restart=False)
+
+    async def apply(self, new: Config | None) -> dict[str, list[str]]:
+        """Reconfigure to ``new`` (None: the running config again) as a diff.
+
+        Raises :class:`ReloadError`; then nothing changed. Returns once the new instances are
+        healthy and the routes swapped; removed functions drain and stop in the background, and
+        a change of replicas alone is not waited for (the function's status shows it)."""
         async with self._apply_lock:
             old = self.config
             assert old is not None, "start() first"
+            new = old if new is None else new
             running = "swarm" if self._orchestrator is not None else "docker"
             if new.backend is not None and new.backend != running:
                 raise ReloadError(
@@ -235,6 +266,7 @@ class Supervisor:
                     raise ReloadError(f"function {spec.name!r}: {result}") from result
                 images[spec.name] = result
             changed = [n for n in new.functions if n not in added and self._differs(n, new, images)]
+            rescaled = [n for n in changed if self._rescaled_only(n, new, images)]
             self._log.info(
                 "reload.plan",
                 added=added,
@@ -260,15 +292,21 @@ class Supervisor:
                     started.start()
                 else:
                     existing.update(new.functions[name], images[name])
-            waiting = [self._controllers[n] for n in added + changed]
+            waiting = [self._controllers[n] for n in added + changed if n not in rescaled]
             ok = await asyncio.gather(
                 *(c.wait_converged(c.spec.startup_timeout + 30) for c in waiting)
             )
             failed = [c for c, good in zip(waiting, ok, strict=True) if not good]
             if failed:
+                # The cause, read before the rollback resets what the controllers show.
+                causes = {c.name: c.error or f"still {c.phase} after the wait" for c in failed}
+                for controller in failed:
+                    controller.rollout_error = causes[controller.name]
                 await self._roll_back(fresh, previous)
-                details = "; ".join(f"{c.name}: {c.error or c.phase}" for c in failed)
+                details = "; ".join(f"{n}: {why}" for n, why in causes.items())
                 raise ReloadError(f"new instances did not become healthy ({details})")
+            for controller in waiting:
+                controller.rollout_error = None
 
             # 4. swap the route table in one assignment, then retire what is gone
             self.config = new
@@ -276,9 +314,14 @@ class Supervisor:
             gone = [self._controllers.pop(n) for n in removed if n in self._controllers]
             for name in removed:
                 self._pending.pop(name, None)
-            await asyncio.gather(*(self._retire(c) for c in gone))
-            for name in removed:
+                # A fresh pool for a function of the same name deployed next; the retiring
+                # controller keeps the old one, to drain what is in flight there.
                 self._pools.drop(name)
+            for controller in gone:
+                # Not under the guard: a shutdown waits for these instead of cancelling them.
+                task = asyncio.create_task(self._retire_function(controller))
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
             self._log.info("reload.done", added=added, removed=removed, changed=changed)
             if self._after_rollout is not None and (added or changed):
                 hook, names = self._after_rollout, added + changed
@@ -288,6 +331,26 @@ class Supervisor:
                     restart=False,
                 )
             return {"added": added, "removed": removed, "changed": changed}
+
+    async def _retire_function(self, controller: AnyController) -> None:
+        try:
+            await self._retire(controller)
+        except Exception:  # logged; the next start removes what is left ("not in the config")
+            self._log.exception("function.retire_failed", function=controller.name)
+        else:
+            self._log.info("function.retired", function=controller.name)
+
+    def _rescaled_only(self, name: str, new: Config, images: dict[str, str]) -> bool:
+        """Only the replicas changed: the controller scales in the background."""
+        controller = self._controllers.get(name)
+        if controller is None:
+            return False
+        spec, image = new.functions[name], images[name]
+        return (
+            dataclasses.replace(controller.spec, replicas=spec.replicas) == spec
+            and controller.image == image
+            and controller.fingerprint == controller.fingerprint_for(spec, image)
+        )
 
     def _differs(self, name: str, new: Config, images: dict[str, str]) -> bool:
         controller = self._controllers.get(name)

@@ -192,7 +192,8 @@ def create_app(
                 after_rollout=prune_after_rollout if keep_images > 0 else None,
                 orchestrator=orchestrator,
             )
-            stack.push_async_callback(supervisor.close)  # stops what it started, if anything
+            # stops what it started, if anything; leaves it running after SIGUSR2
+            stack.push_async_callback(lambda: supervisor.close(keep_running=hooks.keep_running))
             desired = DesiredState(config, state_dir / "deployments.json", supervisor.apply)
             nonlocal configured
             configured = desired.effective()

@@ -8,7 +8,8 @@ then start the control plane (adopt, clean up and launch containers). A taken po
 fails before any container is touched.
 
 Signals are handled here and only here: SIGINT/SIGTERM stop the server, SIGHUP calls the app's
-``Hooks.on_hangup`` (a reload).
+``Hooks.on_hangup`` (a reload), SIGUSR2 stops the server but leaves its containers running
+(``Hooks.keep_running``: for an upgrade of faaso itself, the next start adopts them).
 
 Shutdown order on SIGINT/SIGTERM: stop accepting connections, let in-flight requests finish
 (bounded by ``drain_timeout``), then run the app's cleanup contexts in reverse: the supervisor
@@ -48,11 +49,13 @@ class Hooks:
     ``after_bind`` is work that must wait until the listening socket is bound (touching
     containers): with ``defer`` set (serve() sets it), a cleanup context stores it here instead
     of running it; without (an app under aiohttp's test client), it runs it at once.
-    ``on_hangup`` is what SIGHUP does.
+    ``on_hangup`` is what SIGHUP does. ``keep_running`` is set by SIGUSR2 before the shutdown:
+    the cleanup contexts then leave the containers running.
     """
 
     def __init__(self) -> None:
         self.defer = False
+        self.keep_running = False
         self.after_bind: Callable[[], Awaitable[None]] | None = None
         self.on_hangup: Callable[[], None] | None = None
 
@@ -101,6 +104,19 @@ async def serve(
         log.info("server.signal", signal=signal.Signals(signum).name)
         stop.set()
 
+    def on_keep_running() -> None:
+        if stop.is_set():
+            log.warning("server.signal_again", signal="SIGUSR2", note="already shutting down")
+            return
+        log.info(
+            "server.signal",
+            signal="SIGUSR2",
+            note="stopping; the containers keep running for the next start to adopt",
+        )
+        if hooks is not None:
+            hooks.keep_running = True
+        stop.set()
+
     def on_hangup() -> None:
         log.info("server.signal", signal="SIGHUP")
         if hooks is not None and hooks.on_hangup is not None:
@@ -110,6 +126,7 @@ async def serve(
     for signum in stop_signals:
         loop.add_signal_handler(signum, on_signal, signum)
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    loop.add_signal_handler(signal.SIGUSR2, on_keep_running)
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -152,7 +169,7 @@ async def serve(
         log.info("server.stopping", drain_timeout=options.drain_timeout)
     finally:
         await runner.cleanup()
-        for signum in (*stop_signals, signal.SIGHUP):
+        for signum in (*stop_signals, signal.SIGHUP, signal.SIGUSR2):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
         log.info("server.stopped")

@@ -38,6 +38,7 @@ class FunctionStatus:
     available: int = 0
     image: str | None = None
     error: str | None = None
+    rollout_error: str | None = None  # why the last rollout failed (it was rolled back)
     restarts: int = 0
     last_exit_code: int | None = None
     last_logs: tuple[str, ...] = ()
@@ -61,6 +62,7 @@ class FunctionStatus:
             "available": self.available,
             "image": self.image,
             "error": self.error,
+            "rollout_error": self.rollout_error,
             "restarts": self.restarts,
             "last_exit_code": self.last_exit_code,
             "last_logs": list(self.last_logs),

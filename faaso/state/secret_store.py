@@ -108,6 +108,12 @@ class SecretStore:
             h.update(hashlib.sha256(path.read_bytes()).digest() if path.is_file() else b"-")
         return h.hexdigest()[:16]
 
+    def missing(self, names: Iterable[str], namespace: str = NAMESPACE) -> list[str]:
+        """The named secrets that do not exist (or have an invalid name), in order."""
+        return [
+            n for n in names if not (valid_secret_name(n) and self._path(n, namespace).is_file())
+        ]
+
     def mounts(
         self, names: Iterable[str], namespace: str = NAMESPACE
     ) -> tuple[tuple[str, str], ...]:

@@ -187,12 +187,24 @@ async def test_file_functions_are_read_only_but_scalable(api: Api) -> None:
         "/system/scale-function/sum",
         {"serviceName": "sum", "namespace": "openfaas-fn", "replicas": 2},
     )
-    assert status == 202
+    assert status == 202  # accepted: the second instance starts in the background
+
+    async def two_ready() -> bool:
+        _, fn, _ = await api.call("GET", "/system/function/sum")
+        return bool(fn.get("availableReplicas") == 2)
+
+    await eventually(two_ready, 60, "the second instance")
     assert len(await api.containers("sum")) == 2
     _, fn, _ = await api.call("GET", "/system/function/sum")
     assert (fn["replicas"], fn["availableReplicas"]) == (2, 2)
     status, _, _ = await api.call("POST", "/system/scale-function/sum", {"replicas": 0})
     assert status == 202
+
+    async def parked() -> bool:
+        _, fn, _ = await api.call("GET", "/system/function/sum")
+        return bool(fn.get("phase") == "paused")
+
+    await eventually(parked, 60, "both instances paused")
     # at zero: both instances paused (the first step), none serving
     assert await api.containers("sum", paused=True) == await api.containers("sum")
     assert len(await api.containers("sum")) == 2
@@ -264,8 +276,12 @@ async def test_deploy_update_remove_and_restart(
     assert (await api.call("GET", "/function/adder?a=1&b=1", auth=False))[:2] == (200, 2)
     # remove
     status, _, _ = await api.call("DELETE", "/system/functions", {"functionName": "adder"})
-    assert status == 202
-    assert await api.containers("adder") == []
+    assert status == 202  # accepted: its container drains and stops in the background
+
+    async def adder_gone() -> bool:
+        return await api.containers("adder") == []
+
+    await eventually(adder_gone, 60, "the removed function's container to go")
     assert (await api.call("GET", "/system/function/adder"))[0] == 404
     assert (await api.call("GET", "/function/adder", auth=False))[0] == 404
     assert (await api.call("DELETE", "/system/functions", {"functionName": "adder"}))[0] == 404
@@ -320,10 +336,15 @@ async def test_secrets(api: Api) -> None:
         return await docker("exec", name, "cat", "/var/openfaas/secrets/db-pass")
 
     assert await read_in_container() == "hunter2"
-    # an update rolls the function to the new value
+    # an update rolls the function to the new value, in the background
     status, _, _ = await api.call("PUT", "/system/secrets", {"name": "db-pass", "rawValue": "bmV3"})
-    assert status == 200
-    assert await read_in_container() == "new"
+    assert status == 202
+
+    async def rolled() -> bool:
+        names = await api.containers("reader")
+        return len(names) == 1 and await read_in_container() == "new"
+
+    await eventually(rolled, 120, "the function to roll over to the new value")
     # in use: refused, with the reason
     status, body, _ = await api.call("DELETE", "/system/secrets", {"name": "db-pass"})
     assert status == 409 and "reader" in body["error"]
@@ -448,8 +469,9 @@ def handle(event, context):
 async def test_secret_update_that_cannot_roll_out_is_rolled_back(
     aiohttp_client: ClientFactory, tmp_path: Path
 ) -> None:
-    """The new value breaks the function that uses it: 400, and the old value is back, on disk
-    and in the running container; the function still serves."""
+    """The new value breaks the function that uses it: accepted (202), then undone in the
+    background: the old value is back, on disk and in the running container, the function
+    still serves, and its status says why."""
     source = tmp_path / "guarded"
     source.mkdir()
     (source / "handler.py").write_text(GUARDED_HANDLER)
@@ -469,7 +491,13 @@ async def test_secret_update_that_cannot_roll_out_is_rolled_back(
     await eventually(ready, 240, "faaso to be ready")
     (before,) = await api.containers("guarded")
     status, body, _ = await api.call("PUT", "/system/secrets", {"name": "api-key", "value": "bad"})
-    assert status == 400 and "not applied" in body["error"], body
+    assert status == 202, body
+
+    async def undone() -> bool:
+        _, fn, _ = await api.call("GET", "/system/function/guarded")
+        return "was not applied" in fn.get("rolloutError", "")
+
+    await eventually(undone, 120, "the update to be undone")
     assert (state / "function-secrets" / "api-key").read_bytes() == b"good"
     assert (await api.call("GET", "/guarded", auth=False))[:2] == (200, "ok")
     await eventually(ready, 60, "faaso to be ready again")

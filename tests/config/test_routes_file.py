@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -237,3 +238,21 @@ def test_an_empty_functions_map_is_a_server_for_the_api_only(tmp_path: Path) -> 
         assert dict(config.functions) == {} and dict(config.routes) == {}
     with pytest.raises(ConfigError, match="must name a function defined"):
         load_config(make(tmp_path, "functions: {}\nroutes: {/x: ghost}\n"))
+
+
+def test_limits_the_host_cannot_give_are_refused(tmp_path: Path) -> None:
+    """More CPUs than the host has (the engine would refuse every container), or more memory
+    than it has: an error naming the key and value, before anything starts."""
+    cpus = (os.cpu_count() or 1) + 1
+    for text, key, fragment in (
+        (f"{{cpus: {cpus}}}", "functions.sum.limits.cpus", "CPUs"),
+        ("{memory: 100000Gi}", "functions.sum.limits.memory", "this host's memory"),
+    ):
+        path = make(tmp_path, f"functions:\n  sum: {{source: functions/sum, limits: {text}}}\n")
+        with pytest.raises(ConfigError) as info:
+            load_config(path)
+        assert info.value.key == key and fragment in str(info.value), str(info.value)
+    # what the host has is fine
+    limits = f"{{cpus: {cpus - 1}, memory: 64Mi}}"
+    path = make(tmp_path, f"functions:\n  sum: {{source: functions/sum, limits: {limits}}}\n")
+    assert load_config(path).functions["sum"].limits.cpus == cpus - 1

@@ -195,7 +195,11 @@ async def test_min_replicas_after_deploy_and_precedence(site_factory: Any) -> No
 
     # precedence: an API scale sets the replicas now...
     assert (await site.call("POST", "/system/scale-function/two", {"replicas": 3}))[0] == 202
-    assert len(site.containers("two")) == 3
+
+    async def three() -> bool:  # 202: accepted, the instances start in the background
+        return len(site.containers("two")) == 3 and site.status("two")["available"] == 3
+
+    await eventually(three, 120, "the API's replicas")
     # ...and an edit of the file's scale settings wins over that older override
     write_config(site.config, {"two": "scale: {min: 1, max: 4}, replicas: 1"}, {})
 
@@ -210,7 +214,11 @@ async def test_min_replicas_after_deploy_and_precedence(site_factory: Any) -> No
     assert len(site.containers("two")) == 1
     # an override again, then --reset (DELETE) drops it: the file's count applies
     assert (await site.call("POST", "/system/scale-function/two", {"replicas": 2}))[0] == 202
-    assert len(site.containers("two")) == 2
+
+    async def two() -> bool:
+        return len(site.containers("two")) == 2 and site.status("two")["available"] == 2
+
+    await eventually(two, 120, "the API's replicas again")
     status, body, _ = await site.call("DELETE", "/system/scale-function/two")
     assert status == 202, body
 

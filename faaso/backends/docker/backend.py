@@ -35,7 +35,7 @@ from faaso.backends.base import (
     Instance,
     InstanceSpec,
 )
-from faaso.errors import BackendError
+from faaso.errors import BackendError, UnrunnableError
 from faaso.logs import get_logger
 from faaso.spec.endpoint import Endpoint
 from faaso.state.files import private_dir
@@ -189,9 +189,10 @@ class DockerBackend:
         except aiodocker.DockerError as exc:
             if socket_dir is not None:
                 self._remove_socket_dir(socket_dir)
-            raise BackendError(
-                f"cannot create a container of {spec.image}: {_message(exc)}"
-            ) from exc
+            # 400: the engine refused the settings themselves (more CPUs than the host has, a
+            # bind source that does not exist): the same request fails the same way again.
+            error = UnrunnableError if exc.status == 400 else BackendError
+            raise error(f"cannot create a container of {spec.image}: {_message(exc)}") from exc
         finally:
             if socket_dir is not None:
                 self._creating.discard(socket_dir)
@@ -202,7 +203,8 @@ class DockerBackend:
             info = await container.show()
         except aiodocker.DockerError as exc:
             await self.stop(container.id, timeout=0)
-            raise BackendError(f"cannot start container {name}: {_message(exc)}") from exc
+            error = UnrunnableError if exc.status == 400 else BackendError
+            raise error(f"cannot start container {name}: {_message(exc)}") from exc
         instance = self._instance(info)
         if instance.endpoint is None:
             await self.stop(container.id, timeout=0)
