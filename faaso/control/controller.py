@@ -165,8 +165,9 @@ class FunctionController:
         return sum(1 for t in self._tracked.values() if t.ready)
 
     def inflight(self) -> int:
-        """Requests in flight to this function now, over all its instances."""
-        return self._pool.inflight()
+        """Requests in flight to this function now: at its instances, and held waiting for one
+        (a wake from zero, a replacement): those keep it from idling and count as load."""
+        return self._pool.inflight() + self._pool.waiting
 
     def paused_count(self) -> int:
         return sum(1 for t in self._tracked.values() if t.paused)

@@ -109,7 +109,8 @@ class ServiceController:
         return len(self._pool)
 
     def inflight(self) -> int:
-        return self._pool.inflight()
+        """Requests at its tasks, and held waiting for one (they keep it from idling)."""
+        return self._pool.inflight() + self._pool.waiting
 
     def paused_count(self) -> int:
         return 0  # Swarm cannot pause a task

@@ -559,6 +559,11 @@ async def test_status_echoes_the_deployment_as_sent(api: Api) -> None:
     assert inspect["HostConfig"]["NanoCpus"] == 100_000_000
     for gone in ("bare", "tiny"):
         assert (await api.call("DELETE", "/system/functions", {"functionName": gone}))[0] == 202
+
+    async def stopped() -> bool:  # a delete answers 202; its containers stop in the background
+        return not await api.containers("bare") and not await api.containers("tiny")
+
+    await eventually(stopped, 60, "the deleted functions' containers to go")
     await docker("rmi", tiny)
 
 
@@ -668,7 +673,11 @@ async def test_namespaces(start_api: Callable[..., Awaitable[Api]]) -> None:
     # writes: the namespace in the body
     scale = {"serviceName": "sum", "namespace": "dev", "replicas": 2}
     assert (await api.call("POST", "/system/scale-function/sum", scale))[0] == 202
-    assert len(await api.containers("sum.dev")) == 2
+
+    async def two() -> bool:  # a scale answers 202; the instances start in the background
+        return len(await api.containers("sum.dev")) == 2
+
+    await eventually(two, 120, "sum.dev at two instances")
     assert len(await api.containers("sum")) == 1
     status, text, headers = await api.call("GET", "/system/logs?name=sum&namespace=dev")
     assert status == 200 and headers["Content-Type"].startswith("application/x-ndjson")
@@ -692,7 +701,11 @@ async def test_namespaces(start_api: Callable[..., Awaitable[Api]]) -> None:
     # removal, in the namespace the body names
     remove = {"functionName": "sum", "namespace": "dev"}
     assert (await api.call("DELETE", "/system/functions", remove))[0] == 202
-    assert await api.containers("sum.dev") == []
+
+    async def none() -> bool:
+        return await api.containers("sum.dev") == []
+
+    await eventually(none, 60, "sum.dev's containers to go")
     assert (await api.call("GET", "/function/sum.dev", auth=False))[0] == 404
     assert (await api.call("GET", "/function/sum?a=1&b=1", auth=False))[:2] == (200, 2)
     status, body, _ = await api.call("DELETE", "/system/namespaces", {"name": "dev"})

@@ -428,7 +428,7 @@ def test_deploy_update_falls_back_to_post_then_replaces(server: Server) -> None:
 def test_remove(server: Server) -> None:
     assert ok(faaso(server, "remove", DEPLOYED)) == f"function {DEPLOYED!r} removed\n"
     err = failed(faaso(server, "describe", DEPLOYED))
-    assert err == f"faaso: function {DEPLOYED!r} not found (HTTP 404)\n"
+    assert err == f"faaso: function {DEPLOYED!r} not found in 'openfaas-fn' (HTTP 404)\n"
     err = failed(faaso(server, "remove", DEPLOYED))
     assert err == f"faaso: function {DEPLOYED!r} is not deployed (HTTP 404)\n"
     assert [r[0] for r in table(ok(faaso(server, "list")))[1:]] == ["sum"]
@@ -465,13 +465,13 @@ def test_secrets(server: Server) -> None:
     )
     assert (stored / "cli-a").read_bytes() == b"beta"
     err = failed(faaso(server, "secret", "update", "cli-nope", "--value", "x"))
-    assert err == "faaso: secret 'cli-nope' does not exist (HTTP 404)\n"
+    assert err == "faaso: secret 'cli-nope' does not exist in namespace 'openfaas-fn' (HTTP 404)\n"
 
     for name in ("cli-a", "cli-b", "cli-c"):
         assert ok(faaso(server, "secret", "remove", name)) == f"secret {name!r} removed\n"
     assert table(ok(faaso(server, "secret", "list"))) == [["NAME"]]
     err = failed(faaso(server, "secret", "remove", "cli-a"))
-    assert err == "faaso: secret 'cli-a' does not exist (HTTP 404)\n"
+    assert err == "faaso: secret 'cli-a' does not exist in namespace 'openfaas-fn' (HTTP 404)\n"
 
 
 def test_secret_needs_a_value(server: Server) -> None:
@@ -486,11 +486,11 @@ def test_secret_needs_a_value(server: Server) -> None:
 
 def test_unknown_function(server: Server) -> None:
     err = failed(faaso(server, "describe", "nope"))
-    assert err == "faaso: function 'nope' not found (HTTP 404)\n"
+    assert err == "faaso: function 'nope' not found in 'openfaas-fn' (HTTP 404)\n"
     err = failed(faaso(server, "scale", "nope", "1"))
     assert err == "faaso: function 'nope' does not exist (HTTP 404)\n"
     err = failed(faaso(server, "logs", "nope"))
-    assert err == "faaso: function 'nope' not found (HTTP 404)\n"
+    assert err == "faaso: function 'nope' not found in 'openfaas-fn' (HTTP 404)\n"
 
 
 def test_bad_input_is_the_servers_message(server: Server) -> None:
