@@ -61,6 +61,8 @@ class Api:
             method, self.client.make_url(path), data=data, headers=self.auth if auth else None
         ) as resp:
             text = await resp.text()
+            if resp.content_type == "application/x-ndjson":
+                return resp.status, text, dict(resp.headers)  # lines, parsed by the caller
             try:
                 parsed: Any = json.loads(text)
             except ValueError:
