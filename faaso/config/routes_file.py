@@ -113,7 +113,9 @@ class Config:
     # CORS (faaso.config.cors): the top-level block, and the functions' own blocks (None:
     # ``cors: false``, off for that function).
     cors: CorsPolicy | None = None
-    function_cors: Mapping[str, CorsPolicy | None] = MappingProxyType({})
+    function_cors: Mapping[str, CorsPolicy | None] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({})
+    )
     # read at start only (faaso.config.serving)
     server: ServerSettings = dataclasses.field(default_factory=ServerSettings)
 

@@ -38,7 +38,7 @@ ALLOW_ORIGIN = "Access-Control-Allow-Origin"
 ALLOW_CREDENTIALS = "Access-Control-Allow-Credentials"
 _PREFIX = "access-control-"
 # Where a request's answer fields wait for the response to be prepared (its headers sent).
-FIELDS_KEY = "faaso_cors_fields"
+FIELDS_KEY = web.RequestKey("faaso_cors_fields", list[tuple[str, str]])
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -103,7 +103,7 @@ async def handle(
 async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
     """aiohttp's signal, just before a response's head is sent: the policy's fields replace the
     function's own ``Access-Control-*`` ones."""
-    fields: list[tuple[str, str]] | None = request.get(FIELDS_KEY)
+    fields = request.get(FIELDS_KEY)
     if fields is None:
         return
     headers = response.headers
