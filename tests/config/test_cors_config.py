@@ -76,10 +76,16 @@ def test_no_cors_block_means_no_policy(tmp_path: Path) -> None:
         ("cors: {allow_origins: [https://a.example/path]}", "cors.allow_origins", "path"),
         ("cors: {allow_origins: ['*'], allow_credentials: true}", "cors.allow_origins", "'*'"),
         ("cors: {allow_origins: ['*'], max_age: -1}", "cors.max_age", "-1"),
-        ("cors: {allow_origins: ['*'], allow_credentials: yes please}", "cors.allow_credentials",
-         "yes please"),
-        ("cors: {allow_origins: ['*'], allow_headers: ['bad header']}", "cors.allow_headers",
-         "bad header"),
+        (
+            "cors: {allow_origins: ['*'], allow_credentials: yes please}",
+            "cors.allow_credentials",
+            "yes please",
+        ),
+        (
+            "cors: {allow_origins: ['*'], allow_headers: ['bad header']}",
+            "cors.allow_headers",
+            "bad header",
+        ),
         ("cors: {allow_origins: ['*'], expose: [x]}", "cors.expose", "expose"),
         ("cors: [https://a.example]", "cors", "https://a.example"),
         ("cors: false", "cors", "False"),
@@ -95,10 +101,8 @@ def test_errors_name_file_key_and_value(tmp_path: Path, block: str, key: str, va
 
 
 def test_function_block_and_annotation_errors(tmp_path: Path) -> None:
-    path = _file(
-        tmp_path, 'functions:\n  a: {image: "x/a:1", cors: {allow_origins: ftp://x}}\n'
-    )
-    with pytest.raises(ConfigError, match="functions.a.cors.allow_origins"):
+    path = _file(tmp_path, 'functions:\n  a: {image: "x/a:1", cors: {allow_origins: ftp://x}}\n')
+    with pytest.raises(ConfigError, match=r"functions\.a\.cors\.allow_origins"):
         load_config(path)
     path = _file(
         tmp_path,

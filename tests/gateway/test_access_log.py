@@ -55,9 +55,7 @@ async def test_one_line_per_request(
     for line in access:
         assert isinstance(line["duration_ms"], float) and line["duration_ms"] >= 0
         assert line["log_level"] == "info"
-    got = [
-        (x["method"], x["path"], x["function"], x["status"], x["call_id"]) for x in access
-    ]
+    got = [(x["method"], x["path"], x["function"], x["status"], x["call_id"]) for x in access]
     assert got[0] == ("POST", "/f/x", "f", 201, "call-1")  # the query string is left out
     assert got[1] == ("GET", "/nowhere", None, 404, None)
     assert got[2][:4] == ("GET", "/function/idle", "idle", 503)

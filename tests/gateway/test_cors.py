@@ -79,9 +79,7 @@ async def test_preflight_answered_by_the_gateway(
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "aiohttp"])
-async def test_preflight_refused_says_why(
-    start: Any, aiohttp_server: Factory, fast: bool
-) -> None:
+async def test_preflight_refused_says_why(start: Any, aiohttp_server: Factory, fast: bool) -> None:
     seen: list[str] = []
     client = await _gateway(start, await _function(aiohttp_server, seen), fast, f=POLICY)
     cases = [
