@@ -14,10 +14,11 @@ reload, and must cover the route table's paths, ``/function/`` and ``/async-func
   origin, the method and the requested headers are allowed, else 403 with a JSON error that
   says which was not.
 - Any other request goes to the function; on its answer the function's own
-  ``Access-Control-*`` fields are replaced by the policy's: ``Access-Control-Allow-Origin`` (the
-  origin, or ``*`` for a policy of any origin without credentials) and
-  ``Access-Control-Allow-Credentials`` for an allowed origin, nothing for another. Both carry
-  ``Vary: Origin``, so a cache keeps answers to different origins apart.
+  ``Access-Control-Allow-Origin`` and ``-Allow-Credentials`` are replaced by the policy's: the
+  origin (or ``*`` for a policy of any origin without credentials) and ``true`` when the policy
+  allows credentials, for an allowed origin; nothing for another. Both carry ``Vary: Origin``,
+  so a cache keeps answers to different origins apart. Other ``Access-Control-*`` fields the
+  function sets (``-Expose-Headers``) are kept.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ REQUEST_METHOD = istr("Access-Control-Request-Method")
 REQUEST_HEADERS = istr("Access-Control-Request-Headers")
 ALLOW_ORIGIN = "Access-Control-Allow-Origin"
 ALLOW_CREDENTIALS = "Access-Control-Allow-Credentials"
-_PREFIX = "access-control-"
+_REPLACED = (istr(ALLOW_ORIGIN), istr(ALLOW_CREDENTIALS))
 # Where a request's answer fields wait for the response to be prepared (its headers sent).
 FIELDS_KEY = web.RequestKey("faaso_cors_fields", list[tuple[str, str]])
 
@@ -102,12 +103,12 @@ async def handle(
 
 async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
     """aiohttp's signal, just before a response's head is sent: the policy's fields replace the
-    function's own ``Access-Control-*`` ones."""
+    function's own ``Access-Control-Allow-Origin`` and ``-Allow-Credentials``."""
     fields = request.get(FIELDS_KEY)
     if fields is None:
         return
     headers = response.headers
-    for name in {n for n in headers if n.lower().startswith(_PREFIX)}:
-        del headers[name]
+    for name in _REPLACED:
+        headers.popall(name, None)
     for name, value in fields:
         headers.add(name, value)

@@ -39,7 +39,12 @@ async def _function(aiohttp_server: Factory, seen: list[str]) -> Endpoint:
         seen.append(request.method)
         return web.Response(
             text="hi " + request.method,
-            headers={"Access-Control-Allow-Origin": "*", "Vary": "Accept-Encoding"},
+            headers={
+                "Access-Control-Allow-Origin": "*",
+                "Access-Control-Allow-Credentials": "false",
+                "Access-Control-Expose-Headers": "X-Call-Id",
+                "Vary": "Accept-Encoding",
+            },
         )
 
     app = web.Application()
@@ -108,11 +113,13 @@ async def test_answers_carry_the_policy(start: Any, aiohttp_server: Factory, fas
     assert await allowed.text() == "hi POST"
     # the function's own "*" is replaced by the policy's origin
     assert allowed.headers.getall("Access-Control-Allow-Origin") == [APP]
-    assert allowed.headers["Access-Control-Allow-Credentials"] == "true"
+    assert allowed.headers.getall("Access-Control-Allow-Credentials") == ["true"]
+    assert allowed.headers["Access-Control-Expose-Headers"] == "X-Call-Id"  # the function's
     assert allowed.headers.getall("Vary") == ["Accept-Encoding", "Origin"]
     other = await client.get("/function/f", headers={"Origin": "https://evil.example"})
     assert await other.text() == "hi GET"
     assert "Access-Control-Allow-Origin" not in other.headers
+    assert "Access-Control-Allow-Credentials" not in other.headers
     assert "Origin" in other.headers.getall("Vary")
     # without an Origin, the answer is the function's own
     plain = await client.get("/f")
