@@ -11,11 +11,12 @@ and its body passed byte for byte, with back-pressure both ways. No task, no str
 header multidict per request.
 
 Anything else (``/healthz``, ``/metrics``, ``/system/...``, WebSocket upgrades, large or chunked
-uploads, HTTP/1.0, HEAD, a function with no live instance yet, a request this module's strict
-parser does not accept) is handed over, connection and buffered bytes, to aiohttp's server,
-which serves that connection from then on with ``faaso.gateway.proxy`` and the API. The
-outcome for the
-client is the same either way; only the cost differs.
+uploads, HTTP/1.0, a function with no live instance yet, a request with an ``Origin`` for a
+function with a CORS policy, a request this module's strict parser does not accept) is handed
+over, connection and buffered bytes, to aiohttp's server, which serves that connection from then
+on with ``faaso.gateway.proxy`` and the API. The outcome for the client is the same either way;
+only the cost differs. Under TLS (``FastSite`` with an SSL context) the same protocol runs on
+the TLS transport, hand-off included.
 """
 
 from __future__ import annotations
