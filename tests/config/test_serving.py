@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
-from faaso.config.routes_file import load_config
+from faaso.config.reloader import Reloader
+from faaso.config.routes_file import Config, load_config
 from faaso.config.serving import ServerSettings, server_settings
 from faaso.errors import ConfigError
+from faaso.logs import get_logger
+from tests.helpers import eventually
 
 
 def _load(tmp_path: Path, block: str) -> ServerSettings:
@@ -60,3 +65,35 @@ def test_flags_on_top(tmp_path: Path) -> None:
     assert merged.certfile == Path("c.pem").resolve()
     assert merged.keyfile is None  # the flags replace the file's pair
     assert prefix == "--"
+
+
+async def test_a_reload_says_the_server_block_needs_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "routes.yml"
+    path.write_text("functions: {}\n")
+    applied: list[Config] = []
+
+    async def apply(config: Config) -> object:
+        applied.append(config)
+        return {}
+
+    with capture_logs() as logs:
+        reloader = Reloader(load_config(path), apply, get_logger("test"), watch=False)
+        reloader.start()
+        try:
+            reloader.trigger()  # nothing changed in server:
+            await eventually(_count(applied, 1), 10, "the first reload")
+            path.write_text("server: {access_log: true}\nfunctions: {}\n")
+            reloader.trigger()
+            await eventually(_count(applied, 2), 10, "the second reload")
+        finally:
+            await reloader.close()
+    warned = [e for e in logs if e["event"] == "reload.server_unchanged"]
+    assert len(warned) == 1
+    assert "restart" in warned[0]["note"]
+
+
+def _count(items: list[Config], n: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return len(items) >= n
+
+    return check
