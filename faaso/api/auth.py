@@ -2,8 +2,8 @@
 
 User ``admin``; the password lives in ``<state-dir>/secrets/basic-auth-password``, generated
 (random, mode 0600) on first start. Its path is logged, never its value. Every ``/system/*``
-route needs it, and so does the web UI under ``/ui``; ``/function/*``, ``/healthz``,
-``/metrics`` and the user routes stay open.
+route needs it, and so does the web UI under ``/ui`` (and ``/metrics`` with
+``--metrics-auth``); ``/function/*``, ``/healthz`` and the user routes stay open.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from faaso.state.files import atomic_write, private_dir
 
@@ -59,10 +60,9 @@ def _authorized(header: str | None, password: str) -> bool:
     return ok_user and ok_password
 
 
-def basic_auth_middleware(
-    password: str, prefix: str = PROTECTED_PREFIX
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """Basic auth as admin for every path under ``prefix`` (``/system``; the UI's ``/ui``)."""
+def basic_auth_middleware(password: str, prefix: str = PROTECTED_PREFIX) -> Middleware:
+    """Basic auth as admin for every path under ``prefix`` (``/system``; the UI's ``/ui``;
+    ``/metrics`` with ``--metrics-auth``)."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:

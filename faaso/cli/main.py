@@ -119,6 +119,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="what runs the functions: plain Docker containers, or Docker Swarm services "
         "(default: the routes file's 'backend:', else docker)",
     )
+    serve.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log one line per request: method, path, function, status, duration, call id "
+        "(also the routes file's server.access_log; off by default)",
+    )
+    serve.add_argument(
+        "--metrics-auth",
+        action="store_true",
+        help="/metrics needs the API's basic auth (also server.metrics_auth)",
+    )
+    serve.add_argument(
+        "--certfile",
+        type=Path,
+        default=None,
+        help="serve HTTPS with this PEM certificate (chain); needs --keyfile "
+        "(also server.certfile)",
+    )
+    serve.add_argument(
+        "--keyfile", type=Path, default=None, help="the certificate's PEM private key"
+    )
     _add_logging(serve)
     serve.set_defaults(handler=_serve)
 
@@ -182,6 +203,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from faaso.cli.run import run
     from faaso.config.routes_file import load_config
+    from faaso.config.serving import server_settings, tls_context
     from faaso.server.app import create_app
     from faaso.server.serve import ServerOptions, run_server
     from faaso.state.paths import default_state_dir
@@ -189,11 +211,20 @@ def _serve(args: argparse.Namespace) -> int:
     _configure_logging(args)
     config = load_config(args.config, tuple(args.runtimes))
     state_dir = args.state_dir or default_state_dir(config.path)
+    settings, source, prefix = server_settings(
+        config.server,
+        config.path,
+        access_log=args.access_log,
+        metrics_auth=args.metrics_auth,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+    )
     options = ServerOptions(
         host=args.host,
         port=args.port,
         drain_timeout=args.drain_timeout,
         fast_path=not args.no_fast_path,
+        ssl_context=tls_context(settings, source, prefix),
     )
 
     def make_app() -> web.Application:
@@ -208,6 +239,8 @@ def _serve(args: argparse.Namespace) -> int:
             keep_images=args.keep_images,
             provider_mode=args.provider_mode,
             backend_name=args.backend,
+            access_log=settings.access_log,
+            metrics_auth=settings.metrics_auth,
         )
 
     async def main() -> None:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+from faaso.config.cors import CorsError, cors_from_annotations
 from faaso.config.scaling import ScaleError, parse_scaling
 from faaso.errors import InvalidRequest
 from faaso.spec.asyncjob import check_async_annotations
@@ -174,6 +175,10 @@ def deployment_to_spec(doc: object, *, created_at: float | None = None) -> Funct
     problem = check_async_annotations(annotations)
     if problem is not None:
         raise InvalidRequest(f"annotation {problem}")
+    try:
+        cors_from_annotations(annotations)
+    except CorsError as exc:
+        raise InvalidRequest(f"annotation {exc}") from None
     _limits(doc, "requests")  # validated, reported back as sent, not enforced (as on faasd)
     notes: list[str] = []
     limits = _limits(doc, "limits", notes)

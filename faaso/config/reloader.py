@@ -129,6 +129,12 @@ class Reloader:
             self.last = {"ok": False, "error": str(exc), "at": rfc3339(time.time())}
             self._log.error("reload.failed", error=str(exc), keeping="the running configuration")
             return
+        if new.server != self._config.server:
+            self._log.warning(
+                "reload.server_unchanged",
+                note="the server: block (HTTPS, access log, metrics auth) applies at start; "
+                "restart faaso for the change",
+            )
         self._config = new
         self.reloads_ok += 1
         self.last = {"ok": True, "error": None, "at": rfc3339(time.time())}

@@ -17,12 +17,15 @@ from typing import Any
 
 import yaml
 
+from faaso.config.cors import CorsError, cors_from_annotations, parse_cors
 from faaso.config.host import host_cpus, host_memory
 from faaso.config.runtimes import RuntimeCatalog, load_function_file
 from faaso.config.scaling import ScaleError, parse_scaling
+from faaso.config.serving import ServerSettings, parse_server
 from faaso.config.yamlutil import load_strict
 from faaso.errors import ConfigError
 from faaso.spec.asyncjob import check_async_annotations, valid_host_pattern
+from faaso.spec.cors import CorsPolicy
 from faaso.spec.function import (
     DEFAULT_HEALTH_FAILURES,
     DEFAULT_HEALTH_INTERVAL,
@@ -42,7 +45,19 @@ from faaso.spec.function import (
 )
 from faaso.spec.routing import RESERVED_PREFIXES, ROUTE_SEGMENT_RE, normalise_route
 
-TOP_KEYS = frozenset({"functions", "routes", "runtimes", "async", "store", "backend", "registry"})
+TOP_KEYS = frozenset(
+    {
+        "functions",
+        "routes",
+        "runtimes",
+        "async",
+        "store",
+        "backend",
+        "registry",
+        "cors",
+        "server",
+    }
+)
 BACKENDS = ("docker", "swarm")
 # host[:port][/path]: where images are pushed for an orchestrator's nodes to pull
 REGISTRY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?(/[a-z0-9][a-z0-9._/-]*)?$")
@@ -67,6 +82,7 @@ FUNCTION_KEYS = frozenset(
         "max_inflight",
         "async_concurrency",
         "scale",
+        "cors",
     }
 )
 ASYNC_KEYS = frozenset(
@@ -112,6 +128,14 @@ class Config:
     store: str | None = None
     backend: str | None = None  # docker or swarm; None: not said (docker, or --backend)
     registry: str | None = None  # where images are pushed for the Swarm's nodes
+    # CORS (faaso.config.cors): the top-level block, and the functions' own blocks (None:
+    # ``cors: false``, off for that function).
+    cors: CorsPolicy | None = None
+    function_cors: Mapping[str, CorsPolicy | None] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    # read at start only (faaso.config.serving)
+    server: ServerSettings = dataclasses.field(default_factory=ServerSettings)
 
 
 class _Checker:
@@ -210,8 +234,11 @@ def parse_config(doc: object, path: Path, extra_runtime_dirs: tuple[Path, ...] =
     # An empty (or absent) map is fine: a server for API deployments only (faas-cli deploy).
     functions_doc = check.mapping("functions", top.get("functions"))
     functions: dict[str, FunctionSpec] = {}
+    function_cors: dict[str, CorsPolicy | None] = {}
     for name, fdoc in functions_doc.items():
         functions[name] = _parse_function(check, base, name, fdoc, catalog)
+        if isinstance(fdoc, dict) and "cors" in fdoc:
+            function_cors[name] = _parse_cors_block(check, f"functions.{name}.cors", fdoc["cors"])
 
     routes: dict[str, str] = {}
     for prefix, target in check.mapping("routes", top.get("routes")).items():
@@ -236,6 +263,9 @@ def parse_config(doc: object, path: Path, extra_runtime_dirs: tuple[Path, ...] =
         store=_store_location(check, base, top.get("store")),
         backend=_parse_backend(check, top.get("backend")),
         registry=_parse_registry(check, top.get("registry")),
+        cors=_parse_cors_block(check, "cors", top["cors"]) if "cors" in top else None,
+        function_cors=MappingProxyType(function_cors),
+        server=parse_server(check.mapping("server", top.get("server")), path),
     )
 
 
@@ -253,6 +283,16 @@ def _parse_registry(check: _Checker, value: object) -> str | None:
     if not isinstance(value, str) or not REGISTRY_RE.match(value.rstrip("/")):
         raise check.fail("registry", value, "must be a registry as host[:port][/path]")
     return value.rstrip("/")
+
+
+def _parse_cors_block(check: _Checker, key: str, value: object) -> CorsPolicy | None:
+    """A ``cors:`` block; ``false`` (a function's only) turns CORS off."""
+    if value is False and key != "cors":
+        return None
+    try:
+        return parse_cors(check.mapping(key, value), key)
+    except CorsError as exc:
+        raise check.fail(exc.key, exc.value, exc.problem) from None
 
 
 def _whole(check: _Checker, key: str, value: object, low: int, high: int) -> int:
@@ -507,6 +547,10 @@ def _parse_function(
     if problem is not None:
         bad = problem.partition(":")[0]
         raise check.fail(f"{key}.annotations.{bad}", annotations.get(bad), problem)
+    try:
+        cors_from_annotations(annotations)
+    except CorsError as exc:
+        raise check.fail(f"{key}.annotations.{exc.key}", exc.value, exc.problem) from None
 
     return FunctionSpec(
         name=name,

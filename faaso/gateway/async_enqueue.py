@@ -88,6 +88,14 @@ async def _read_body(request: web.Request, limit: int) -> bytes | None:
         chunks.append(chunk)
 
 
+def function_of(raw_path: str) -> str:
+    """The function key an ``/async-function/NAME[.NAMESPACE][/...]`` path names (it may name
+    none: a call id, an unknown function)."""
+    name = raw_path[len(PREFIX) :].partition("/")[0]
+    short, _, namespace = name.partition(".")
+    return function_key(short, namespace)
+
+
 async def async_function(request: web.Request) -> web.StreamResponse:
     slot = request.app.get(INTAKE)
     intake = None if slot is None else slot.intake

@@ -107,3 +107,7 @@ def log_proxy_error(status: int, message: str, function: str | None, call_id: st
             call_id=call_id,
             error=message,
         )
+
+
+def msg_cors_refused(function: str, why: str) -> str:
+    return f"CORS preflight refused by function {function!r}'s policy: {why}"

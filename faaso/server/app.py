@@ -11,7 +11,7 @@ socket is bound; under aiohttp's test client it runs at once.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from faaso.build import engine as docker_client
 from faaso.build.builder import Builder
 from faaso.build.prune import DEFAULT_KEEP, prune
 from faaso.build.registry import RegistryImages
+from faaso.config.cors import cors_table
 from faaso.config.desired import DesiredState
 from faaso.config.reloader import Reloader
 from faaso.config.routes_file import Config
@@ -39,8 +40,10 @@ from faaso.control.async_workers import AsyncWorkers
 from faaso.control.autoscaler import Autoscaler
 from faaso.control.controller import Prober
 from faaso.control.supervisor import ImageProvider, Supervisor
+from faaso.errors import ConfigError
 from faaso.gateway import metrics
-from faaso.gateway.app import GatewayState, gateway_app
+from faaso.gateway.access_log import AccessLog
+from faaso.gateway.app import METRICS_PATH, GatewayState, gateway_app
 from faaso.gateway.async_enqueue import INTAKE, AsyncIntake, IntakeSlot
 from faaso.gateway.invoke import Invoker
 from faaso.gateway.pools import Pools
@@ -48,6 +51,7 @@ from faaso.logs import get_logger
 from faaso.server.provider import ProviderMetrics
 from faaso.server.serve import HOOKS, Hooks
 from faaso.spec.asyncjob import CallbackHosts
+from faaso.spec.cors import CorsPolicy
 from faaso.spec.routing import RouteTable
 from faaso.spec.status import FunctionStatus, Phase
 from faaso.state.files import private_dir
@@ -74,13 +78,17 @@ def create_app(
     keep_images: int = DEFAULT_KEEP,
     provider_mode: bool = False,
     backend_name: str | None = None,
+    access_log: bool = False,
+    metrics_auth: bool = False,
 ) -> web.Application:
     """The whole server for one config: gateway, API, Docker, builder, supervisor, reloader.
 
     ``provider_mode``: faaso runs behind a real OpenFaaS gateway (see
     :mod:`faaso.server.provider`): ``/system/info`` in the provider's shape, the gateway's
     metrics under faaso's names. ``backend_name`` (``--backend``) wins over the routes file's
-    ``backend:``; plain Docker when neither says."""
+    ``backend:``; plain Docker when neither says. ``access_log``: a line per request
+    (faaso.gateway.access_log); ``metrics_auth``: ``/metrics`` needs the API's password (which
+    ``auth`` must give)."""
     log = get_logger("faaso")
     chosen = backend_name or config.backend or "docker"
     private_dir(state_dir)
@@ -88,6 +96,9 @@ def create_app(
         RouteTable(config.routes, set(config.functions)),
         metrics=ProviderMetrics() if provider_mode else None,
     )
+    state.cors = _cors_of(config)
+    if access_log:
+        state.access_log = AccessLog()
     holder = ApiHolder()
     middlewares = []
     password: str | None = None
@@ -120,6 +131,15 @@ def create_app(
         mount_ui(app, holder, password)
 
     app = gateway_app(state, mount_api)
+    if metrics_auth:
+        if password is None:
+            raise ConfigError(
+                config.path,
+                "server.metrics_auth",
+                True,
+                "needs the API's password, so it cannot be used with --no-auth",
+            )
+        app.middlewares.append(basic_auth_middleware(password, METRICS_PATH))
     secrets = SecretStore(state_dir / "function-secrets")
 
     on_async_config: list[Callable[[Config], None]] = []
@@ -127,6 +147,7 @@ def create_app(
     def on_config(new: Config) -> None:
         # One assignment: a request sees the old table or the new one, never a mix.
         state.routes = RouteTable(new.routes, set(new.functions))
+        state.cors = _cors_of(new)
         for hook in on_async_config:
             hook(new)
 
@@ -336,6 +357,11 @@ def create_app(
     app.cleanup_ctx.append(async_ctx)
     app.on_shutdown.append(stop_claiming)
     return app
+
+
+def _cors_of(config: Config) -> Mapping[str, CorsPolicy]:
+    """Each function's CORS policy (its own, its annotations', or the file's)."""
+    return cors_table(config.cors, config.function_cors, config.functions)
 
 
 def _invoke_session() -> aiohttp.ClientSession:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,8 @@ class ServerOptions:
     backlog: int = 2048
     # Relay plain small requests without aiohttp (faaso.gateway.fast); off: aiohttp serves all.
     fast_path: bool = True
+    # Serve HTTPS with this context (faaso.config.serving.tls_context); None: plain HTTP.
+    ssl_context: ssl.SSLContext | None = None
 
 
 class Hooks:
@@ -148,10 +151,16 @@ async def serve(
                 options.port,
                 backlog=options.backlog,
                 drain_timeout=options.drain_timeout,
+                ssl_context=options.ssl_context,
             )
         else:
             site = web.TCPSite(
-                runner, options.host, options.port, backlog=options.backlog, reuse_address=True
+                runner,
+                options.host,
+                options.port,
+                backlog=options.backlog,
+                reuse_address=True,
+                ssl_context=options.ssl_context,
             )
         try:
             await site.start()
@@ -160,7 +169,8 @@ async def serve(
                 f"cannot listen on {options.host}:{options.port}: {exc.strerror or exc}"
             ) from exc
         port = site.port
-        log.info("server.listening", url=f"http://{options.host}:{port}")
+        scheme = "https" if options.ssl_context is not None else "http"
+        log.info("server.listening", url=f"{scheme}://{options.host}:{port}")
         if hooks is not None and hooks.after_bind is not None:
             await hooks.after_bind()
         if on_listening is not None:

@@ -11,23 +11,27 @@ and its body passed byte for byte, with back-pressure both ways. No task, no str
 header multidict per request.
 
 Anything else (``/healthz``, ``/metrics``, ``/system/...``, WebSocket upgrades, large or chunked
-uploads, HTTP/1.0, HEAD, a function with no live instance yet, a request this module's strict
-parser does not accept) is handed over, connection and buffered bytes, to aiohttp's server,
-which serves that connection from then on with ``faaso.gateway.proxy`` and the API. The
-outcome for the
-client is the same either way; only the cost differs.
+uploads, HTTP/1.0, a function with no live instance yet, a request with an ``Origin`` for a
+function with a CORS policy, a request this module's strict parser does not accept) is handed
+over, connection and buffered bytes, to aiohttp's server, which serves that connection from then
+on with ``faaso.gateway.proxy`` and the API. The outcome for the client is the same either way;
+only the cost differs. Under TLS (``FastSite`` with an SSL context) the same protocol runs on
+the TLS transport, hand-off included.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import cast
 from urllib.parse import unquote
 
 from aiohttp import web
 
+from faaso.gateway.access_log import AccessLog
 from faaso.gateway.admission import Admission, Hold, Lease, Refusal
 from faaso.gateway.fast.http1 import (
     CHUNKED,
@@ -59,6 +63,7 @@ from faaso.gateway.messages import (
 )
 from faaso.gateway.policy import SMALL_BODY, UPSTREAM_IDLE, UPSTREAM_IDLE_MAX
 from faaso.gateway.pools import Member
+from faaso.spec.cors import CorsPolicy
 from faaso.spec.routing import Match, RouteTable
 
 MAX_HEAD = 16 * 1024 + 4  # the same limit aiohttp applies (max_line_size, max_field_size)
@@ -69,6 +74,11 @@ CUT_GRACE = 5.0  # seconds a cut client connection may take to read what it was 
 _CHUNKED_END = b"0\r\n\r\n"
 
 Key = tuple[str, int] | str  # (host, port) or a Unix socket path
+_NO_CORS: Mapping[str, CorsPolicy] = MappingProxyType({})
+
+
+def _has_origin(fields: list[tuple[bytes, bytes, bytes]]) -> bool:
+    return any(lname == b"origin" for _, lname, _ in fields)
 
 
 def member_keys(member: Member) -> list[Key]:
@@ -172,11 +182,18 @@ class FastPath:
         routes: Callable[[], RouteTable],
         *,
         header_timeout: float,
+        cors: Callable[[], Mapping[str, CorsPolicy]] = lambda: _NO_CORS,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.admission = admission
         self.pools = admission.pools
         self.routes = routes
         self.header_timeout = header_timeout
+        # Functions with a CORS policy: their requests with an Origin go to aiohttp
+        # (faaso.gateway.cors); empty, nothing is looked at.
+        self.cors = cors
+        self.access_log = access_log  # None: off, and nothing is measured for it
+        self.scheme = b"http"  # b"https" when the site listens with TLS (X-Forwarded-Proto)
         self.upstreams = UpstreamPool()
         self.deadlines = Deadlines()
         self.connections: set[FrontConnection] = set()
@@ -240,9 +257,14 @@ class FastSite(web.TCPSite):
         *,
         backlog: int = 2048,
         drain_timeout: float = 15.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        super().__init__(runner, host, port, backlog=backlog, reuse_address=True)
+        super().__init__(
+            runner, host, port, backlog=backlog, reuse_address=True, ssl_context=ssl_context
+        )
         self._fast = fast
+        if ssl_context is not None:
+            fast.scheme = b"https"
         self._drain_timeout = drain_timeout
         self._host_port = (host, port)
 
@@ -256,6 +278,7 @@ class FastSite(web.TCPSite):
             *self._host_port,
             backlog=self._backlog,
             reuse_address=True,
+            ssl=self._ssl_context,
         )
         self._bound_port = server.sockets[0].getsockname()[1] if server.sockets else None
 
@@ -437,6 +460,7 @@ class FrontConnection(asyncio.Protocol):
         pipelined requests in one read cost one pass, not a copy of the rest each).
         """
         fast = self.fast
+        log = fast.access_log
         buf = self._buf
         pos = 0
         while self._exchange is None and not self._closed:
@@ -497,7 +521,14 @@ class FrontConnection(asyncio.Protocol):
                 pos = total
                 path = unquote(raw_path)
                 self._reply(404, msg_not_routed(path), None, None, head.keep_alive, path=path)
+                if log is not None:
+                    log.record(head.method.decode(), raw_path, None, 404, 0.0, None)
                 continue
+            policies = fast.cors()
+            if policies and match.function in policies and _has_origin(head.fields):
+                self._buf = buf[pos:] if pos else buf
+                self._hand_off()  # CORS: aiohttp answers preflights and adds the fields
+                return
             decided = fast.admission.try_admit(match.function)
             if isinstance(decided, Hold):
                 self._buf = buf[pos:] if pos else buf
@@ -509,6 +540,15 @@ class FrontConnection(asyncio.Protocol):
                 self._reply(
                     decided.status, decided.message, decided.function, call_id, head.keep_alive
                 )
+                if log is not None:
+                    log.record(
+                        head.method.decode(),
+                        raw_path,
+                        decided.function,
+                        decided.status,
+                        0.0,
+                        call_id,
+                    )
                 continue
             # Stored before the exchange starts: its completion may come back here.
             self._buf = buf[pos:] if pos < len(buf) else b""
@@ -595,6 +635,7 @@ class Exchange:
         "_request",
         "_retried",
         "_start_time",
+        "_target",
         "_tried",
         "chunk_wrap",
         "conn",
@@ -624,9 +665,10 @@ class Exchange:
         self.head_sent = False
         self.chunk_wrap = False
         self.status = 502
+        self._target = head.target
         target = match.path + ("?" + query if query else "")
         self._call_id, self._start_time, self._request = _upstream_request(
-            head, target.encode("latin-1"), front.peer
+            head, target.encode("latin-1"), front.peer, front.fast.scheme
         )
         self._body = body
 
@@ -802,12 +844,24 @@ class Exchange:
             return
         self._done = True
         self._lease.finish(status)
+        log = self._front.fast.access_log
+        if log is not None:
+            log.record(
+                self._method.decode(),
+                self._target.partition(b"?")[0].decode("latin-1"),
+                self._function,
+                status,
+                time.monotonic() - self._lease.started,
+                self._call_id,
+            )
         self._front.exchange_done(self._keep_alive if keep_alive is None else keep_alive)
 
 
-def _upstream_request(head: RequestHead, target: bytes, peer: bytes) -> tuple[str, bytes, bytes]:
+def _upstream_request(
+    head: RequestHead, target: bytes, peer: bytes, scheme: bytes
+) -> tuple[str, bytes, bytes]:
     """The request as the instance gets it: (call id, start time, head bytes)."""
-    call_id, start, pairs = upstream_fields(head.fields, head.connection_tokens, peer)
+    call_id, start, pairs = upstream_fields(head.fields, head.connection_tokens, peer, scheme)
     parts = [head.method, b" ", target, b" HTTP/1.1\r\n"]
     for name, value in pairs:
         parts += (name, b":" if value[:1] in (b" ", b"\t") else b": ", value, b"\r\n")
