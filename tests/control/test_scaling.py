@@ -211,7 +211,11 @@ async def test_min_replicas_after_deploy_and_precedence(site_factory: Any) -> No
         return "two" not in stored()["replicas"] and site.status("two")["replicas"] == 1
 
     await eventually(file_won, 120, "the file's replicas to win over the API override")
-    assert len(site.containers("two")) == 1
+
+    async def one() -> bool:  # the surplus instances drain, then stop
+        return len(site.containers("two")) == 1
+
+    await eventually(one, 60, "the surplus instances to stop")
     # an override again, then --reset (DELETE) drops it: the file's count applies
     assert (await site.call("POST", "/system/scale-function/two", {"replicas": 2}))[0] == 202
 
