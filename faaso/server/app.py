@@ -111,7 +111,7 @@ def create_app(
             ),
         )
         # The web UI at /ui/ (faaso/api/ui/), with the same password; redirects /ui and /.
-        mount_ui(app, holder, password)
+        mount_ui(app, holder, password, async_holder, async_waker)
 
     app = gateway_app(state, mount_api)
     secrets = SecretStore(state_dir / "function-secrets")
