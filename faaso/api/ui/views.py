@@ -80,7 +80,7 @@ def function_rows(request: web.Request) -> list[dict[str, Any]]:
                 "name": name,
                 "phase": _phase(ctx, spec, status),
                 "available": len(request.app[GATEWAY].pools.get(name)),
-                "desired": spec.replicas,
+                "desired": controller.replicas if controller else spec.replicas,
                 "invocations": count,
                 "error_rate": (errors / count) if count else None,
                 "p50": latest.p50 if latest else None,
@@ -189,7 +189,8 @@ def function_live(request: web.Request, name: str) -> dict[str, Any]:
         "name": name,
         "phase": _phase(ctx, spec, status),
         "available": len(request.app[GATEWAY].pools.get(name)),
-        "desired": spec.replicas,
+        # What the function is being taken to now (the autoscaler's last word, or the spec's).
+        "desired": controller.replicas if controller else spec.replicas,
         "invocations": count,
         "errors": errors,
         "latest": samples[-1] if samples else None,

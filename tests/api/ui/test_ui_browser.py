@@ -52,6 +52,20 @@ def handle(event, context):
     return {"statusCode": 200, "body": f"hello {text}"}
 """
 
+FLAKY = """\
+def handle(event, context):
+    return {"statusCode": 500, "body": "always broken"}
+"""
+
+SLOW = """\
+import time
+
+
+def handle(event, context):
+    time.sleep(float(event.body.decode() or "0"))
+    return {"statusCode": 200, "body": "slept"}
+"""
+
 
 @dataclass
 class Ui:
@@ -128,12 +142,23 @@ def _config(tmp: Path) -> Path:
     hello = tmp / "hello"
     hello.mkdir()
     (hello / "handler.py").write_text(HELLO)
+    for name, code in (("flaky", FLAKY), ("slow", SLOW)):
+        (tmp / name).mkdir()
+        (tmp / name / "handler.py").write_text(code)
+    one_attempt = "annotations: {com.openfaas.retry.attempts: '1'}"
     routes = tmp / "routes.yml"
     routes.write_text(
         "functions:\n"
         f"  sum: {{source: {ROOT / 'conf/functions/sum'}, runtime: python}}\n"
         f"  mul: {{source: {ROOT / 'conf/functions/mul'}, runtime: python}}\n"
         f"  hello: {{source: {hello}, runtime: python}}\n"
+        # Always 500, one attempt: each job is a dead letter at once.
+        f"  flaky: {{source: {tmp / 'flaky'}, runtime: python, {one_attempt}}}\n"
+        # One job at a time: a long one keeps the next queued.
+        f"  slow: {{source: {tmp / 'slow'}, runtime: python, async_concurrency: 1,"
+        f" {one_attempt}}}\n"
+        # Idle for 3 s: the autoscaler takes it to zero (a decision; the phase paused).
+        f"  nap: {{source: {hello}, runtime: python, scale: {{zero: true, zero_duration: 3}}}}\n"
         f"store: {ROOT / 'conf/store.json'}\n"
         "routes:\n  /sum: sum\n  /mul: mul\n"
     )
@@ -277,7 +302,7 @@ def test_deploy_from_the_form_and_see_it_ready(ui: Ui) -> None:
     ui.wait(lambda d: "sum-copy" in d.find_element(By.ID, "deploy-image-result").text, "deployed")
     ui.driver.find_element(By.LINK_TEXT, "sum-copy").click()
     ui.wait(lambda d: d.find_element(By.ID, "phase").text == "ready", "sum-copy ready")
-    assert "GREETING=hi" in ui.text_of(".kv") and "128 MiB" in ui.text_of(".kv")
+    assert "GREETING=hi" in ui.text_of("#config") and "128 MiB" in ui.text_of("#config")
     assert ui.served.request("POST", "/function/sum-copy", b"[4, 5]")[2] == b"9"
 
 
@@ -313,7 +338,7 @@ def test_deploy_a_pasted_stack_file_then_remove_it(ui: Ui) -> None:
         "the error",
     )
     ui.goto("/ui/function/sum-stack")
-    assert "team=ui" in ui.text_of(".kv")
+    assert "team=ui" in ui.text_of("#config")
     ui.driver.find_element(By.CSS_SELECTOR, "form[hx-post$='/remove'] button").click()
     ui.driver.switch_to.alert.accept()
     ui.wait(lambda d: d.current_url.endswith("/ui/"), "back on the list")
@@ -402,3 +427,130 @@ def test_the_system_page(ui: Ui) -> None:
     text = ui.text_of("main")
     assert "docker" in text and "0.1.0" in text and "store.json" in text
     ui.shot("system")
+
+
+def _enqueue(ui: Ui, name: str, body: bytes) -> str:
+    status, headers, out = ui.served.request("POST", f"/async-function/{name}", body)
+    assert status == 202, out
+    return headers["x-call-id"]
+
+
+def _job(ui: Ui, call_id: str) -> dict[str, Any]:
+    status, doc = ui.api("GET", f"/system/async/{call_id}")
+    assert status == 200, doc
+    return dict(doc)
+
+
+def _until(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    end = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > end:
+            pytest.fail(f"no {what} within {timeout} s")
+        time.sleep(0.2)  # poll with a deadline
+
+
+def test_an_async_invoke_from_the_ui_appears_on_the_jobs_page_and_succeeds(ui: Ui) -> None:
+    ui.goto("/ui/function/sum")
+    form = ui.driver.find_element(By.ID, "invoke")
+    form.find_element(By.CSS_SELECTOR, 'input[name="call"][value="async"]').click()
+    form.find_element(By.CSS_SELECTOR, 'input[name="mode"][value="json"]').click()
+    area = form.find_element(By.NAME, "body")
+    area.clear()
+    area.send_keys("[2, 3]")
+    form.find_element(By.CSS_SELECTOR, 'button[type="submit"]').click()
+    link = ui.wait(lambda d: d.find_element(By.ID, "invoke-call-id"), "the call id")
+    call_id = str(link.text)
+    assert call_id and "Queued as call" in ui.text_of("#invoke-result")
+    ui.goto("/ui/async?function=sum")
+    row = f'tr[data-job="{call_id}"]'
+    ui.wait(
+        lambda d: d.find_element(By.CSS_SELECTOR, row).get_attribute("data-state") == "succeeded",
+        "the job listed as succeeded (live)",
+    )
+    ui.shot("async")
+    ui.driver.find_element(By.CSS_SELECTOR, f"{row} th a").click()
+    ui.wait(lambda d: d.find_element(By.ID, "job-state").text == "succeeded", "the job's page")
+    assert ui.text_of("#job-response") == "5"
+    assert ui.text_of("#job-attempts") == "1" and ui.text_of("#job-status") == "200"
+    assert _job(ui, call_id)["response"]["body"] == "5"
+    ui.shot("async-job")
+
+
+def test_a_dead_letter_is_replayed_from_the_ui(ui: Ui) -> None:
+    call_id = _enqueue(ui, "flaky", b"x")
+    _until(lambda: _job(ui, call_id)["state"] == "dead", "dead letter")
+    first_end = _job(ui, call_id)["finishedAt"]
+    ui.goto("/ui/async?state=dead")
+    row = ui.wait(
+        lambda d: d.find_element(By.CSS_SELECTOR, f'tr[data-job="{call_id}"]'), "the dead letter"
+    )
+    assert "dead letter" in row.text and "500" in row.text
+    row.find_element(By.CSS_SELECTOR, "button").click()
+    ui.wait(lambda d: "queued again" in d.find_element(By.ID, "job-msg").text, "the replay")
+    # It ran again (and, still broken, is a dead letter again, with a later end).
+    _until(
+        lambda: (j := _job(ui, call_id))["state"] == "dead" and j["finishedAt"] != first_end,
+        "the replayed run",
+    )
+    # Replaying what is not a dead letter is refused, and says why.
+    ui.goto(f"/ui/async/job/{call_id}")
+    ui.wait(lambda d: d.find_element(By.ID, "job-state").text == "dead letter", "its page")
+    assert "always broken" in ui.text_of("#job-response")
+    ui.shot("async-dead")
+
+
+def test_a_queued_job_is_cancelled_from_the_ui(ui: Ui) -> None:
+    busy = _enqueue(ui, "slow", b"15")
+    _until(lambda: _job(ui, busy)["state"] == "running", "the first job running")
+    waiting = _enqueue(ui, "slow", b"0")
+    assert _job(ui, waiting)["state"] == "queued"  # async_concurrency 1: it waits
+    ui.goto(f"/ui/async/job/{waiting}")
+    ui.wait(lambda d: d.find_element(By.ID, "job-state").text == "queued", "the queued job")
+    ui.driver.find_element(By.CSS_SELECTOR, "#job button.danger").click()
+    ui.driver.switch_to.alert.accept()
+    ui.wait(lambda d: "cancelled" in d.find_element(By.ID, "job-msg").text, "the cancel")
+    assert _job(ui, waiting)["state"] == "cancelled"
+    ui.wait(lambda d: d.find_element(By.ID, "job-state").text == "cancelled", "shown live")
+    # The running one offers no cancel (only a queued job can be cancelled).
+    ui.goto(f"/ui/async/job/{busy}")
+    ui.wait(lambda d: d.find_element(By.ID, "job-state").text == "running", "the running job")
+    assert not ui.driver.find_elements(By.CSS_SELECTOR, "#job button")
+
+
+def test_scale_to_2_then_back_to_automatic(ui: Ui) -> None:
+    # Scaled by hand again (the autoscaler has taken the earlier 2 back down by now).
+    ui.goto("/ui/function/sum-store")
+    field = ui.driver.find_element(By.CSS_SELECTOR, 'input[name="replicas"]')
+    field.clear()
+    field.send_keys("2", Keys.ENTER)
+    ui.wait(lambda d: "scaled to 2" in d.find_element(By.ID, "scale-result").text, "scaled")
+    ui.wait(lambda d: d.find_element(By.ID, "replicas").text == "2/2", "2 of 2 replicas")
+    assert ui.driver.find_element(By.ID, "scale-mode").get_attribute("data-mode") == "override"
+    ui.driver.find_element(By.CSS_SELECTOR, "#scale-reset button").click()
+    ui.wait(lambda d: "back to automatic" in d.find_element(By.ID, "scale-result").text, "reset")
+    ui.wait(lambda d: d.find_element(By.ID, "replicas").text == "1/1", "1 of 1 replica, live")
+    ui.wait(
+        lambda d: d.find_element(By.ID, "scale-mode").get_attribute("data-mode") == "automatic",
+        "automatic",
+    )
+    status, doc = ui.api("GET", "/system/function/sum-store")
+    assert status == 200 and doc["replicas"] == 1
+    assert "1 / 20" in ui.text_of("#scale-policy")  # the deployment's min / max
+
+
+def test_the_autoscaler_decision_list_shows_a_decision(ui: Ui) -> None:
+    ui.goto("/ui/function/nap")
+    ui.wait(
+        lambda d: "scale to zero" in d.find_element(By.CSS_SELECTOR, "#decisions").text,
+        "the scale-to-zero decision in the list (live)",
+    )
+    assert "idle for" in ui.text_of("#decisions tr.decision")
+    assert ui.text_of('#decisions tr.decision td[data-label="From"]') == "1"
+    assert ui.text_of('#decisions tr.decision td[data-label="To"]') == "0"
+    ui.wait(
+        lambda d: d.find_element(By.ID, "phase").get_attribute("data-phase") == "paused", "paused"
+    )
+    ui.shot("function-scaling", at="#as-h")
+    ui.goto("/ui/")
+    ui.wait(lambda _d: _phase(ui, "nap") == "paused", "nap shown as paused in the list")
+    ui.shot("functions")
