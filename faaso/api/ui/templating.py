@@ -68,7 +68,7 @@ def lines(
     )
     if longest < 2:
         return Markup(head + "</svg>")
-    top = max((max(v) for _, v in series if v), default=0.0) or 1.0
+    top = 1.1 * (max((max(v) for _, v in series if v), default=0.0) or 1.0)  # headroom
     step = width / (longest - 1)
     parts = [head]
     for fraction in marks:

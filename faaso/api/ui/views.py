@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp_sse import sse_response
 
 from faaso import __version__
-from faaso.api.handlers import HOLDER, ApiContext, follow_logs
+from faaso.api.handlers import HOLDER, ApiContext, follow_logs, scale_to
 from faaso.api.scaling import reset_override
 from faaso.api.store import current_store, deploy_entry, store_entry
 from faaso.api.ui.csrf import SESSION, Csrf
@@ -274,8 +274,9 @@ async def scale(request: web.Request) -> web.Response:
         replicas = int(raw)
     except ValueError:
         raise InvalidRequest(f"replicas must be a whole number, got {raw!r}") from None
-    # The same call as POST /system/scale-function/{name}.
-    await ctx.desired.scale(name, replicas)
+    # The same call as POST /system/scale-function/{name} (without waiting: the live panel
+    # shows the replicas come); a second "scale to 2" after the autoscaler took it down works.
+    await scale_to(ctx, name, replicas, wait=False)
     return message(request, f"{name} scaled to {replicas}", ok=True)
 
 
