@@ -500,7 +500,7 @@ def test_a_dead_letter_is_replayed_from_the_ui(ui: Ui) -> None:
 
 
 def test_a_queued_job_is_cancelled_from_the_ui(ui: Ui) -> None:
-    busy = _enqueue(ui, "slow", b"15")
+    busy = _enqueue(ui, "slow", b"25")  # under its 30 s timeout; long on a loaded machine
     _until(lambda: _job(ui, busy)["state"] == "running", "the first job running")
     waiting = _enqueue(ui, "slow", b"0")
     assert _job(ui, waiting)["state"] == "queued"  # async_concurrency 1: it waits
