@@ -111,7 +111,19 @@ async function invoke(form) {
   out.replaceChildren(result);
 }
 
+// A form's request that never got an answer (the browser aborted it: the network changed, the
+// server went away, or it timed out) says so where its answer would go: htmx alone shows nothing.
+function requestFailed(ev) {
+  const target = ev.detail.target || ev.detail.elt;
+  if (!target) return;
+  const what = ev.type === "htmx:timeout" ? "timed out" : "got no answer (a network error)";
+  target.replaceChildren(el("p", { class: "msg err send-error", role: "alert" },
+                            "The request " + what + ": it may not have been applied; try again."));
+}
+
 function setUp() {
+  document.body.addEventListener("htmx:sendError", requestFailed);
+  document.body.addEventListener("htmx:timeout", requestFailed);
   const form = document.getElementById("invoke");
   if (form) {
     form.addEventListener("submit", (ev) => { ev.preventDefault(); invoke(form); });
