@@ -597,6 +597,15 @@ def test_the_autoscaler_decision_list_shows_a_decision(ui: Ui) -> None:
     assert "idle for" in ui.text_of("#decisions tr.decision")
     assert ui.text_of('#decisions tr.decision td[data-label="From"]') == "1"
     assert ui.text_of('#decisions tr.decision td[data-label="To"]') == "0"
+    # A call wakes it; idle again for 3 s, it goes back to zero: a second decision, on the
+    # charts' recent end (the first one was at start-up, minutes ago).
+    assert ui.served.request("GET", "/function/nap")[0] == 200
+
+    def to_zero_twice(d: WebDriver) -> bool:
+        rows = d.find_elements(By.CSS_SELECTOR, "#decisions tr.decision")
+        return sum("scale to zero" in r.text for r in rows) >= 2
+
+    ui.wait(to_zero_twice, "a second scale to zero after the wake (live)")
     ui.wait(
         lambda d: d.find_element(By.ID, "phase").get_attribute("data-phase") == "paused", "paused"
     )
