@@ -606,6 +606,15 @@ def test_the_autoscaler_decision_list_shows_a_decision(ui: Ui) -> None:
         return sum("scale to zero" in r.text for r in rows) >= 2
 
     ui.wait(to_zero_twice, "a second scale to zero after the wake (live)")
+
+    def marked_recently(d: WebDriver) -> bool:
+        # The charts catch up (a sample every 2 s): the new decision's mark in the right half.
+        chart = d.find_element(By.CSS_SELECTOR, "#live svg.lines")
+        marks = chart.find_elements(By.CSS_SELECTOR, ".mark")
+        xs = [float(m.get_dom_attribute("x1") or 0) for m in marks]
+        return max(xs, default=0.0) > float(chart.get_dom_attribute("width") or 0) / 2
+
+    ui.wait(marked_recently, "the second decision marked on the replicas chart")
     ui.wait(
         lambda d: d.find_element(By.ID, "phase").get_attribute("data-phase") == "paused", "paused"
     )
