@@ -228,6 +228,18 @@ async def delete_function(request: web.Request) -> web.Response:
     return web.json_response({"message": f"function {base!r} removed"}, status=202)
 
 
+async def scale_to(ctx: ApiContext, name: str, replicas: int, *, wait: bool = True) -> None:
+    """Set the API's replica override of ``name`` and the replicas now, even when the override
+    did not change (the autoscaler or a wake moved the count since); with ``wait``, until the
+    function has converged. The UI's scale form calls this too."""
+    await ctx.desired.scale(name, replicas)
+    controller = ctx.supervisor.controller(name)
+    if controller is not None and controller.replicas != replicas:
+        controller.set_replicas(replicas, "scaled through the API")
+        if wait:
+            await controller.wait_converged(controller.spec.startup_timeout + 30)
+
+
 async def scale_function(request: web.Request) -> web.Response:
     ctx = request.app[HOLDER].get()
     body = await read_json(request)
@@ -240,12 +252,8 @@ async def scale_function(request: web.Request) -> web.Response:
     replicas = body.get("replicas")
     if isinstance(replicas, bool) or not isinstance(replicas, int):
         raise InvalidRequest("replicas must be a whole number")
-    await ctx.desired.scale(name, replicas)
-    controller = ctx.supervisor.controller(name)
-    if controller is not None and controller.replicas != replicas:
-        # now, even when the spec's count did not change (the autoscaler or a wake moved it)
-        controller.set_replicas(replicas, "scaled through the API")
     # 202: accepted; the instances start or drain in the background (the status shows it)
+    await scale_to(ctx, name, replicas, wait=False)
     return web.json_response({"message": f"function {name!r} scaled to {replicas}"}, status=202)
 
 

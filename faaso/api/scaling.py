@@ -17,7 +17,7 @@ from aiohttp import web
 from faaso.api.handlers import HOLDER, ApiContext, name_of, namespace_of, read_json
 from faaso.control.autoscaler import Autoscaler
 from faaso.errors import InvalidRequest, NotFoundError
-from faaso.spec.function import function_key
+from faaso.spec.function import FunctionSpec, function_key
 
 ALERT_STATES = ("firing", "resolved")
 
@@ -66,14 +66,23 @@ async def alert(request: web.Request) -> web.Response:
     return web.json_response({"message": f"{len(results)} alert(s) applied", "results": results})
 
 
-async def reset_scale(request: web.Request) -> web.Response:
-    ctx = request.app[HOLDER].get()
-    name = name_of(request)
+async def reset_override(ctx: ApiContext, name: str, *, wait: bool = True) -> FunctionSpec:
+    """Drop the API's replica override of ``name`` and set the replicas it falls back to (the
+    file's or the deployment's; the autoscaler takes over from there). With ``wait``, until the
+    function has converged. The UI's "back to automatic" calls this too. Raises NotFoundError."""
     spec = await ctx.desired.reset_scale(name)
     controller = ctx.supervisor.controller(name)
     if controller is not None and controller.replicas != spec.replicas:
         controller.set_replicas(spec.replicas, "the API override was reset")
-        await controller.wait_converged(controller.spec.startup_timeout + 30)
+        if wait:
+            await controller.wait_converged(controller.spec.startup_timeout + 30)
+    return spec
+
+
+async def reset_scale(request: web.Request) -> web.Response:
+    ctx = request.app[HOLDER].get()
+    name = name_of(request)
+    spec = await reset_override(ctx, name)
     return web.json_response(
         {"message": f"function {name!r}: replica override dropped; {spec.replicas} replicas"},
         status=202,

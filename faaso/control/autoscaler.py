@@ -47,6 +47,7 @@ from faaso.guard import TaskGuard
 from faaso.spec.scaling import ScalePolicy, ScaleType
 
 SAMPLE_INTERVAL = 0.25  # seconds between load samples (decisions come every policy.tick)
+KEEP_DECISIONS = 50  # the last changes kept per function, for the UI (newest last)
 
 
 @dataclass(slots=True)
@@ -70,6 +71,9 @@ class _State:
     stable_load: float = 0.0
     panic_load: float = 0.0
     decision: dict[str, object] = field(default_factory=dict)
+    decisions: deque[dict[str, object]] = field(
+        default_factory=lambda: deque(maxlen=KEEP_DECISIONS)
+    )
     ticks: int = 0  # decisions made (each tick), for the status
     # When the autoscaler first saw the function (its start, or faaso's): the load it has seen is
     # less than a stable window, so it does not scale down before one has passed.
@@ -133,6 +137,12 @@ class Autoscaler:
             "last_decision": state.decision or None,
             "ticks": state.ticks,
         }
+
+    def decisions(self, function: str) -> list[dict[str, object]]:
+        """The function's last changes of replicas (from, to, why, at: Unix time), oldest
+        first; at most ``KEEP_DECISIONS``."""
+        state = self._states.get(function)
+        return list(state.decisions) if state is not None else []
 
     def metrics(self) -> list[Metric]:
         desired = GaugeMetricFamily(
@@ -349,6 +359,7 @@ class Autoscaler:
             "why": why,
             "at": round(time.time(), 3),
         }
+        state.decisions.append(state.decision)
         state.desired = replicas
         state.set_by_us = replicas
         if replicas == 0:

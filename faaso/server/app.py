@@ -128,7 +128,7 @@ def create_app(
             ),
         )
         # The web UI at /ui/ (faaso/api/ui/), with the same password; redirects /ui and /.
-        mount_ui(app, holder, password)
+        mount_ui(app, holder, password, async_holder, async_waker)
 
     app = gateway_app(state, mount_api)
     if metrics_auth:

@@ -1,7 +1,8 @@
 """faaso's web UI at ``/ui/``: server-rendered pages (Jinja2), htmx for partial updates,
 server-sent events for live data. Mounted by :func:`mount_ui` on the server's app.
 
-Pages: Functions (``/ui/``), a function (``/ui/function/{name}``), Deploy, Secrets, System.
+Pages: Functions (``/ui/``), a function (``/ui/function/{name}``), Deploy, Async jobs
+(``/ui/async``, :mod:`faaso.api.ui.jobs`), Secrets, System.
 Same basic auth as ``/system``; CSRF tokens on every change (:mod:`faaso.api.ui.csrf`). The
 UI calls the objects the /system API uses (:class:`~faaso.api.handlers.ApiContext`), never
 faaso over HTTP; only the invoke form's request goes from the browser to ``/function/<name>``,
@@ -18,9 +19,10 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from faaso.api.async_jobs import ASYNC_HOLDER, WAKE, AsyncJobsHolder, Waker
 from faaso.api.auth import basic_auth_middleware
 from faaso.api.handlers import HOLDER, ApiHolder
-from faaso.api.ui import views
+from faaso.api.ui import jobs, views
 from faaso.api.ui.csrf import Csrf
 from faaso.api.ui.history import GATEWAY, HISTORY, History, sampler_ctx
 from faaso.api.ui.templating import FILTERS
@@ -49,7 +51,13 @@ async def ui_errors(request: web.Request, handler: Handler) -> web.StreamRespons
         return views.message(request, str(exc), ok=False, status=409)
 
 
-def ui_app(holder: ApiHolder, middlewares: list[Any], gateway: GatewayState) -> web.Application:
+def ui_app(
+    holder: ApiHolder,
+    middlewares: list[Any],
+    gateway: GatewayState,
+    async_jobs: AsyncJobsHolder,
+    waker: Waker,
+) -> web.Application:
     csrf = Csrf()
     stack: list[Any] = [*middlewares, csrf.middleware(_refused), ui_errors]
     app = web.Application(middlewares=stack)
@@ -57,6 +65,8 @@ def ui_app(holder: ApiHolder, middlewares: list[Any], gateway: GatewayState) -> 
     app[views.CSRF] = csrf
     app[HISTORY] = History()
     app[GATEWAY] = gateway
+    app[ASYNC_HOLDER] = async_jobs
+    app[WAKE] = waker
     env = aiohttp_jinja2.setup(
         app,
         loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -73,11 +83,13 @@ def ui_app(holder: ApiHolder, middlewares: list[Any], gateway: GatewayState) -> 
     r.add_get("/function/{name}/events", views.function_events)
     r.add_get("/function/{name}/logs", views.function_logs)
     r.add_post("/function/{name}/scale", views.scale)
+    r.add_post("/function/{name}/scale/reset", views.scale_reset)
     r.add_post("/function/{name}/remove", views.remove)
     r.add_get("/deploy", views.deploy_page)
     r.add_post("/deploy/image", views.deploy_image)
     r.add_post("/deploy/stack", views.deploy_stack)
     r.add_post("/deploy/store/{name}", views.deploy_from_store)
+    jobs.add_routes(r)
     r.add_get("/secrets", views.secrets_page)
     r.add_post("/secrets", views.secret_create)
     r.add_post("/secrets/{name}/update", views.secret_update)
@@ -86,8 +98,16 @@ def ui_app(holder: ApiHolder, middlewares: list[Any], gateway: GatewayState) -> 
     return app
 
 
-def mount_ui(app: web.Application, holder: ApiHolder, password: str | None) -> None:
-    """Mount the UI at /ui/ on the server's app; redirect /ui, and / when no route claims it."""
+def mount_ui(
+    app: web.Application,
+    holder: ApiHolder,
+    password: str | None,
+    async_jobs: AsyncJobsHolder | None = None,
+    waker: Waker | None = None,
+) -> None:
+    """Mount the UI at /ui/ on the server's app; redirect /ui, and / when no route claims it.
+    ``async_jobs`` and ``waker`` are the ones the /system/async API uses (the jobs pages answer
+    503 without a queue)."""
     middlewares = [basic_auth_middleware(password, PREFIX)] if password is not None else []
     state = app[STATE]
 
@@ -102,4 +122,7 @@ def mount_ui(app: web.Application, holder: ApiHolder, password: str | None) -> N
 
     app.router.add_get(PREFIX, to_ui)
     app.router.add_get("/", root)
-    app.add_subapp(PREFIX, ui_app(holder, middlewares, state))
+    app.add_subapp(
+        PREFIX,
+        ui_app(holder, middlewares, state, async_jobs or AsyncJobsHolder(), waker or Waker()),
+    )

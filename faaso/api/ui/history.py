@@ -4,7 +4,8 @@ A sampler (started and stopped with the UI app, restarted after an error) reads 
 metrics and the supervisor every ``SAMPLE_EVERY`` seconds and keeps ``KEEP`` samples per
 function: request rate, 5xx rate, latency p50/p95 over the last ``WINDOW`` samples (from the
 duration histogram, interpolated inside a bucket as Prometheus's ``histogram_quantile`` does),
-requests in flight, ready and desired replicas.
+requests in flight, ready and desired replicas, and what the autoscaler sees (its observed load,
+in the unit of the function's scale type) and wants (its desired replicas).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class Sample:
     inflight: int
     available: int
     desired: int
+    load: float | None = None  # the autoscaler's observed load (stable window), None: no view
+    wanted: int | None = None  # the replicas the autoscaler wants
 
 
 def quantile(q: float, counts: list[int]) -> float | None:
@@ -84,6 +87,9 @@ class History:
             base = series[-WINDOW] if len(series) >= WINDOW else (series[0] if series else None)
             window = [c - (base.buckets[i] if base else 0) for i, c in enumerate(buckets)]
             spec = ctx.desired.spec(name)
+            view = ctx.autoscaler.status(name) if ctx.autoscaler is not None else None
+            load = view.get("stable_load") if view else None
+            wanted = view.get("desired") if view else None
             series.append(
                 Sample(
                     at=now,
@@ -97,6 +103,8 @@ class History:
                     inflight=gateway.pools.get(name).inflight(),
                     available=len(gateway.pools.get(name)),
                     desired=spec.replicas if spec else 0,
+                    load=float(load) if isinstance(load, int | float) else None,
+                    wanted=wanted if isinstance(wanted, int) else None,
                 )
             )
 

@@ -12,7 +12,8 @@ from aiohttp import web
 from aiohttp_sse import sse_response
 
 from faaso import __version__
-from faaso.api.handlers import HOLDER, ApiContext, follow_logs
+from faaso.api.handlers import HOLDER, ApiContext, follow_logs, scale_to
+from faaso.api.scaling import reset_override
 from faaso.api.store import current_store, deploy_entry, store_entry
 from faaso.api.ui.csrf import SESSION, Csrf
 from faaso.api.ui.history import GATEWAY, HISTORY, SAMPLE_EVERY, Sample
@@ -79,7 +80,7 @@ def function_rows(request: web.Request) -> list[dict[str, Any]]:
                 "name": name,
                 "phase": _phase(ctx, spec, status),
                 "available": len(request.app[GATEWAY].pools.get(name)),
-                "desired": spec.replicas,
+                "desired": controller.replicas if controller else spec.replicas,
                 "invocations": count,
                 "error_rate": (errors / count) if count else None,
                 "p50": latest.p50 if latest else None,
@@ -88,6 +89,7 @@ def function_rows(request: web.Request) -> list[dict[str, Any]]:
                 "routes": _routes_of(ctx, name),
                 "origin": _origin(ctx, name),
                 "error": status.error if status else None,
+                "queue": _queue_of(ctx, name),
             }
         )
     return rows
@@ -128,6 +130,53 @@ def _series(samples: list[Sample]) -> dict[str, list[float]]:
     }
 
 
+def _queue_of(ctx: ApiContext, name: str) -> dict[str, Any] | None:
+    """The function's queued, running and dead jobs; None while the queue is not open."""
+    found = ctx.queue_of(name) if ctx.queue_of is not None else {}
+    return found or None
+
+
+def _marks(samples: list[Sample], decisions: list[dict[str, object]]) -> list[float]:
+    """Where on the charts' time axis (0..1) each decision falls, for those inside it."""
+    if len(samples) < 2:
+        return []
+    first, last = samples[0].at, samples[-1].at
+    out = []
+    for d in decisions:
+        at = d.get("at")
+        if isinstance(at, int | float) and first <= at <= last:
+            out.append((at - first) / (last - first))
+    return out
+
+
+def _autoscaling(ctx: ApiContext, spec: FunctionSpec, samples: list[Sample]) -> dict[str, Any]:
+    """What the function's page shows of the autoscaler: its view, decisions and charts."""
+    name = spec.name
+    view = ctx.autoscaler.status(name) if ctx.autoscaler is not None else None
+    decisions = ctx.autoscaler.decisions(name) if ctx.autoscaler is not None else []
+    override = ctx.desired.replicas.get(name)
+    policy = spec.scale
+    latest = samples[-1] if samples else None
+    return {
+        "override": override,
+        "autoscaling": policy.autoscaling,
+        "scale_mode": "override" if override is not None else "automatic",
+        "autoscaler": view,
+        "decisions": list(reversed(decisions)),
+        "decision_marks": _marks(samples, decisions),
+        "replica_series": [
+            ("wanted", [float(s.desired if s.wanted is None else s.wanted) for s in samples]),
+            ("ready", [float(s.available) for s in samples]),
+        ],
+        "load_series": [s.load or 0.0 for s in samples],
+        "load_now": f"{latest.load:.2f}" if latest and latest.load is not None else "\u2013",
+        "load_unit": {"rps": "requests/s", "capacity": "requests in flight", "cpu": "% CPU"}[
+            str(policy.type)
+        ],
+        "per_replica": f"{policy.per_replica:g}",
+    }
+
+
 def function_live(request: web.Request, name: str) -> dict[str, Any]:
     ctx = _ctx(request)
     spec = _spec_or_404(ctx, name)
@@ -140,7 +189,8 @@ def function_live(request: web.Request, name: str) -> dict[str, Any]:
         "name": name,
         "phase": _phase(ctx, spec, status),
         "available": len(request.app[GATEWAY].pools.get(name)),
-        "desired": spec.replicas,
+        # What the function is being taken to now (the autoscaler's last word, or the spec's).
+        "desired": controller.replicas if controller else spec.replicas,
         "invocations": count,
         "errors": errors,
         "latest": samples[-1] if samples else None,
@@ -153,6 +203,8 @@ def function_live(request: web.Request, name: str) -> dict[str, Any]:
         "image": spec.image or (controller.image if controller else "") or "",
         "status": status.to_json() if status is not None else {},
         "reload": reload,
+        "queue": _queue_of(ctx, name),
+        **_autoscaling(ctx, spec, samples),
     }
 
 
@@ -222,9 +274,25 @@ async def scale(request: web.Request) -> web.Response:
         replicas = int(raw)
     except ValueError:
         raise InvalidRequest(f"replicas must be a whole number, got {raw!r}") from None
-    # The same call as POST /system/scale-function/{name}.
-    await ctx.desired.scale(name, replicas)
+    # The same call as POST /system/scale-function/{name} (without waiting: the live panel
+    # shows the replicas come); a second "scale to 2" after the autoscaler took it down works.
+    await scale_to(ctx, name, replicas, wait=False)
     return message(request, f"{name} scaled to {replicas}", ok=True)
+
+
+async def scale_reset(request: web.Request) -> web.Response:
+    """Back to automatic: the same call as DELETE /system/scale-function/{name} (the override
+    dropped, the file's or deployment's replicas set), without waiting for the containers: the
+    live panel shows them come and go."""
+    ctx = _ctx(request)
+    name = request.match_info["name"]
+    spec = await reset_override(ctx, name, wait=False)
+    return message(
+        request,
+        f"{name} is back to automatic: {spec.replicas} replicas now, "
+        f"then the autoscaler decides within {spec.scale.min}..{spec.scale.max}",
+        ok=True,
+    )
 
 
 async def remove(request: web.Request) -> web.Response:

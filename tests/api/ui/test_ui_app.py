@@ -6,12 +6,16 @@ The pages themselves are tested in a real browser (test_ui_browser.py).
 from __future__ import annotations
 
 import base64
+import re
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from faaso.api.async_jobs import AsyncJobsHolder, Waker
 from faaso.api.handlers import ApiHolder
 from faaso.api.ui import mount_ui
 from faaso.api.ui.csrf import COOKIE, FIELD, HEADER, Csrf
@@ -20,6 +24,7 @@ from faaso.gateway.app import GatewayState, gateway_app
 from faaso.gateway.metrics import BUCKETS
 from faaso.spec.endpoint import Endpoint
 from faaso.spec.routing import RouteTable
+from faaso.state.queue import JobQueue, NewJob
 from tests.helpers import FastTestServer
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"admin:pw").decode()}
@@ -118,3 +123,86 @@ def test_quantile_interpolates_inside_a_bucket() -> None:
     assert quantile(1.0, counts) == pytest.approx(0.01)
     counts[-1] = 90  # most slower than the highest bound
     assert quantile(0.95, counts) == BUCKETS[-1]
+
+
+def _new_job(call_id: str) -> NewJob:
+    return NewJob(call_id, "f", "POST", "/", "", (), b"x", None, time.time())
+
+
+async def test_the_job_pages_cancel_and_replay_through_the_queue_with_a_csrf_token(
+    tmp_path: Path,
+) -> None:
+    queue = await JobQueue.open(tmp_path / "queue.db")
+    jobs = AsyncJobsHolder()
+    jobs.queue = queue
+    woken: list[bool] = []
+    waker = Waker()
+    waker.wake = lambda: woken.append(True)
+    app = gateway_app(
+        GatewayState(RouteTable({}, set())),
+        lambda app: mount_ui(app, ApiHolder(), "pw", jobs, waker),
+    )
+    client: TestClient[Any, Any] = TestClient(FastTestServer(app))
+    await client.start_server()
+    try:
+        await queue.enqueue(_new_job("one"))
+        resp = await client.get("/ui/async/job/one", headers=AUTH)
+        page = await resp.text()
+        assert resp.status == 200 and 'data-state="queued"' in page
+        found = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page)
+        assert found is not None
+        token = {FIELD: found.group(1)}
+        # Without the token: refused, and the job is untouched.
+        resp = await client.post("/ui/async/job/one/cancel", headers=AUTH)
+        assert resp.status == 403
+        untouched = await queue.get("one")
+        assert untouched is not None and untouched.state == "queued"
+        # A queued job is not a dead letter: no replay.
+        resp = await client.post("/ui/async/job/one/replay", headers=AUTH, data=token)
+        assert resp.status == 409 and "not a dead letter" in await resp.text()
+        resp = await client.post("/ui/async/job/one/cancel", headers=AUTH, data=token)
+        assert resp.status == 200 and "cancelled" in await resp.text()
+        job = await queue.get("one")
+        assert job is not None and job.state == "cancelled"
+        # Once cancelled (not queued), a second cancel is a 409; an unknown id a 404.
+        resp = await client.post("/ui/async/job/one/cancel", headers=AUTH, data=token)
+        assert resp.status == 409
+        resp = await client.post("/ui/async/job/nope/replay", headers=AUTH, data=token)
+        assert resp.status == 404
+        assert (await client.get("/ui/async/job/nope", headers=AUTH)).status == 404
+        # A dead letter is replayed: queued again, and the workers are woken.
+        await queue.enqueue(_new_job("two"))
+        claimed = await queue.claim("w", {"f": 1}, 1, time.time(), 30.0)
+        assert [j.id for j in claimed] == ["two"]
+        done = await queue.finish(
+            "w",
+            "two",
+            state="dead",
+            now=time.time(),
+            status=500,
+            duration=0.1,
+            headers=(),
+            body=b"broken",
+            error=None,
+        )
+        assert done
+        resp = await client.get("/ui/async/job/two", headers=AUTH)
+        assert "broken" in await resp.text() and "Replay" in await resp.text()
+        resp = await client.post("/ui/async/job/two/replay", headers=AUTH, data=token)
+        assert resp.status == 200 and "queued again" in await resp.text()
+        job = await queue.get("two")
+        assert job is not None and job.state == "queued" and job.attempts == 0
+        assert woken == [True]
+        assert (await client.get("/ui/async?state=bogus", headers=AUTH)).status == 400
+    finally:
+        await client.close()
+        await queue.close()
+
+
+async def test_the_job_pages_answer_503_without_a_queue() -> None:
+    client = await _gateway(GatewayState(RouteTable({}, set())))
+    try:
+        resp = await client.get("/ui/async/job/x", headers=AUTH)
+        assert resp.status == 503
+    finally:
+        await client.close()

@@ -29,6 +29,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
 from faaso.api.auth import password_path
@@ -52,6 +53,20 @@ def handle(event, context):
     return {"statusCode": 200, "body": f"hello {text}"}
 """
 
+FLAKY = """\
+def handle(event, context):
+    return {"statusCode": 500, "body": "always broken"}
+"""
+
+SLOW = """\
+import time
+
+
+def handle(event, context):
+    time.sleep(float(event.body.decode() or "0"))
+    return {"statusCode": 200, "body": "slept"}
+"""
+
 
 @dataclass
 class Ui:
@@ -69,8 +84,9 @@ class Ui:
     def goto(self, path: str, password: str | None = None) -> None:
         """Open a page. Chromium aborts a load with ERR_NETWORK_CHANGED when a network
         interface comes or goes, and every container Docker starts adds one: such a load is
-        tried again (a few times), anything else is what the test sees."""
-        end = time.monotonic() + 60.0
+        tried again (until a deadline: on a shared machine other tests start containers every few
+        seconds), anything else is what the test sees."""
+        end = time.monotonic() + WAIT
         while True:
             self.driver.get(self.url(path, password))
             shown = time.monotonic() + 10.0
@@ -104,6 +120,35 @@ class Ui:
             page = self.driver.execute_script("return document.body.innerText")[:3000]
             pytest.fail(f"no {what} within {timeout} s; the page was:\n{page}")
 
+    def submit(self, button: str, result: str, expect: str, confirm: bool = False) -> None:
+        """Press the button (a CSS selector) of an htmx form and wait for ``expect`` in the
+        element ``result`` (an id). A request the browser aborted (ERR_NETWORK_CHANGED: another
+        container came up) shows the UI's network error there: it is sent again, a few times.
+        The forms sent this way are idempotent (scale to N, back to automatic, cancel, replay
+        show their outcome either way)."""
+        for _ in range(5):
+            # Found and pressed in one go: a live list re-renders its rows every 2 s.
+            def press(d: WebDriver) -> bool:
+                d.find_element(By.CSS_SELECTOR, button).click()
+                return True
+
+            self.wait(press, button)
+            if confirm:
+                self.wait(EC.alert_is_present(), "the confirmation").accept()
+            shown = self.answer(result)
+            if expect in shown:
+                return
+            assert "network error" in shown, shown
+        pytest.fail(f"the form behind {button} got no answer five times (network errors)")
+
+    def answer(self, result: str) -> str:
+        """The text htmx (or the UI's network error) puts into the element ``result``, emptied
+        for the next answer."""
+        shown = str(self.wait(lambda d: d.find_element(By.ID, result).text, f"#{result} filled"))
+        empty = "document.getElementById(arguments[0]).replaceChildren()"
+        self.driver.execute_script(empty, result)
+        return shown
+
     def text_of(self, css: str) -> str:
         return str(self.driver.find_element(By.CSS_SELECTOR, css).text)
 
@@ -128,12 +173,26 @@ def _config(tmp: Path) -> Path:
     hello = tmp / "hello"
     hello.mkdir()
     (hello / "handler.py").write_text(HELLO)
+    for name, code in (("flaky", FLAKY), ("slow", SLOW)):
+        (tmp / name).mkdir()
+        (tmp / name / "handler.py").write_text(code)
+    one_attempt = "annotations: {com.openfaas.retry.attempts: '1'}"
     routes = tmp / "routes.yml"
     routes.write_text(
         "functions:\n"
         f"  sum: {{source: {ROOT / 'conf/functions/sum'}, runtime: python}}\n"
         f"  mul: {{source: {ROOT / 'conf/functions/mul'}, runtime: python}}\n"
         f"  hello: {{source: {hello}, runtime: python}}\n"
+        # Always 500, one attempt: each job is a dead letter at once.
+        f"  flaky: {{source: {tmp / 'flaky'}, runtime: python, {one_attempt}}}\n"
+        # One job at a time: a long one keeps the next queued.
+        f"  slow: {{source: {tmp / 'slow'}, runtime: python, async_concurrency: 1,"
+        f" timeout: 150, {one_attempt}}}\n"
+        # Idle for 3 s: the autoscaler takes it to zero (a decision; the phase paused).
+        f"  nap: {{source: {hello}, runtime: python, scale: {{zero: true, zero_duration: 3}}}}\n"
+        # Scaled by hand in the tests: the autoscaler holds a hand scale for one stable window
+        # (60 s by default); ten minutes keep the count the test set until it looks.
+        f"  manual: {{source: {hello}, runtime: python, scale: {{stable_window: 600}}}}\n"
         f"store: {ROOT / 'conf/store.json'}\n"
         "routes:\n  /sum: sum\n  /mul: mul\n"
     )
@@ -221,6 +280,21 @@ def test_log_in_and_the_list_shows_sum_and_mul_ready(ui: Ui) -> None:
     ui.shot("functions")
 
 
+def _send(ui: Ui, form: Any) -> None:
+    """Send the invoke form and wait for its answer; again when the browser aborted the call
+    (ERR_NETWORK_CHANGED: "The call failed: TypeError: Failed to fetch")."""
+    for _ in range(5):
+        form.find_element(By.CSS_SELECTOR, 'button[type="submit"]').click()
+        ui.wait(
+            lambda d: d.find_elements(
+                By.CSS_SELECTOR, "#invoke-result .result, #invoke-result .err"
+            ),
+            "the invocation's answer",
+        )
+        if "The call failed" not in ui.text_of("#invoke-result"):
+            return
+
+
 def _invoke(ui: Ui, name: str, body: str, mode: str = "json") -> str:
     ui.goto(f"/ui/function/{name}")
     form = ui.driver.find_element(By.ID, "invoke")
@@ -228,11 +302,7 @@ def _invoke(ui: Ui, name: str, body: str, mode: str = "json") -> str:
     area = form.find_element(By.NAME, "body")
     area.clear()
     area.send_keys(body)
-    form.find_element(By.CSS_SELECTOR, 'button[type="submit"]').click()
-    ui.wait(
-        lambda d: d.find_elements(By.CSS_SELECTOR, "#invoke-result .result, #invoke-result .err"),
-        "the invocation's answer",
-    )
+    _send(ui, form)
     assert not ui.driver.find_elements(By.CSS_SELECTOR, "#invoke-result .err"), ui.text_of(
         "#invoke-result"
     )
@@ -277,7 +347,7 @@ def test_deploy_from_the_form_and_see_it_ready(ui: Ui) -> None:
     ui.wait(lambda d: "sum-copy" in d.find_element(By.ID, "deploy-image-result").text, "deployed")
     ui.driver.find_element(By.LINK_TEXT, "sum-copy").click()
     ui.wait(lambda d: d.find_element(By.ID, "phase").text == "ready", "sum-copy ready")
-    assert "GREETING=hi" in ui.text_of(".kv") and "128 MiB" in ui.text_of(".kv")
+    assert "GREETING=hi" in ui.text_of("#config") and "128 MiB" in ui.text_of("#config")
     assert ui.served.request("POST", "/function/sum-copy", b"[4, 5]")[2] == b"9"
 
 
@@ -313,7 +383,7 @@ def test_deploy_a_pasted_stack_file_then_remove_it(ui: Ui) -> None:
         "the error",
     )
     ui.goto("/ui/function/sum-stack")
-    assert "team=ui" in ui.text_of(".kv")
+    assert "team=ui" in ui.text_of("#config")
     ui.driver.find_element(By.CSS_SELECTOR, "form[hx-post$='/remove'] button").click()
     ui.driver.switch_to.alert.accept()
     ui.wait(lambda d: d.current_url.endswith("/ui/"), "back on the list")
@@ -321,15 +391,25 @@ def test_deploy_a_pasted_stack_file_then_remove_it(ui: Ui) -> None:
     assert ui.api("GET", "/system/function/nope")[0] == 404
 
 
+def _scale_by_keyboard(ui: Ui, replicas: int) -> None:
+    """Type the count and press Enter (the keyboard submits the form), again if the browser
+    aborted the request (the UI's network error)."""
+    for _ in range(5):
+        field = ui.driver.find_element(By.CSS_SELECTOR, 'input[name="replicas"]')
+        field.clear()
+        field.send_keys(str(replicas), Keys.ENTER)
+        text = ui.answer("scale-result")
+        if f"scaled to {replicas}" in text:
+            return
+        assert "network error" in text, text
+    pytest.fail("the scale form got no answer five times (network errors)")
+
+
 def test_scale_to_2_and_see_2_replicas(ui: Ui) -> None:
-    ui.goto("/ui/function/sum-store")
-    field = ui.driver.find_element(By.CSS_SELECTOR, 'input[name="replicas"]')
-    field.clear()
-    field.send_keys("2")
-    field.send_keys(Keys.ENTER)  # the keyboard submits the form
-    ui.wait(lambda d: "scaled to 2" in d.find_element(By.ID, "scale-result").text, "scaled")
+    ui.goto("/ui/function/manual")
+    _scale_by_keyboard(ui, 2)
     ui.wait(lambda d: d.find_element(By.ID, "replicas").text == "2/2", "2 of 2 replicas, live")
-    status, doc = ui.api("GET", "/system/function/sum-store")
+    status, doc = ui.api("GET", "/system/function/manual")
     assert status == 200 and doc["availableReplicas"] == 2
 
 
@@ -402,3 +482,143 @@ def test_the_system_page(ui: Ui) -> None:
     text = ui.text_of("main")
     assert "docker" in text and "0.1.0" in text and "store.json" in text
     ui.shot("system")
+
+
+def _enqueue(ui: Ui, name: str, body: bytes) -> str:
+    status, headers, out = ui.served.request("POST", f"/async-function/{name}", body)
+    assert status == 202, out
+    return headers["x-call-id"]
+
+
+def _job(ui: Ui, call_id: str) -> dict[str, Any]:
+    status, doc = ui.api("GET", f"/system/async/{call_id}")
+    assert status == 200, doc
+    return dict(doc)
+
+
+def _until(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    end = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > end:
+            pytest.fail(f"no {what} within {timeout} s")
+        time.sleep(0.2)  # poll with a deadline
+
+
+def test_an_async_invoke_from_the_ui_appears_on_the_jobs_page_and_succeeds(ui: Ui) -> None:
+    ui.goto("/ui/function/sum")
+    form = ui.driver.find_element(By.ID, "invoke")
+    form.find_element(By.CSS_SELECTOR, 'input[name="call"][value="async"]').click()
+    form.find_element(By.CSS_SELECTOR, 'input[name="mode"][value="json"]').click()
+    area = form.find_element(By.NAME, "body")
+    area.clear()
+    area.send_keys("[2, 3]")
+    _send(ui, form)
+    link = ui.wait(lambda d: d.find_element(By.ID, "invoke-call-id"), "the call id")
+    call_id = str(link.text)
+    assert call_id and "Queued as call" in ui.text_of("#invoke-result")
+    ui.goto("/ui/async?function=sum")
+    row = f'tr[data-job="{call_id}"]'
+    ui.wait(
+        lambda d: d.find_element(By.CSS_SELECTOR, row).get_attribute("data-state") == "succeeded",
+        "the job listed as succeeded (live)",
+    )
+    ui.shot("async")
+    ui.driver.find_element(By.CSS_SELECTOR, f"{row} th a").click()
+    ui.wait(lambda d: d.find_element(By.ID, "job-state").text == "succeeded", "the job's page")
+    assert ui.text_of("#job-response") == "5"
+    assert ui.text_of("#job-attempts") == "1" and ui.text_of("#job-status") == "200"
+    assert _job(ui, call_id)["response"]["body"] == "5"
+    ui.shot("async-job")
+
+
+def test_a_dead_letter_is_replayed_from_the_ui(ui: Ui) -> None:
+    call_id = _enqueue(ui, "flaky", b"x")
+    _until(lambda: _job(ui, call_id)["state"] == "dead", "dead letter")
+    first_end = _job(ui, call_id)["finishedAt"]
+    ui.goto("/ui/async?state=dead")
+    row = ui.wait(
+        lambda d: d.find_element(By.CSS_SELECTOR, f'tr[data-job="{call_id}"]'), "the dead letter"
+    )
+    assert "dead letter" in row.text and "500" in row.text
+    ui.submit(f'tr[data-job="{call_id}"] button', "job-msg", "queued again")
+    # It ran again (and, still broken, is a dead letter again, with a later end).
+    _until(
+        lambda: (j := _job(ui, call_id))["state"] == "dead" and j["finishedAt"] != first_end,
+        "the replayed run",
+    )
+    # Replaying what is not a dead letter is refused, and says why.
+    ui.goto(f"/ui/async/job/{call_id}")
+    ui.wait(lambda d: d.find_element(By.ID, "job-state").text == "dead letter", "its page")
+    assert "always broken" in ui.text_of("#job-response")
+    ui.shot("async-dead")
+
+
+def test_a_queued_job_is_cancelled_from_the_ui(ui: Ui) -> None:
+    # Under its 150 s timeout; long enough for the page loads that a changing network aborts
+    # (the job is still running when the module's server stops: it is released then).
+    busy = _enqueue(ui, "slow", b"120")
+    _until(lambda: _job(ui, busy)["state"] == "running", "the first job running")
+    waiting = _enqueue(ui, "slow", b"0")
+    assert _job(ui, waiting)["state"] == "queued"  # async_concurrency 1: it waits
+    ui.goto(f"/ui/async/job/{waiting}")
+    ui.wait(lambda d: d.find_element(By.ID, "job-state").text == "queued", "the queued job")
+    ui.submit("#job button.danger", "job-msg", "cancelled", confirm=True)
+    assert _job(ui, waiting)["state"] == "cancelled"
+    ui.wait(lambda d: d.find_element(By.ID, "job-state").text == "cancelled", "shown live")
+    # The running one offers no cancel (only a queued job can be cancelled).
+    ui.goto(f"/ui/async/job/{busy}")
+    ui.wait(lambda d: d.find_element(By.ID, "job-state").text == "running", "the running job")
+    assert not ui.driver.find_elements(By.CSS_SELECTOR, "#job button")
+
+
+def test_scale_to_2_then_back_to_automatic(ui: Ui) -> None:
+    # Still 2, set by hand (its stable window of 600 s holds it): back to automatic is 1.
+    ui.goto("/ui/function/manual")
+    ui.wait(lambda d: d.find_element(By.ID, "replicas").text == "2/2", "2 of 2 replicas")
+    assert ui.driver.find_element(By.ID, "scale-mode").get_attribute("data-mode") == "override"
+    ui.submit("#scale-reset button", "scale-result", "back to automatic")
+    ui.wait(lambda d: d.find_element(By.ID, "replicas").text == "1/1", "1 of 1 replica, live")
+    ui.wait(
+        lambda d: d.find_element(By.ID, "scale-mode").get_attribute("data-mode") == "automatic",
+        "automatic",
+    )
+    status, doc = ui.api("GET", "/system/function/manual")
+    assert status == 200 and doc["replicas"] == 1
+    assert "1 / 20" in ui.text_of("#scale-policy")  # the default min / max
+    assert "stable 600 s" in ui.text_of("#scale-policy")
+
+
+def test_the_autoscaler_decision_list_shows_a_decision(ui: Ui) -> None:
+    ui.goto("/ui/function/nap")
+    ui.wait(
+        lambda d: "scale to zero" in d.find_element(By.CSS_SELECTOR, "#decisions").text,
+        "the scale-to-zero decision in the list (live)",
+    )
+    assert "idle for" in ui.text_of("#decisions tr.decision")
+    assert ui.text_of('#decisions tr.decision td[data-label="From"]') == "1"
+    assert ui.text_of('#decisions tr.decision td[data-label="To"]') == "0"
+    # A call wakes it; idle again for 3 s, it goes back to zero: a second decision, on the
+    # charts' recent end (the first one was at start-up, minutes ago).
+    assert ui.served.request("GET", "/function/nap")[0] == 200
+
+    def to_zero_twice(d: WebDriver) -> bool:
+        rows = d.find_elements(By.CSS_SELECTOR, "#decisions tr.decision")
+        return sum("scale to zero" in r.text for r in rows) >= 2
+
+    ui.wait(to_zero_twice, "a second scale to zero after the wake (live)")
+
+    def marked_recently(d: WebDriver) -> bool:
+        # The charts catch up (a sample every 2 s): the new decision's mark in the right half.
+        chart = d.find_element(By.CSS_SELECTOR, "#live svg.lines")
+        marks = chart.find_elements(By.CSS_SELECTOR, ".mark")
+        xs = [float(m.get_dom_attribute("x1") or 0) for m in marks]
+        return max(xs, default=0.0) > float(chart.get_dom_attribute("width") or 0) / 2
+
+    ui.wait(marked_recently, "the second decision marked on the replicas chart")
+    ui.wait(
+        lambda d: d.find_element(By.ID, "phase").get_attribute("data-phase") == "paused", "paused"
+    )
+    ui.shot("function-scaling", at="#as-h")
+    ui.goto("/ui/")
+    ui.wait(lambda _d: _phase(ui, "nap") == "paused", "nap shown as paused in the list")
+    ui.shot("functions")

@@ -49,10 +49,12 @@ async function invoke(form) {
     return;
   }
   const started = performance.now();
-  let response, blob;
+  let response, blob, queued = false;
   try {
     // From the origin: a page opened as http://user:pass@host/ cannot fetch relative URLs.
-    const url = new URL("/function/" + encodeURIComponent(name) + path, location.origin);
+    queued = form.querySelector("input[name=call]:checked").value === "async";
+    const base = queued ? "/async-function/" : "/function/";
+    const url = new URL(base + encodeURIComponent(name) + path, location.origin);
     response = await fetch(url, {
       method, headers, body, credentials: "omit", cache: "no-store",
     });
@@ -62,6 +64,17 @@ async function invoke(form) {
     return;
   }
   const took = performance.now() - started;
+  const callId = response.headers.get("X-Call-Id");
+  if (queued && response.status === 202 && callId) {
+    // Queued: the answer is the call id; what the function answers is on its job's page.
+    const done = el("div", { class: "result", "data-status": "202" });
+    const line = el("p", { class: "msg ok", role: "status" }, "Queued as call ");
+    line.append(el("a", { href: "/ui/async/job/" + encodeURIComponent(callId), id: "invoke-call-id" }, callId),
+                document.createTextNode(" (202 in " + took.toFixed(0) + " ms): its job shows the answer."));
+    done.append(line);
+    out.replaceChildren(done);
+    return;
+  }
   const result = el("div", { class: "result", "data-status": String(response.status) });
   const meta = el("div", { class: "result-meta" });
   meta.append(
@@ -98,7 +111,19 @@ async function invoke(form) {
   out.replaceChildren(result);
 }
 
+// A form's request that never got an answer (the browser aborted it: the network changed, the
+// server went away, or it timed out) says so where its answer would go: htmx alone shows nothing.
+function requestFailed(ev) {
+  const target = ev.detail.target || ev.detail.elt;
+  if (!target) return;
+  const what = ev.type === "htmx:timeout" ? "timed out" : "got no answer (a network error)";
+  target.replaceChildren(el("p", { class: "msg err send-error", role: "alert" },
+                            "The request " + what + ": it may not have been applied; try again."));
+}
+
 function setUp() {
+  document.body.addEventListener("htmx:sendError", requestFailed);
+  document.body.addEventListener("htmx:timeout", requestFailed);
   const form = document.getElementById("invoke");
   if (form) {
     form.addEventListener("submit", (ev) => { ev.preventDefault(); invoke(form); });
