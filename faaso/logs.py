@@ -64,6 +64,10 @@ def configure(level: str = "info", json: bool | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(LEVELS.get(level, logging.INFO))
+    # watchfiles logs every batch of changes it sees at info: a log file in a watched folder
+    # (faaso's own, beside the routes file) then feeds itself, a line for each line. faaso logs
+    # the changes that matter itself (reload.change).
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
 
 
 def get_logger(name: str) -> FilteringBoundLogger:

@@ -65,6 +65,9 @@ class Reloader:
         error = f"internal error: {type(exc).__name__}: {exc}"
         self.last = {"ok": False, "error": error, "at": rfc3339(time.time())}
 
+    def _passes(self, change: watchfiles.Change, raw: str) -> bool:
+        return self._relevant({(change, raw)})
+
     def _relevant(self, changed: set[tuple[watchfiles.Change, str]]) -> bool:
         config = self._config
         sources = [s.source for s in config.functions.values() if s.source is not None]
@@ -100,6 +103,10 @@ class Reloader:
             self._watched_before = True
             async for changed in watchfiles.awatch(
                 *folders,
+                # Only the routes file and the function folders' files are passed on: the state
+                # directory (sockets, the job queue's database) and logs beside the routes file
+                # change all the time and would wake the watcher for nothing.
+                watch_filter=self._passes,
                 debounce=DEBOUNCE_MS,
                 step=50,
                 stop_event=stop,
