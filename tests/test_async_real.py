@@ -50,7 +50,7 @@ def handle(event, context):
     times.append(time.time())
     q = event.query
     if "sleep" in q:
-        time.sleep(float(q["sleep"]))
+        time.sleep(float(q["sleep"]))  # the function's own work: a long job
     fail = int(q.get("fail", "0"))
     codes = q.get("codes", "500").split(",")
     if len(times) <= fail:

@@ -35,7 +35,7 @@ SLOW = """
 import time
 
 def handle(event, context):
-    time.sleep(float(event.query.get("s", "0")))
+    time.sleep(float(event.query.get("s", "0")))  # the function's own work: a slow request
     return "done"
 """
 

@@ -49,10 +49,10 @@ ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 HANDLER = """
 import os, time
 
-time.sleep(float(os.environ.get("START_DELAY", "0")))
+time.sleep(float(os.environ.get("START_DELAY", "0")))  # a slow start, as the test asks
 
 def handle(event, context):
-    time.sleep(float(event.query.get("s", "0")))
+    time.sleep(float(event.query.get("s", "0")))  # the function's own work: a slow request
     end = time.process_time() + float(event.query.get("c", "0"))
     while time.process_time() < end:
         pass

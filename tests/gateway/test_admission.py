@@ -57,7 +57,7 @@ async def test_a_held_caller_gets_the_instance_that_comes() -> None:
     pool = adm.pools.get("f")
     pool.holding = True
     task = asyncio.create_task(adm.admit("f"))
-    await asyncio.sleep(0)  # let it start waiting
+    await asyncio.sleep(0)  # one loop turn, not a readiness wait: the task is now held
     assert not task.done()
     pool.add("f-0", EP)
     lease = await asyncio.wait_for(task, 5)
@@ -72,7 +72,7 @@ async def test_a_held_caller_is_refused_as_soon_as_holding_ends() -> None:
     adm.pools.get("g").holding = True
     held_f = asyncio.create_task(adm.admit("f"))
     held_g = asyncio.create_task(adm.admit("g"))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one loop turn, not a readiness wait: both tasks are now held
     adm.pools.get("f").holding = False
     adm.pools.drop("g")
     for task in (held_f, held_g):
