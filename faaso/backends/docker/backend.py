@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import secrets
 import shutil
@@ -23,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import aiodocker
-from aiodocker.events import DockerEvents
 
 from faaso.backends.base import (
     FUNCTION_PORT,
@@ -35,6 +33,7 @@ from faaso.backends.base import (
     Instance,
     InstanceSpec,
 )
+from faaso.backends.engine_events import engine_events
 from faaso.errors import BackendError, UnrunnableError
 from faaso.logs import get_logger
 from faaso.spec.endpoint import Endpoint
@@ -291,30 +290,12 @@ class DockerBackend:
             "label": [f"{LABEL_OWNER}={self.owner}"],
             "event": ["die", "oom", "health_status"],
         }
-        events = DockerEvents(self._docker)  # type: ignore[no-untyped-call]
-        subscriber = events.subscribe(create_task=False)  # type: ignore[no-untyped-call]
-        runner = asyncio.create_task(events.run(filters=json.dumps(filters)))
-        try:
-            while True:
-                getter = asyncio.ensure_future(subscriber.get())
-                done, _ = await asyncio.wait({getter, runner}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    break
-                item = getter.result()
-                if item is None:
-                    break
+        # aclosing: when this generator is closed, the stream's task stops now, not at GC.
+        async with contextlib.aclosing(engine_events(self._docker, filters)) as stream:
+            async for item in stream:
                 event = self._event(item)
                 if event is not None:
                     yield event
-            if runner.done() and not runner.cancelled() and runner.exception() is not None:
-                exc = runner.exception()
-                raise BackendError(f"the engine's event stream broke: {exc}") from exc
-            raise BackendError("the engine's event stream ended")
-        finally:
-            runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await runner
 
     @staticmethod
     def _event(item: dict[str, Any]) -> BackendEvent | None:

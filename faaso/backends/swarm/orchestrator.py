@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import aiodocker
-from aiodocker.events import DockerEvents
 from aiodocker.multiplexed import multiplexed_result_list, multiplexed_result_stream
 
 from faaso.backends.base import (
@@ -54,6 +53,7 @@ from faaso.backends.base import (
     Task,
     task_instance,
 )
+from faaso.backends.engine_events import engine_events
 from faaso.errors import BackendError
 from faaso.logs import get_logger
 from faaso.spec.endpoint import Endpoint
@@ -208,27 +208,12 @@ class SwarmOrchestrator:
 
     async def events(self) -> AsyncIterator[ServiceEvent]:
         filters = {"type": ["service", "container"]}
-        events = DockerEvents(self._docker)  # type: ignore[no-untyped-call]
-        subscriber = events.subscribe(create_task=False)  # type: ignore[no-untyped-call]
-        runner = asyncio.create_task(events.run(filters=json.dumps(filters)))
-        try:
-            while True:
-                getter = asyncio.ensure_future(subscriber.get())
-                done, _ = await asyncio.wait({getter, runner}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    break
-                item = getter.result()
-                if item is None:
-                    break
+        # aclosing: when this generator is closed, the stream's task stops now, not at GC.
+        async with contextlib.aclosing(engine_events(self._docker, filters)) as stream:
+            async for item in stream:
                 event = self._event(item)
                 if event is not None:
                     yield event
-            raise BackendError("the engine's event stream ended")
-        finally:
-            runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await runner
 
     async def inspect(self, instance_id: str) -> Instance | None:
         try:
