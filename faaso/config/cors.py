@@ -21,7 +21,14 @@ from faaso.spec.cors import ANY, DEFAULT_METHODS, CorsPolicy
 from faaso.spec.function import FunctionSpec
 
 CORS_KEYS = frozenset(
-    {"allow_origins", "allow_methods", "allow_headers", "max_age", "allow_credentials"}
+    {
+        "allow_origins",
+        "allow_methods",
+        "allow_headers",
+        "expose_headers",
+        "max_age",
+        "allow_credentials",
+    }
 )
 ANNOTATION_PREFIX = "faaso.cors."
 MAX_AGE_LIMIT = 86400  # a day: browsers cap it lower anyway (Firefox 24 h, Chromium 2 h)
@@ -86,6 +93,12 @@ def parse_cors(doc: Mapping[str, object], key: str) -> CorsPolicy:
             if header != ANY and not _TOKEN.match(header):
                 raise CorsError(f"{key}.allow_headers", header, "is not a header name")
         headers = [h.lower() for h in headers]
+    exposed: list[str] = []
+    if "expose_headers" in doc:
+        exposed = _strings(f"{key}.expose_headers", doc["expose_headers"])
+        for header in exposed:
+            if header != ANY and not _TOKEN.match(header):
+                raise CorsError(f"{key}.expose_headers", header, "is not a header name")
     max_age: int | None = None
     if doc.get("max_age") is not None:
         raw = doc["max_age"]
@@ -112,6 +125,7 @@ def parse_cors(doc: Mapping[str, object], key: str) -> CorsPolicy:
         allow_origins=tuple(dict.fromkeys(origins)),
         allow_methods=tuple(dict.fromkeys(methods)),
         allow_headers=tuple(dict.fromkeys(headers)),
+        expose_headers=tuple(dict.fromkeys(exposed)),
         max_age=max_age,
         allow_credentials=credentials,
     )

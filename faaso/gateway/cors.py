@@ -17,8 +17,9 @@ reload, and must cover the route table's paths, ``/function/`` and ``/async-func
   ``Access-Control-Allow-Origin`` and ``-Allow-Credentials`` are replaced by the policy's: the
   origin (or ``*`` for a policy of any origin without credentials) and ``true`` when the policy
   allows credentials, for an allowed origin; nothing for another. Both carry ``Vary: Origin``,
-  so a cache keeps answers to different origins apart. Other ``Access-Control-*`` fields the
-  function sets (``-Expose-Headers``) are kept.
+  so a cache keeps answers to different origins apart. A policy with ``expose_headers`` also
+  replaces the function's ``Access-Control-Expose-Headers`` (for an allowed origin); without
+  it, the function's own is kept.
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ REQUEST_METHOD = istr("Access-Control-Request-Method")
 REQUEST_HEADERS = istr("Access-Control-Request-Headers")
 ALLOW_ORIGIN = "Access-Control-Allow-Origin"
 ALLOW_CREDENTIALS = "Access-Control-Allow-Credentials"
+EXPOSE_HEADERS = "Access-Control-Expose-Headers"
+# The function's own fields that are always replaced (the policy's other fields replace theirs).
 _REPLACED = (istr(ALLOW_ORIGIN), istr(ALLOW_CREDENTIALS))
+_VARY = istr("Vary")
 # Where a request's answer fields wait for the response to be prepared (its headers sent).
 FIELDS_KEY = web.RequestKey("faaso_cors_fields", list[tuple[str, str]])
 
@@ -55,6 +59,8 @@ def answer_fields(policy: CorsPolicy, origin: str) -> list[tuple[str, str]]:
         fields.append((ALLOW_ORIGIN, _allow_origin(policy, origin)))
         if policy.allow_credentials:
             fields.append((ALLOW_CREDENTIALS, "true"))
+        if policy.expose_headers:
+            fields.append((EXPOSE_HEADERS, ", ".join(policy.expose_headers)))
     return fields
 
 
@@ -103,12 +109,13 @@ async def handle(
 
 async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
     """aiohttp's signal, just before a response's head is sent: the policy's fields replace the
-    function's own ``Access-Control-Allow-Origin`` and ``-Allow-Credentials``."""
+    function's own ``Access-Control-Allow-Origin`` and ``-Allow-Credentials`` (and
+    ``-Expose-Headers`` when the policy has its own)."""
     fields = request.get(FIELDS_KEY)
     if fields is None:
         return
     headers = response.headers
-    for name in _REPLACED:
+    for name in {*_REPLACED, *(istr(n) for n, _ in fields)} - {_VARY}:
         headers.popall(name, None)
     for name, value in fields:
         headers.add(name, value)

@@ -14,12 +14,15 @@ DEFAULT_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 class CorsPolicy:
     """``allow_origins``: exact origins (``scheme://host[:port]``, lowercased) or ``("*",)``;
     ``allow_methods``: method tokens (upper case) or ``("*",)``; ``allow_headers``: header
-    names (lower case) or ``("*",)``; ``max_age``: seconds a browser may cache a preflight's
-    answer (None: not said); ``allow_credentials``: cookies and HTTP auth may be sent."""
+    names (lower case) or ``("*",)``; ``expose_headers``: response header names a page's
+    script may read (empty: the function's own say); ``max_age``: seconds a browser may cache
+    a preflight's answer (None: not said); ``allow_credentials``: cookies and HTTP auth may
+    be sent."""
 
     allow_origins: tuple[str, ...]
     allow_methods: tuple[str, ...] = DEFAULT_METHODS
     allow_headers: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
     max_age: int | None = None
     allow_credentials: bool = False
 

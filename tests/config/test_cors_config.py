@@ -38,6 +38,7 @@ def test_top_level_and_per_function(tmp_path: Path) -> None:
 cors:
   allow_origins: ["https://App.Example.com", "http://localhost:3000"]
   allow_headers: [Content-Type, X-Token]
+  expose_headers: [X-Call-Id]
   max_age: 600
   allow_credentials: true
 """
@@ -48,6 +49,7 @@ cors:
         allow_origins=("https://app.example.com", "http://localhost:3000"),
         allow_methods=DEFAULT_METHODS,
         allow_headers=("content-type", "x-token"),
+        expose_headers=("X-Call-Id",),
         max_age=600,
         allow_credentials=True,
     )
@@ -87,6 +89,11 @@ def test_no_cors_block_means_no_policy(tmp_path: Path) -> None:
             "bad header",
         ),
         ("cors: {allow_origins: ['*'], expose: [x]}", "cors.expose", "expose"),
+        (
+            "cors: {allow_origins: ['*'], expose_headers: ['x y']}",
+            "cors.expose_headers",
+            "x y",
+        ),
         ("cors: [https://a.example]", "cors", "https://a.example"),
         ("cors: false", "cors", "False"),
     ],

@@ -129,6 +129,25 @@ async def test_answers_carry_the_policy(start: Any, aiohttp_server: Factory, fas
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "aiohttp"])
+async def test_expose_headers_replace_the_functions_own(
+    start: Any, aiohttp_server: Factory, fast: bool
+) -> None:
+    seen: list[str] = []
+    exposing = CorsPolicy(allow_origins=(APP,), expose_headers=("X-Call-Id", "X-Duration-Seconds"))
+    client = await _gateway(start, await _function(aiohttp_server, seen), fast, f=exposing)
+    allowed = await client.get("/f/x", headers={"Origin": APP})
+    assert allowed.headers.getall("Access-Control-Expose-Headers") == [
+        "X-Call-Id, X-Duration-Seconds"
+    ]
+    assert allowed.headers.getall("Access-Control-Allow-Origin") == [APP]
+    # another origin gets no CORS fields of the policy: the function's own expose list stays
+    other = await client.get("/f/x", headers={"Origin": "https://evil.example"})
+    assert other.headers.getall("Access-Control-Expose-Headers") == ["X-Call-Id"]
+    assert "Access-Control-Allow-Origin" not in other.headers
+    assert seen == ["GET", "GET"]
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "aiohttp"])
 async def test_any_origin_without_credentials(
     start: Any, aiohttp_server: Factory, fast: bool
 ) -> None:
