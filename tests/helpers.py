@@ -34,13 +34,11 @@ from faaso.api.auth import basic_auth_middleware
 from faaso.api.handlers import ApiHolder, api_app
 from faaso.config.routes_file import AsyncSettings
 from faaso.control.async_workers import AsyncWorkers
-from faaso.gateway import metrics
 from faaso.gateway.app import GatewayState, gateway_app
 from faaso.gateway.async_enqueue import INTAKE, AsyncIntake, IntakeSlot
 from faaso.gateway.fast.relay import FAST_PATH, FastPath, FastSite, FrontConnection
-from faaso.gateway.invoke import Invoker
 from faaso.logs import get_logger
-from faaso.spec.asyncjob import CallbackHosts
+from faaso.server import async_plane
 from faaso.spec.endpoint import Endpoint
 from faaso.spec.function import FunctionSpec
 from faaso.spec.routing import RouteTable
@@ -577,25 +575,19 @@ async def async_rig(
         stack.push_async_callback(queue.close)
         session = await stack.enter_async_context(aiohttp.ClientSession())
         invoke_session = await stack.enter_async_context(aiohttp.ClientSession())
-        workers = AsyncWorkers(
+        plane = async_plane.compose(
             queue,
-            Invoker(invoke_session, state.admission),
+            state,
+            invoke_session,
             session,
-            functions=lambda: state.routes.functions,
+            settings=settings,
             spec_of=specs.get,
             timeout_of=lambda _name: 5.0,
-            settings=settings,
             log=get_logger("faaso.test"),
             lease=lease,
             renew_every=renew_every,
         )
-        intake = AsyncIntake(
-            queue,
-            lambda: state.routes,
-            wake=workers.enqueued,
-            hosts=CallbackHosts(settings.callback_hosts),
-            max_body=settings.max_body,
-        )
+        workers, intake = plane.workers, plane.intake
         # The /system API with its auth and the asynchronous routes, as the server mounts it.
         holder = AsyncJobsHolder()
         holder.queue = queue
@@ -612,17 +604,6 @@ async def async_rig(
                 ),
             )
 
-        state.metrics.add_collector(workers.collect)
-        state.metrics.add_collector(
-            lambda: [
-                metrics.counter(
-                    "faaso_async_enqueued",
-                    "Asynchronous jobs accepted",
-                    ["function_name"],
-                    {(metrics.label(f),): float(n) for f, n in intake.enqueued.items()},
-                )
-            ]
-        )
         app = gateway_app(state, mount)
         app[INTAKE] = IntakeSlot(intake)
         front = FastTestServer(app)

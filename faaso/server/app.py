@@ -44,13 +44,12 @@ from faaso.errors import ConfigError
 from faaso.gateway import metrics
 from faaso.gateway.access_log import AccessLog
 from faaso.gateway.app import METRICS_PATH, GatewayState, gateway_app
-from faaso.gateway.async_enqueue import INTAKE, AsyncIntake, IntakeSlot
-from faaso.gateway.invoke import Invoker
+from faaso.gateway.async_enqueue import INTAKE, IntakeSlot
 from faaso.gateway.pools import Pools
 from faaso.logs import get_logger
+from faaso.server import async_plane
 from faaso.server.provider import ProviderMetrics
 from faaso.server.serve import HOOKS, Hooks
-from faaso.spec.asyncjob import CallbackHosts
 from faaso.spec.cors import CorsPolicy
 from faaso.spec.routing import RouteTable
 from faaso.spec.status import FunctionStatus, Phase
@@ -290,42 +289,18 @@ def create_app(
         invoke_session = _invoke_session()
         callback_session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         supervisor = app[SUPERVISOR]
-        desired = app[DESIRED]
-        workers = AsyncWorkers(
+        plane = async_plane.compose(
             queue,
-            Invoker(invoke_session, state.admission),
+            state,
+            invoke_session,
             callback_session,
-            functions=lambda: state.routes.functions,
-            spec_of=desired.spec,
-            timeout_of=supervisor.timeout_of,
             settings=settings,
+            spec_of=app[DESIRED].spec,
+            timeout_of=supervisor.timeout_of,
             log=get_logger("faaso.async"),
         )
-        intake = AsyncIntake(
-            queue,
-            lambda: state.routes,
-            wake=workers.enqueued,
-            hosts=CallbackHosts(settings.callback_hosts),
-            max_body=settings.max_body,
-        )
-
-        def on_reload(new: Config) -> None:
-            workers.settings = new.async_settings
-            intake.hosts = CallbackHosts(new.async_settings.callback_hosts)
-            intake.max_body = new.async_settings.max_body
-
-        on_async_config.append(on_reload)
-        state.metrics.add_collector(workers.collect)
-        state.metrics.add_collector(
-            lambda: [
-                metrics.counter(
-                    "faaso_async_enqueued",
-                    "Asynchronous jobs accepted",
-                    ["function_name"],
-                    {(metrics.label(f),): float(n) for f, n in intake.enqueued.items()},
-                )
-            ]
-        )
+        on_async_config.append(lambda new: plane.apply(new.async_settings))
+        workers, intake = plane.workers, plane.intake
         await workers.start()
         app[AUTOSCALER].pending = workers.pending  # queued jobs keep a function from idling
         intake_slot.intake = intake
