@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from faaso.cli import options
 from faaso.config.runtimes import RuntimeCatalog
 
 if TYPE_CHECKING:
@@ -19,18 +20,6 @@ if TYPE_CHECKING:
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
-
-
-def _add_logging(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
-    )
-    parser.add_argument(
-        "--log-format",
-        default="auto",
-        choices=["auto", "console", "json"],
-        help="console on a terminal, JSON lines otherwise (default: auto)",
-    )
 
 
 def _add_runtimes(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +41,7 @@ def _add_function_dir(parser: argparse.ArgumentParser) -> None:
         help="runtime when function.yml names none (default: python)",
     )
     _add_runtimes(parser)
-    _add_logging(parser)
+    options.add_logging(parser)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

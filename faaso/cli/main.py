@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from faaso import __version__
+from faaso.cli import options
 from faaso.errors import ConfigError, FaasoError
 
 EXIT_OK = 0
@@ -19,18 +20,6 @@ EXIT_USAGE = 2
 # Modules with a ``register(subparsers)`` function that adds their commands; each command sets
 # ``handler`` (a function of the parsed arguments returning the exit code) with set_defaults.
 COMMAND_MODULES: tuple[str, ...] = ("faaso.cli.remote", "faaso.cli.dev")
-
-
-def _add_logging(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
-    )
-    parser.add_argument(
-        "--log-format",
-        default="auto",
-        choices=["auto", "console", "json"],
-        help="console on a terminal, JSON lines otherwise (default: auto)",
-    )
 
 
 def _at_least(minimum: int) -> Callable[[str], int]:
@@ -140,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--keyfile", type=Path, default=None, help="the certificate's PEM private key"
     )
-    _add_logging(serve)
+    options.add_logging(serve)
     serve.set_defaults(handler=_serve)
 
     prune = sub.add_parser(
@@ -154,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
     prune.add_argument("--json", action="store_true", help="print the result as JSON")
-    _add_logging(prune)
+    options.add_logging(prune)
     prune.set_defaults(handler=_prune)
 
     check = sub.add_parser("check", help="validate a routes file and print what it defines")
@@ -167,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="make sure the base image exists (pull it, or build it from the host's Debian mirror)",
     )
     boot.add_argument("--no-pull", action="store_true", help="do not try a registry first")
-    _add_logging(boot)
+    options.add_logging(boot)
     boot.set_defaults(handler=_bootstrap)
 
     # Command groups that live in their own modules register themselves here.

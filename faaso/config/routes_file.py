@@ -22,7 +22,7 @@ from faaso.config.host import host_cpus, host_memory
 from faaso.config.runtimes import RuntimeCatalog, load_function_file
 from faaso.config.scaling import ScaleError, parse_scaling
 from faaso.config.serving import ServerSettings, parse_server
-from faaso.config.yamlutil import load_strict
+from faaso.config.yamlutil import describe_error, load_strict
 from faaso.errors import ConfigError
 from faaso.spec.asyncjob import check_async_annotations, valid_host_pattern
 from faaso.spec.cors import CorsPolicy
@@ -203,9 +203,7 @@ def load_config(path: Path | str, extra_runtime_dirs: tuple[Path, ...] = ()) -> 
     try:
         doc = load_strict(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"
-        problem = getattr(exc, "problem", None) or str(exc)
+        where, problem = describe_error(exc)
         raise ConfigError(path, "", where, f"invalid YAML: {problem}") from exc
     return parse_config(doc, path, extra_runtime_dirs)
 

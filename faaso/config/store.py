@@ -37,7 +37,7 @@ import aiohttp
 import yaml
 
 from faaso.config.runtimes import load_function_file
-from faaso.config.yamlutil import load_strict
+from faaso.config.yamlutil import describe_error, load_strict
 from faaso.errors import ConfigError
 from faaso.spec.function import ENV_NAME_RE, FUNCTION_NAME_RE, LABEL_KEY_RE
 
@@ -246,9 +246,7 @@ def _parse_text(text: str, location: str, base: Path | None) -> Store:
     try:
         doc = load_strict(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"
-        problem = getattr(exc, "problem", None) or str(exc)
+        where, problem = describe_error(exc)
         raise _fail(location, "", where, f"invalid JSON/YAML: {problem}") from exc
     return parse_store(doc, location, base)
 

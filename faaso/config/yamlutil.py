@@ -30,3 +30,10 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 def load_strict(text: str) -> Any:
     """Parse YAML safely; a duplicate key raises ``yaml.YAMLError`` naming it and its line."""
     return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
+def describe_error(exc: yaml.YAMLError) -> tuple[str, str]:
+    """Where a YAML error is (``line L, column C``) and what it is, for a config error."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"
+    return where, getattr(exc, "problem", None) or str(exc)
