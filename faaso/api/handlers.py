@@ -70,6 +70,9 @@ class ApiContext:
     autoscaler: Autoscaler | None = None
     images: ImageProvider | None = None  # builds store entries that name a source folder
     orchestration: str = "docker"  # or swarm: reported by /system/info
+    # Called when a secret (name, namespace) is created: retries a reload that failed for
+    # want of it (set by the server to the reloader's).
+    retry_reload: Callable[[str, str], None] | None = None
 
 
 class ApiHolder:
@@ -294,30 +297,47 @@ async def list_secrets(request: web.Request) -> web.Response:
     return web.json_response([{"name": n, "namespace": namespace} for n in names])
 
 
+def secret_created(ctx: ApiContext, name: str, namespace: str) -> None:
+    """A secret now exists: the functions waiting for it start. Those of the running config
+    roll over to it (a refresh); a reload that failed because it was missing is tried again
+    (the function it adds is not in the running config). The API and the UI call this."""
+    if _users_of(ctx, name, namespace):
+        ctx.supervisor.refresh_soon(f"secret {name!r} created")
+    if ctx.retry_reload is not None:
+        ctx.retry_reload(name, namespace)
+
+
 async def create_secret(request: web.Request) -> web.Response:
     ctx = request.app[HOLDER].get()
     body, namespace = await _secret_body(request)
     ctx.secrets.put(body["name"], _secret_value(body), must_exist=False, namespace=namespace)
-    if _users_of(ctx, body["name"], namespace):  # functions waiting for it start now
-        ctx.supervisor.refresh_soon(f"secret {body['name']!r} created")
+    secret_created(ctx, body["name"], namespace)
     return web.json_response({"message": f"secret {body['name']!r} created"}, status=200)
 
 
-async def update_secret(request: web.Request) -> web.Response:
-    """202: the value is stored, the functions that use it roll over in the background. When
-    they cannot, the old value is put back (and they converge on it again), and their status
-    says why (``rolloutError``)."""
-    ctx = request.app[HOLDER].get()
-    body, namespace = await _secret_body(request)
-    name, value = body["name"], _secret_value(body)
-    previous = ctx.secrets.value(name, namespace)  # 404 when missing
-    ctx.secrets.put(name, value, must_exist=True, namespace=namespace)
+def secret_updated(
+    ctx: ApiContext, name: str, value: bytes, previous: bytes, namespace: str
+) -> None:
+    """A secret's value was replaced: its functions roll over in the background; when they
+    cannot, the old value is put back (and they converge on it), and their status says why
+    (``rolloutError``). The API and the UI call this."""
     users = _users_of(ctx, name, namespace)
     if users:
         ctx.supervisor.run_soon(
             f"secret-update-{name}",
             lambda: _roll_secret(ctx, name, value, previous, users, namespace),
         )
+
+
+async def update_secret(request: web.Request) -> web.Response:
+    """202: the value is stored, the functions that use it roll over in the background (see
+    :func:`secret_updated`)."""
+    ctx = request.app[HOLDER].get()
+    body, namespace = await _secret_body(request)
+    name, value = body["name"], _secret_value(body)
+    previous = ctx.secrets.value(name, namespace)  # 404 when missing
+    ctx.secrets.put(name, value, must_exist=True, namespace=namespace)
+    secret_updated(ctx, name, value, previous, namespace)
     return web.json_response({"message": f"secret {name!r} updated"}, status=202)
 
 
@@ -329,27 +349,25 @@ async def _roll_secret(
     users: list[str],
     namespace: str,
 ) -> None:
-    log = get_logger("faaso.api")
-    try:
-        await ctx.desired.refresh()  # the functions that use it roll over to the new value
-    except ReloadError as exc:
+    def undo() -> None:
+        # Before the controllers roll back (the supervisor calls this first): they go back to
+        # the old value's fingerprint, and the instances made with the new one are replaced.
+        # Without it they rolled back to the new value's fingerprint, and an instance started
+        # just after the old value came back (old content, new label) could replace the one
+        # that had served all along.
         with contextlib.suppress(FaasoError):
             if ctx.secrets.value(name, namespace) == value:  # not changed again meanwhile
                 ctx.secrets.put(name, previous, must_exist=True, namespace=namespace)
-        log.error("secret.update_not_applied", secret=name, error=str(exc))
-        await _refresh_quietly(ctx)
+
+    try:
+        await ctx.desired.refresh(undo=undo)  # the functions that use it roll over
+    except ReloadError as exc:
+        get_logger("faaso.api").error("secret.update_not_applied", secret=name, error=str(exc))
         why = f"the new value of secret {name!r} was not applied, the old one is back: {exc}"
         for user in users:
-            controller = ctx.supervisor.controller(user)
+            controller = ctx.supervisor.controller(function_key(user, namespace))
             if controller is not None:
                 controller.rollout_error = why
-
-
-async def _refresh_quietly(ctx: ApiContext) -> None:
-    try:
-        await ctx.desired.refresh()
-    except FaasoError as exc:
-        get_logger("faaso.api").error("secret.rollback_failed", error=str(exc))
 
 
 async def delete_secret(request: web.Request) -> web.Response:

@@ -8,10 +8,14 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from faaso import __version__
 from faaso.cli import options
 from faaso.errors import ConfigError, FaasoError
+
+if TYPE_CHECKING:  # only for annotations: the CLI imports its layers lazily
+    from faaso.spec.cors import CorsPolicy
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -240,16 +244,59 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from faaso.config.cors import cors_table
     from faaso.config.routes_file import load_config
+    from faaso.config.serving import tls_context
 
     config = load_config(args.config, tuple(args.runtimes))
+    server = config.server
+    if server.certfile is not None:
+        tls_context(server, config.path, "server.")  # loads them: a key of another cert fails
     print(f"{config.path}: ok")
+    policies = cors_table(config.cors, config.function_cors, config.functions)
     for name, spec in sorted(config.functions.items()):
         what = f"image {spec.image}" if spec.image else f"{spec.runtime} runtime, {spec.source}"
         print(f"  function {name}: {what}, replicas {spec.replicas}")
+        if name in config.function_cors:
+            origin = "its own cors: block"
+        elif any(k.startswith("faaso.cors.") for k in spec.annotations):
+            origin = "its faaso.cors.* annotations"
+        else:
+            origin = "the top-level cors: block"
+        policy = policies.get(name)
+        if policy is not None:
+            print(f"    cors ({origin}): {_cors_text(policy)}")
+        elif name in config.function_cors:
+            print("    cors: off (cors: false)")
     for prefix, name in sorted(config.routes.items()):
         print(f"  route {prefix} -> {name}")
+    print(f"  cors (top level): {_cors_text(config.cors) if config.cors else 'none'}")
+    if server.certfile is not None:
+        print(
+            f"  serving: HTTPS, certificate {server.certfile}, key {server.keyfile} "
+            "(they load and belong together)"
+        )
+    else:
+        print("  serving: HTTP (no certfile/keyfile)")
+    print(
+        f"  serving: access log {'on' if server.access_log else 'off'}, /metrics "
+        f"{'behind the password' if server.metrics_auth else 'public'} "
+        "(read at start; faaso serve's --access-log, --metrics-auth, --certfile/--keyfile "
+        "change them)"
+    )
     return EXIT_OK
+
+
+def _cors_text(policy: CorsPolicy) -> str:
+    """One line for a CORS policy, as `faaso check` prints it."""
+    parts = [
+        f"origins {', '.join(policy.allow_origins)}",
+        f"methods {', '.join(policy.allow_methods)}",
+        f"headers {', '.join(policy.allow_headers) or 'none'}",
+        f"max_age {policy.max_age if policy.max_age is not None else 'not said'}",
+        f"credentials {'yes' if policy.allow_credentials else 'no'}",
+    ]
+    return "; ".join(parts)
 
 
 def _bootstrap(args: argparse.Namespace) -> int:

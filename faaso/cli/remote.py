@@ -105,6 +105,20 @@ def _common() -> argparse.ArgumentParser:
     return common
 
 
+def _namespaced() -> argparse.ArgumentParser:
+    """``--namespace``, for the commands that act on functions or secrets."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument(
+        "--namespace",
+        "-n",
+        metavar="NS",
+        default=None,
+        help="the OpenFaaS namespace (one the server has: GET /system/namespaces); "
+        "default openfaas-fn, where the routes file's functions are",
+    )
+    return parser
+
+
 def _json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the server's JSON")
 
@@ -112,19 +126,20 @@ def _json_flag(parser: argparse.ArgumentParser) -> None:
 def register(sub: Any) -> None:
     """Add the client commands to the ``faaso`` command's subparsers."""
     common = [_common()]
+    namespaced = [*common, _namespaced()]
 
-    p = sub.add_parser("list", parents=common, help="list the functions of a running faaso")
+    p = sub.add_parser("list", parents=namespaced, help="list the functions of a running faaso")
     _json_flag(p)
     p.set_defaults(handler=_list)
 
-    p = sub.add_parser("describe", parents=common, help="show one function in detail")
+    p = sub.add_parser("describe", parents=namespaced, help="show one function in detail")
     p.add_argument("name")
     _json_flag(p)
     p.set_defaults(handler=_describe)
 
     p = sub.add_parser(
         "deploy",
-        parents=common,
+        parents=namespaced,
         help="deploy a function from an image (POST; with --update, PUT)",
         description="Deploy a function from an image that serves HTTP on port 8080.",
     )
@@ -161,13 +176,13 @@ def register(sub: Any) -> None:
     )
     p.set_defaults(handler=_deploy)
 
-    p = sub.add_parser("remove", parents=common, help="remove a function deployed with deploy")
+    p = sub.add_parser("remove", parents=namespaced, help="remove a function deployed with deploy")
     p.add_argument("name")
     p.set_defaults(handler=_remove)
 
     p = sub.add_parser(
         "scale",
-        parents=common,
+        parents=namespaced,
         help="set a function's number of replicas (an API override), or --reset it",
     )
     p.add_argument("name")
@@ -181,7 +196,7 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser(
         "invoke",
-        parents=common,
+        parents=namespaced,
         help="call a function through /function/NAME and print its answer",
         description="Call a function and print the body it answers. The request body is "
         "--data, else standard input when it is not a terminal. Exits 1 on a status of 400 "
@@ -234,7 +249,7 @@ def register(sub: Any) -> None:
         p.set_defaults(handler=_async_dead, action=action)
 
     p = sub.add_parser(
-        "logs", parents=common, help="print a function's logs: timestamp instance text"
+        "logs", parents=namespaced, help="print a function's logs: timestamp instance text"
     )
     p.add_argument("name")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until Ctrl-C")
@@ -252,7 +267,7 @@ def register(sub: Any) -> None:
     ):
         p = ssub.add_parser(
             verb,
-            parents=common,
+            parents=namespaced,
             help=what,
             description=f"{what.capitalize()}. The value is --value, the bytes of --from-file, "
             "or standard input (one trailing newline removed).",
@@ -262,10 +277,10 @@ def register(sub: Any) -> None:
         source.add_argument("--value", help="the value, as text")
         source.add_argument("--from-file", type=Path, metavar="FILE", help="the value, a file")
         p.set_defaults(handler=handler)
-    p = ssub.add_parser("list", parents=common, help="list the secrets (never their values)")
+    p = ssub.add_parser("list", parents=namespaced, help="list the secrets (never their values)")
     _json_flag(p)
     p.set_defaults(handler=_secret_list)
-    p = ssub.add_parser("remove", parents=common, help="remove a secret no function uses")
+    p = ssub.add_parser("remove", parents=namespaced, help="remove a secret no function uses")
     p.add_argument("name")
     p.set_defaults(handler=_secret_remove)
 
@@ -361,6 +376,12 @@ def _with_client(args: argparse.Namespace, use: Callable[[Client], Awaitable[T]]
         ) from exc
 
 
+def _function_url(args: argparse.Namespace, name: str, namespace: object) -> str:
+    """The function's OpenFaaS URL: ``/function/NAME``, ``NAME.NS`` outside the default."""
+    suffix = f".{namespace}" if namespace and namespace != "openfaas-fn" else ""
+    return f"{_gateway(args).rstrip('/')}/function/{name}{suffix}"
+
+
 def _quiet_broken_pipe(handler: Handler) -> Handler:
     """``faaso logs x | head`` ends quietly when the reader goes away."""
 
@@ -426,7 +447,7 @@ def _when(timestamp: object) -> str:
 
 @_quiet_broken_pipe
 def _list(args: argparse.Namespace) -> int:
-    functions = _with_client(args, lambda c: c.list_functions())
+    functions = _with_client(args, lambda c: c.list_functions(args.namespace))
     if args.json:
         _print_json(functions)
         return EXIT_OK
@@ -446,7 +467,7 @@ def _list(args: argparse.Namespace) -> int:
 
 @_quiet_broken_pipe
 def _describe(args: argparse.Namespace) -> int:
-    status = _with_client(args, lambda c: c.describe(args.name))
+    status = _with_client(args, lambda c: c.describe(args.name, args.namespace))
     if args.json:
         _print_json(status)
         return EXIT_OK
@@ -459,7 +480,7 @@ def _describe(args: argparse.Namespace) -> int:
         ("Available replicas", _count(status, "availableReplicas")),
         ("Invocations", _count(status, "invocationCount")),
         ("Image", status.get("image") or "-"),
-        ("Function URL", f"{_gateway(args).rstrip('/')}/function/{name}"),
+        ("Function URL", _function_url(args, name, status.get("namespace"))),
         ("Namespace", status.get("namespace") or "-"),
         ("Created", status.get("createdAt") or "-"),
         ("Env vars", _pairs(status.get("envVars"))),
@@ -494,9 +515,11 @@ def _deploy(args: argparse.Namespace) -> int:
         deployment["limits"] = limits
     if args.read_only:
         deployment["readOnlyRootFilesystem"] = True
+    if args.namespace:
+        deployment["namespace"] = args.namespace
     message = _with_client(args, lambda c: c.deploy(deployment, update=args.update))
     print(message)
-    print(f"URL: {_gateway(args).rstrip('/')}/function/{args.name}")
+    print(f"URL: {_function_url(args, args.name, args.namespace)}")
     return EXIT_OK
 
 
@@ -557,7 +580,7 @@ def _store_deploy(args: argparse.Namespace) -> int:
 
 @_quiet_broken_pipe
 def _remove(args: argparse.Namespace) -> int:
-    print(_with_client(args, lambda c: c.remove(args.name)))
+    print(_with_client(args, lambda c: c.remove(args.name, args.namespace)))
     return EXIT_OK
 
 
@@ -567,9 +590,9 @@ def _scale(args: argparse.Namespace) -> int:
         print("faaso scale: give either REPLICAS or --reset", file=sys.stderr)
         return EXIT_USAGE
     if args.reset:
-        print(_with_client(args, lambda c: c.reset_scale(args.name)))
+        print(_with_client(args, lambda c: c.reset_scale(args.name, args.namespace)))
     else:
-        print(_with_client(args, lambda c: c.scale(args.name, args.replicas)))
+        print(_with_client(args, lambda c: c.scale(args.name, args.replicas, args.namespace)))
     return EXIT_OK
 
 
@@ -599,6 +622,7 @@ def _invoke(args: argparse.Namespace) -> int:
             path=args.path,
             timeout=args.timeout,
             asynchronous=args.asynchronous,
+            namespace=args.namespace,
         ),
     )
     if args.asynchronous and answer.status == 202:
@@ -668,6 +692,7 @@ def _logs(args: argparse.Namespace) -> int:
             since=args.since,
             follow=args.follow,
             instance=args.instance,
+            namespace=args.namespace,
         )
         async for entry in entries:
             out.write(json.dumps(entry) + "\n" if args.json else _log_line(entry))
@@ -709,9 +734,9 @@ def _secret_change(args: argparse.Namespace, update: bool) -> int:
         print(f"faaso: the value of secret {args.name!r} is empty", file=sys.stderr)
         return EXIT_USAGE
     if update:
-        message = _with_client(args, lambda c: c.update_secret(args.name, value))
+        message = _with_client(args, lambda c: c.update_secret(args.name, value, args.namespace))
     else:
-        message = _with_client(args, lambda c: c.create_secret(args.name, value))
+        message = _with_client(args, lambda c: c.create_secret(args.name, value, args.namespace))
     print(message)
     return EXIT_OK
 
@@ -728,7 +753,7 @@ def _secret_update(args: argparse.Namespace) -> int:
 
 @_quiet_broken_pipe
 def _secret_list(args: argparse.Namespace) -> int:
-    secrets = _with_client(args, lambda c: c.list_secrets())
+    secrets = _with_client(args, lambda c: c.list_secrets(args.namespace))
     if args.json:
         _print_json(secrets)
         return EXIT_OK
@@ -739,7 +764,7 @@ def _secret_list(args: argparse.Namespace) -> int:
 
 @_quiet_broken_pipe
 def _secret_remove(args: argparse.Namespace) -> int:
-    print(_with_client(args, lambda c: c.remove_secret(args.name)))
+    print(_with_client(args, lambda c: c.remove_secret(args.name, args.namespace)))
     return EXIT_OK
 
 

@@ -196,14 +196,16 @@ class Client:
 
     # -- functions ---------------------------------------------------------------------------
 
-    async def list_functions(self) -> list[dict[str, Any]]:
-        doc = await self._json("GET", "/system/functions")
+    async def list_functions(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        doc = await self._json("GET", "/system/functions", params=_ns_query(namespace))
         if not isinstance(doc, list):
             raise ClientError(f"the gateway at {self.gateway} sent a function list that is not one")
         return [item for item in doc if isinstance(item, dict)]
 
-    async def describe(self, name: str) -> dict[str, Any]:
-        doc = await self._json("GET", f"/system/function/{_segment(name)}")
+    async def describe(self, name: str, namespace: str | None = None) -> dict[str, Any]:
+        doc = await self._json(
+            "GET", f"/system/function/{_segment(name)}", params=_ns_query(namespace)
+        )
         if not isinstance(doc, dict):
             raise ClientError(
                 f"the gateway at {self.gateway} sent a function status that is not one"
@@ -220,20 +222,27 @@ class Client:
         doc = await self._json("POST", "/system/functions", deployment)
         return self._message(doc, f"function {name!r} deployed")
 
-    async def remove(self, name: str) -> str:
-        doc = await self._json("DELETE", "/system/functions", {"functionName": name})
+    async def remove(self, name: str, namespace: str | None = None) -> str:
+        doc = await self._json(
+            "DELETE", "/system/functions", {"functionName": name, **_ns_body(namespace)}
+        )
         return self._message(doc, f"function {name!r} removed")
 
-    async def scale(self, name: str, replicas: int) -> str:
+    async def scale(self, name: str, replicas: int, namespace: str | None = None) -> str:
         doc = await self._json(
             "POST",
             f"/system/scale-function/{_segment(name)}",
-            {"serviceName": name, "replicas": replicas},
+            {"serviceName": name, "replicas": replicas, **_ns_body(namespace)},
         )
         return self._message(doc, f"function {name!r} scaled to {replicas}")
 
-    async def reset_scale(self, name: str) -> str:
-        doc = await self._json("DELETE", f"/system/scale-function/{_segment(name)}", None)
+    async def reset_scale(self, name: str, namespace: str | None = None) -> str:
+        doc = await self._json(
+            "DELETE",
+            f"/system/scale-function/{_segment(name)}",
+            None,
+            params=_ns_query(namespace),
+        )
         return self._message(doc, f"function {name!r}: replica override dropped")
 
     async def store_list(self) -> dict[str, Any]:
@@ -265,15 +274,17 @@ class Client:
         path: str = "",
         timeout: float | None = None,
         asynchronous: bool = False,
+        namespace: str | None = None,
     ) -> Invocation:
-        """Call a function at ``/function/<name><path>`` (``/async-function/`` with
-        ``asynchronous``: the answer is then 202 with ``X-Call-Id``). Any status is returned,
-        not raised."""
+        """Call a function at ``/function/<name>[.<namespace>]<path>`` (``/async-function/``
+        with ``asynchronous``: the answer is then 202 with ``X-Call-Id``). Any status is
+        returned, not raised."""
         session = self._require_session()
         if path and not path.startswith(("/", "?")):
             path = "/" + path
         prefix = "/async-function/" if asynchronous else "/function/"
-        url = self.url(f"{prefix}{_segment(name)}{path}")
+        target = f"{name}.{namespace}" if namespace else name
+        url = self.url(f"{prefix}{_segment(target)}{path}")
         try:
             async with session.request(
                 method.upper(),
@@ -332,6 +343,7 @@ class Client:
         since: str | None = None,
         follow: bool = False,
         instance: str | None = None,
+        namespace: str | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """The function's log entries (``timestamp``, ``instance``, ``text``...), as they come."""
         session = self._require_session()
@@ -342,6 +354,7 @@ class Client:
             params["since"] = since
         if instance:
             params["instance"] = instance
+        params.update(_ns_query(namespace))
         try:
             async with session.get(
                 self.url("/system/logs"),
@@ -379,22 +392,24 @@ class Client:
 
     # -- secrets -----------------------------------------------------------------------------
 
-    async def list_secrets(self) -> list[dict[str, Any]]:
-        doc = await self._json("GET", "/system/secrets")
+    async def list_secrets(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        doc = await self._json("GET", "/system/secrets", params=_ns_query(namespace))
         if not isinstance(doc, list):
             raise ClientError(f"the gateway at {self.gateway} sent a secret list that is not one")
         return [item for item in doc if isinstance(item, dict)]
 
-    async def create_secret(self, name: str, value: bytes) -> str:
-        doc = await self._json("POST", "/system/secrets", _secret_body(name, value))
+    async def create_secret(self, name: str, value: bytes, namespace: str | None = None) -> str:
+        body = {**_secret_body(name, value), **_ns_body(namespace)}
+        doc = await self._json("POST", "/system/secrets", body)
         return self._message(doc, f"secret {name!r} created")
 
-    async def update_secret(self, name: str, value: bytes) -> str:
-        doc = await self._json("PUT", "/system/secrets", _secret_body(name, value))
+    async def update_secret(self, name: str, value: bytes, namespace: str | None = None) -> str:
+        body = {**_secret_body(name, value), **_ns_body(namespace)}
+        doc = await self._json("PUT", "/system/secrets", body)
         return self._message(doc, f"secret {name!r} updated")
 
-    async def remove_secret(self, name: str) -> str:
-        doc = await self._json("DELETE", "/system/secrets", {"name": name})
+    async def remove_secret(self, name: str, namespace: str | None = None) -> str:
+        doc = await self._json("DELETE", "/system/secrets", {"name": name, **_ns_body(namespace)})
         return self._message(doc, f"secret {name!r} removed")
 
     # -- the server --------------------------------------------------------------------------
@@ -411,6 +426,16 @@ class Client:
         if not isinstance(doc, dict):
             raise ClientError(f"the gateway at {self.gateway} sent a /system/info that is not one")
         return doc
+
+
+def _ns_query(namespace: str | None) -> dict[str, str]:
+    """``?namespace=NS`` for a read (none: the server's default, ``openfaas-fn``)."""
+    return {"namespace": namespace} if namespace else {}
+
+
+def _ns_body(namespace: str | None) -> dict[str, str]:
+    """``"namespace": NS`` in a write's body (none: the server's default)."""
+    return {"namespace": namespace} if namespace else {}
 
 
 def _segment(name: str) -> str:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from faaso.config.deployment import deployment_to_spec, namespace_doc, namespace_name
 from faaso.config.routes_file import Config
@@ -33,6 +33,14 @@ from faaso.spec.function import MAX_REPLICAS, NAMESPACE, FunctionSpec, split_key
 from faaso.state.files import atomic_write
 
 STORE_VERSION = 1
+
+
+class ApplyFn(Protocol):
+    """How a merged config is applied (the supervisor's ``apply``)."""
+
+    def __call__(
+        self, new: Config, *, undo: Callable[[], None] | None = None
+    ) -> Awaitable[object]: ...
 
 
 @dataclasses.dataclass(slots=True)
@@ -46,7 +54,7 @@ class DesiredState:
         self,
         file_config: Config,
         store_path: Path,
-        apply: Callable[[Config], Awaitable[object]],
+        apply: ApplyFn,
     ) -> None:
         self.file_config = file_config
         self.store_path = store_path
@@ -319,7 +327,9 @@ class DesiredState:
                 self._save()
             return config.functions[name]
 
-    async def refresh(self) -> None:
-        """Re-apply as it is (a secret changed: functions that use it roll over)."""
+    async def refresh(self, *, undo: Callable[[], None] | None = None) -> None:
+        """Re-apply as it is (a secret changed: functions that use it roll over). ``undo``
+        puts the secret back when they cannot take it, before they roll back (see
+        :meth:`faaso.control.supervisor.Supervisor.apply`)."""
         async with self._lock:
-            await self._apply(self.effective())
+            await self._apply(self.effective(), undo=undo)

@@ -46,9 +46,25 @@ class Reloader:
         self.reloads_ok = 0
         self.reloads_failed = 0
         self.last: dict[str, object] = {"ok": True, "error": None, "at": None}
+        self._failed: Config | None = None  # the file as the last failed reload read it
 
     def trigger(self) -> None:
         self._trigger.set()
+
+    def retry_for_secret(self, name: str, namespace: str) -> None:
+        """A secret was created: when the last reload failed and the file it read has a
+        function that uses that secret, reload again now (the reload most likely failed
+        because the secret was missing, and the function it adds or changes starts now,
+        not on the next save or SIGHUP)."""
+        failed = self._failed
+        if failed is None:
+            return
+        if any(
+            name in spec.secrets and spec.namespace == namespace
+            for spec in failed.functions.values()
+        ):
+            self._log.info("reload.retry", why=f"secret {name!r} was created")
+            self._trigger.set()
 
     def start(self) -> None:
         """The reload loop and the file watcher, each under a guard: a crash is logged, shown
@@ -128,10 +144,12 @@ class Reloader:
 
     async def _reload_once(self) -> None:
         started = time.monotonic()
+        new: Config | None = None
         try:
             new = await asyncio.to_thread(load_config, self._config.path, self._extra_runtime_dirs)
             result = await self._apply(new)
         except FaasoError as exc:
+            self._failed = new
             self.reloads_failed += 1
             self.last = {"ok": False, "error": str(exc), "at": rfc3339(time.time())}
             self._log.error("reload.failed", error=str(exc), keeping="the running configuration")
@@ -143,6 +161,7 @@ class Reloader:
                 "restart faaso for the change",
             )
         self._config = new
+        self._failed = None
         self.reloads_ok += 1
         self.last = {"ok": True, "error": None, "at": rfc3339(time.time())}
         self._log.info(

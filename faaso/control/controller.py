@@ -502,6 +502,10 @@ class FunctionController:
             spares = paused_now[: max(0, len(paused_now) - self._spares_wanted())]
             if spares:
                 await self._retire(spares, "idle spare: removed", 0.0)
+        # Read again: the awaits above (launches, thaws) may have seen the spec change (a
+        # rollback), so the instances that were current at the start of the pass may be the
+        # ones to keep now, and the ones just started the ones to go.
+        old = [t for t in self._tracked.values() if t.instance.fingerprint != self.fingerprint]
         if old and len(self._ready_current()) >= target:
             await self._retire(old, "replaced by a newer spec", DRAIN_TIMEOUT)
         if len(self._ready_current()) >= target and not old:

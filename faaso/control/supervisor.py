@@ -232,9 +232,14 @@ class Supervisor:
         cancelled on close): what an API call accepted and answered before it was done."""
         self._guard.spawn(name, work, restart=False)
 
-    async def apply(self, new: Config | None) -> dict[str, list[str]]:
+    async def apply(
+        self, new: Config | None, *, undo: Callable[[], None] | None = None
+    ) -> dict[str, list[str]]:
         """Reconfigure to ``new`` (None: the running config again) as a diff.
 
+        ``undo`` puts back what the caller changed outside the config (a secret's value) when
+        the rollout fails; it runs before the controllers roll back, so that they roll back to
+        what will stay (instances made meanwhile from the new value are then "old" and go).
         Raises :class:`ReloadError`; then nothing changed. Returns once the new instances are
         healthy and the routes swapped; removed functions drain and stop in the background, and
         a change of replicas alone is not waited for (the function's status shows it)."""
@@ -302,6 +307,8 @@ class Supervisor:
                 causes = {c.name: c.error or f"still {c.phase} after the wait" for c in failed}
                 for controller in failed:
                     controller.rollout_error = causes[controller.name]
+                if undo is not None:
+                    undo()
                 await self._roll_back(fresh, previous)
                 details = "; ".join(f"{n}: {why}" for n, why in causes.items())
                 raise ReloadError(f"new instances did not become healthy ({details})")

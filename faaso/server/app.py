@@ -258,6 +258,7 @@ def create_app(
                 ctx.orchestration = chosen
                 ctx.autoscaler = autoscaler
                 ctx.queue_of = queue_of
+                ctx.retry_reload = reloader.retry_for_secret
                 holder.ctx = ctx
                 log.info(
                     "faaso.started",

@@ -7,6 +7,7 @@ The tests run in file order: deploy, then invoke, scale, logs, then remove.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import queue
@@ -482,6 +483,79 @@ def test_secret_needs_a_value(server: Server) -> None:
 
 
 # -- errors ----------------------------------------------------------------------------------
+
+
+# -- namespaces ------------------------------------------------------------------------------
+
+
+def _create_namespace(server: Server, name: str) -> None:
+    """POST /system/namespaces: the CLI works in the namespaces the server has."""
+    password = password_path(server.state_dir).read_text().strip()
+    token = base64.b64encode(f"admin:{password}".encode()).decode()
+    request = urllib.request.Request(
+        f"{server.url}/system/namespaces",
+        data=json.dumps({"name": name}).encode(),
+        headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        assert resp.status == 200
+
+
+def test_namespace_option(server: Server) -> None:
+    """deploy, list, describe, invoke, scale, logs, secrets and remove with --namespace: a
+    function of another namespace than openfaas-fn, beside one of the same name there."""
+    _create_namespace(server, "cli-dev")
+    image = sum_image(server)
+    name = "cli-ns-adder"
+    out = ok(faaso(server, "deploy", "--name", name, "--image", image, "--namespace", "cli-dev"))
+    assert f"URL: {server.url}/function/{name}.cli-dev\n" in out, out
+    listed = table(ok(faaso(server, "list", "-n", "cli-dev")))
+    assert [r[0] for r in listed[1:]] == [name]
+    assert name not in [r[0] for r in table(ok(faaso(server, "list")))[1:]]
+    err = failed(faaso(server, "describe", name))  # not in the default namespace
+    assert f"function {name!r} not found in 'openfaas-fn'" in err
+    doc = json.loads(ok(faaso(server, "describe", name, "--namespace", "cli-dev", "--json")))
+    assert doc["namespace"] == "cli-dev"
+    text = ok(faaso(server, "describe", name, "--namespace", "cli-dev"))
+    assert re.search(rf"^Function URL:\s+{server.url}/function/{name}\.cli-dev$", text, re.M)
+    assert ok(faaso(server, "invoke", name, "-n", "cli-dev", "--path", "/?a=4&b=5")) == "9"
+    assert "404" in failed(faaso(server, "invoke", name, "--path", "/?a=4&b=5"))
+    ok(faaso(server, "scale", name, "2", "--namespace", "cli-dev"))
+
+    def scaled(s: Server) -> bool:
+        found = json.loads(ok(faaso(s, "describe", name, "-n", "cli-dev", "--json")))
+        return bool(found.get("availableReplicas") == 2)
+
+    wait_listening(server, scaled, 120)
+    logs = ok(faaso(server, "logs", name, "--namespace", "cli-dev", "--tail", "50"))
+    lines = logs.splitlines()
+    assert lines and all(line.split()[1].startswith(f"faaso-{name}.cli-dev-") for line in lines)
+    ok(faaso(server, "scale", name, "--reset", "--namespace", "cli-dev"))
+    # secrets of that namespace
+    ok(faaso(server, "secret", "create", "cli-ns-key", "--value", "v1", "-n", "cli-dev"))
+    stored = server.state_dir / "namespace-secrets" / "cli-dev" / "cli-ns-key"
+    assert stored.read_bytes() == b"v1"
+    assert table(ok(faaso(server, "secret", "list", "--namespace", "cli-dev"))) == [
+        ["NAME"],
+        ["cli-ns-key"],
+    ]
+    assert "cli-ns-key" not in ok(faaso(server, "secret", "list"))
+    ok(faaso(server, "secret", "update", "cli-ns-key", "--value", "v2", "-n", "cli-dev"))
+    assert stored.read_bytes() == b"v2"
+    ok(faaso(server, "secret", "remove", "cli-ns-key", "--namespace", "cli-dev"))
+    assert not stored.exists()
+    # remove
+    assert "is not deployed" in failed(faaso(server, "remove", name))
+    assert ok(faaso(server, "remove", name, "--namespace", "cli-dev")) == (
+        f"function {name!r} removed\n"
+    )
+    assert table(ok(faaso(server, "list", "-n", "cli-dev"))) == [
+        ["NAME", "IMAGE", "REPLICAS", "AVAILABLE", "INVOCATIONS"]
+    ]
+    # a namespace the server does not have is the server's 400
+    err = failed(faaso(server, "list", "--namespace", "cli-nowhere"))
+    assert "namespace 'cli-nowhere' does not exist" in err and "(HTTP 400)" in err
 
 
 def test_unknown_function(server: Server) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import shutil
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from faaso.backends.base import Instance
 from faaso.config.routes_file import load_config
-from faaso.server.app import SUPERVISOR, create_app
+from faaso.control.controller import Prober
+from faaso.server.app import RELOADER, SUPERVISOR, create_app
 from faaso.spec.status import FunctionStatus, Phase
 from faaso.state.secret_store import SecretStore
 from tests.helpers import ROOT, containers_of, eventually, server_app
@@ -94,12 +97,12 @@ async def site_factory(
 ) -> AsyncIterator[Callable[..., Awaitable[Site]]]:
     sites: list[Site] = []
 
-    async def make(text: str, wait_ready: bool = True) -> Site:
+    async def make(text: str, wait_ready: bool = True, **options: Any) -> Site:
         config = workdir / "routes.yml"
         config.write_text(text)
         state = workdir / "state"
         client = await aiohttp_client(
-            create_app(load_config(config), state, pull=False, auth=False)
+            create_app(load_config(config), state, pull=False, auth=False, **options)
         )
         site = Site(config, state, client)
         sites.append(site)
@@ -195,6 +198,54 @@ async def test_a_missing_secret_names_its_fix_and_starts_once_created(site_facto
     assert site.status("needs").error is None
 
 
+async def test_a_function_a_failed_reload_adds_starts_once_its_secret_is_created(
+    site_factory: Any,
+) -> None:
+    """A reload (SIGHUP here; a save is the same) adds a function whose secret does not exist:
+    the reload fails, naming the fix. Creating the secret then starts the function at once,
+    with no further save or SIGHUP: through the API, and through `faaso secret create`."""
+    base = "functions:\n  sum: {source: sum, runtime: python}\n"
+    site = await site_factory(base + "routes:\n  /sum: sum\n", watch=False)
+    reloader = server_app(site.client)[RELOADER]
+
+    async def reload_failed_on(secret: str) -> bool:
+        _, body = await site.healthz()
+        return f"faaso secret create {secret}" in (body.get("reload", {}).get("error") or "")
+
+    needs = "  needs: {source: sum, runtime: python, secrets: [api-key]}\n"
+    site.write(base + needs + "routes:\n  /sum: sum\n  /needs: needs\n")
+    reloader.trigger()  # what SIGHUP does
+    await eventually(lambda: reload_failed_on("api-key"), 240, "the reload to fail on api-key")
+    assert (await site.call("GET", "/needs?a=1&b=2"))[0] == 404  # not added
+    # 1. the API
+    status, _ = await site.call("POST", "/system/secrets", {"name": "api-key", "value": "k"})
+    assert status == 200
+
+    async def serving(path: str) -> bool:
+        return bool(await site.call("GET", path) == (200, 3))
+
+    await eventually(lambda: serving("/needs?a=1&b=2"), 120, "needs to start with its secret")
+    _, body = await site.healthz()
+    assert body["reload"]["ok"] is True, body
+    # 2. `faaso secret create`, for a function a second failed reload adds
+    more = "  more: {source: sum, runtime: python, secrets: [key-two]}\n"
+    site.write(base + needs + more + "routes:\n  /sum: sum\n  /needs: needs\n")
+    reloader.trigger()
+    await eventually(lambda: reload_failed_on("key-two"), 240, "the reload to fail on key-two")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "faaso", "secret", "create", "key-two", "--value", "v",
+        "--gateway", str(site.client.make_url("/")), "--state-dir", str(site.state),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if k not in ("FAASO_GATEWAY", "FAASO_PASSWORD")},
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, (out, err)
+    await eventually(
+        lambda: serving("/function/more?a=1&b=2"), 120, "more to start with its secret"
+    )
+    assert site.status("more").error is None
+
+
 async def test_an_early_exit_reports_its_exit_code_and_last_output(site_factory: Any) -> None:
     site = await site_factory(
         "functions:\n  dies: {source: dies, runtime: python}\nroutes:\n  /dies: dies\n",
@@ -210,6 +261,54 @@ async def test_an_early_exit_reports_its_exit_code_and_last_output(site_factory:
     assert "exited (code 7)" in error and "dying-marker-42" in error, error
     assert status.last_exit_code == 7
     assert any("dying-marker-42" in line for line in status.last_logs)
+
+
+async def test_an_early_exit_keeps_its_code_and_output_after_its_container_is_gone(
+    site_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race the test above cannot force, forced: the engine's die event is handled and the
+    dead container removed before the start's health wait looks at it. The wait must still
+    report the real exit code and the last output (read before the removal), not
+    "exited (code None)" with nothing after "its last output:"."""
+    gated: list[str] = []
+    check = Prober.check
+
+    async def removed(container: str) -> bool:
+        proc = await asyncio.create_subprocess_exec(
+            "docker", "inspect", container, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        return await proc.wait() != 0
+
+    async def late_check(self: Prober, instance: Instance, path: str, timeout: float) -> bool:
+        """The real probe; for a `dies` container that has stopped answering, it returns only
+        once faaso removed that container (what the die event's clean-up does)."""
+        if await check(self, instance, path, timeout):
+            return True
+        if instance.function == "dies" and instance.id not in gated:
+            gated.append(instance.id)
+            deadline = asyncio.get_running_loop().time() + 60
+            while not await removed(instance.id):
+                if asyncio.get_running_loop().time() > deadline:
+                    break
+                await asyncio.sleep(0.05)  # poll with a deadline
+        return False
+
+    monkeypatch.setattr(Prober, "check", late_check)
+    site = await site_factory(
+        "functions:\n  dies: {source: dies, runtime: python}\nroutes:\n  /dies: dies\n",
+        wait_ready=False,
+    )
+
+    async def reported() -> bool:
+        return "before it was healthy" in (site.status("dies").error or "")
+
+    await eventually(reported, 120, "the early exit to be reported")
+    assert gated, "the probe gate never held a container"
+    assert await removed(gated[0]), "the first container is not gone"
+    error = site.status("dies").error or ""
+    assert "exited (code 7)" in error and "dying-marker-42" in error, error
+    assert site.status("dies").last_exit_code == 7
 
 
 async def test_state_changes_answer_202_before_the_old_instances_drain(

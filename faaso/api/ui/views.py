@@ -12,7 +12,14 @@ from aiohttp import web
 from aiohttp_sse import sse_response
 
 from faaso import __version__
-from faaso.api.handlers import HOLDER, ApiContext, follow_logs, scale_to
+from faaso.api.handlers import (
+    HOLDER,
+    ApiContext,
+    follow_logs,
+    scale_to,
+    secret_created,
+    secret_updated,
+)
 from faaso.api.scaling import reset_override
 from faaso.api.store import current_store, deploy_entry, store_entry
 from faaso.api.ui.csrf import SESSION, Csrf
@@ -20,7 +27,7 @@ from faaso.api.ui.history import GATEWAY, HISTORY, SAMPLE_EVERY, Sample
 from faaso.config.stack import stack_to_deployments
 from faaso.config.store import machine_architecture
 from faaso.errors import ConflictError, InvalidRequest
-from faaso.spec.function import MAX_REPLICAS, FunctionSpec
+from faaso.spec.function import MAX_REPLICAS, NAMESPACE, FunctionSpec
 from faaso.spec.status import FunctionStatus, Phase
 
 CSRF = web.AppKey("faaso_ui_csrf", Csrf)
@@ -432,6 +439,7 @@ async def secret_create(request: web.Request) -> web.Response:
     if not isinstance(value, str):
         raise InvalidRequest("the value must be text")
     ctx.secrets.put(name, value.encode(), must_exist=False)
+    secret_created(ctx, name, NAMESPACE)  # functions waiting for it start now
     return _secrets_fragment(request, f"secret {name} created")
 
 
@@ -442,9 +450,10 @@ async def secret_update(request: web.Request) -> web.Response:
     value = form.get("value", "")
     if not isinstance(value, str):
         raise InvalidRequest("the value must be text")
+    previous = ctx.secrets.value(name)  # 404 when missing
     ctx.secrets.put(name, value.encode(), must_exist=True)
-    if any(name in s.secrets for s in ctx.desired.effective().functions.values()):
-        await ctx.desired.refresh()  # as PUT /system/secrets: its users roll over
+    # as PUT /system/secrets: its users roll over in the background (undone if they cannot)
+    secret_updated(ctx, name, value.encode(), previous, NAMESPACE)
     return _secrets_fragment(request, f"secret {name} updated")
 
 
