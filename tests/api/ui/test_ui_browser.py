@@ -414,6 +414,10 @@ def test_scale_to_2_and_see_2_replicas(ui: Ui) -> None:
 
 
 def test_create_and_delete_a_secret_and_its_value_never_reaches_the_browser(ui: Ui) -> None:
+    # A secret in use, of this test's own (it does not lean on another test's deployments).
+    assert ui.api("POST", "/system/secrets", {"name": "ui-held", "value": "v"})[0] == 200
+    deploy = {"service": "holder", "image": _sum_image(ui), "secrets": ["ui-held"]}
+    assert ui.api("POST", "/system/functions", deploy)[0] == 202
     value = f"value-{uuid.uuid4().hex}"
     ui.goto("/ui/secrets")
     # With the keyboard only: tab to the name field, type, tab to the value, Enter.
@@ -436,10 +440,10 @@ def test_create_and_delete_a_secret_and_its_value_never_reaches_the_browser(ui: 
     assert {"name": "ui-made", "namespace": "openfaas-fn"} in ui.api("GET", "/system/secrets")[1]
     ui.shot("secrets")
     # One in use: the 409 says by whom, and it stays.
-    ui.driver.find_element(By.CSS_SELECTOR, '[data-secret="ui-used"] button.danger').click()
+    ui.driver.find_element(By.CSS_SELECTOR, '[data-secret="ui-held"] button.danger').click()
     ui.driver.switch_to.alert.accept()
-    ui.wait(lambda d: "used by sum-copy" in d.find_element(By.ID, "secret-msg").text, "the 409")
-    assert ui.driver.find_elements(By.CSS_SELECTOR, '[data-secret="ui-used"]')
+    ui.wait(lambda d: "used by holder" in d.find_element(By.ID, "secret-msg").text, "the 409")
+    assert ui.driver.find_elements(By.CSS_SELECTOR, '[data-secret="ui-held"]')
     # One not in use goes.
     ui.driver.find_element(By.CSS_SELECTOR, '[data-secret="ui-made"] button.danger').click()
     ui.driver.switch_to.alert.accept()
@@ -447,7 +451,8 @@ def test_create_and_delete_a_secret_and_its_value_never_reaches_the_browser(ui: 
         lambda d: not d.find_elements(By.CSS_SELECTOR, '[data-secret="ui-made"]'), "row removed"
     )
     names = [s["name"] for s in ui.api("GET", "/system/secrets")[1]]
-    assert "ui-made" not in names and "ui-used" in names
+    assert "ui-made" not in names and "ui-held" in names
+    assert ui.api("DELETE", "/system/functions", {"functionName": "holder"})[0] == 202
 
 
 def test_a_form_without_the_csrf_token_is_refused(ui: Ui) -> None:
