@@ -36,6 +36,7 @@ from typing import Any
 
 import aiodocker
 from aiodocker.multiplexed import multiplexed_result_list, multiplexed_result_stream
+from aiodocker.utils import compose_auth_header
 
 from faaso.backends.base import (
     FUNCTION_PORT,
@@ -143,16 +144,27 @@ class SwarmOrchestrator:
     async def deploy(self, spec: ServiceSpec) -> None:
         secrets = [await self._ensure_secret(ref) for ref in spec.secrets]
         body = self._service_spec(spec, secrets)
+        headers = registry_auth_headers(spec.image, spec.registry_auth)
         found = await self._find(spec.function)
         try:
             if found is None:
                 await self._docker._query_json(
-                    "services/create", method="POST", data=json.dumps(body)
+                    "services/create", method="POST", data=json.dumps(body), headers=headers
                 )
-                self._log.info("service.created", function=spec.function, image=spec.image)
+                self._log.info(
+                    "service.created",
+                    function=spec.function,
+                    image=spec.image,
+                    registry_auth=bool(headers),
+                )
             else:
-                await self._update(found, body)
-                self._log.info("service.updated", function=spec.function, image=spec.image)
+                await self._update(found, body, headers)
+                self._log.info(
+                    "service.updated",
+                    function=spec.function,
+                    image=spec.image,
+                    registry_auth=bool(headers),
+                )
         except aiodocker.DockerError as exc:
             raise BackendError(
                 f"cannot deploy {spec.function!r} as a Swarm service: {_message(exc)}"
@@ -275,13 +287,21 @@ class SwarmOrchestrator:
             raise BackendError(f"cannot list services: {_message(exc)}") from exc
         return dict(found[0]) if found else None
 
-    async def _update(self, found: dict[str, Any], body: dict[str, Any]) -> None:
+    async def _update(
+        self, found: dict[str, Any], body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
+        """Without credentials (a scale, a faaso of the cluster that was not given them) the
+        service keeps those of its previous spec (``registryAuthFrom``)."""
         version = int((found.get("Version") or {}).get("Index") or 0)
+        params: dict[str, Any] = {"version": version}
+        if not headers:
+            params["registryAuthFrom"] = "previous-spec"
         await self._docker._query_json(
             f"services/{found['ID']}/update",
             method="POST",
-            params={"version": version},
+            params=params,
             data=json.dumps(body),
+            headers=headers or None,
         )
 
     def _service_spec(
@@ -333,6 +353,7 @@ class SwarmOrchestrator:
         return {
             "Name": self.service_name(spec.function),
             "Labels": {
+                **spec.record,
                 LABEL_MANAGED: "true",
                 LABEL_OWNER: self.owner,
                 LABEL_FUNCTION: spec.function,
@@ -433,6 +454,7 @@ class SwarmOrchestrator:
             update_state=update.get("State"),
             update_message=update.get("Message"),
             created=found.get("CreatedAt"),
+            labels={str(k): str(v) for k, v in labels.items()},
         )
 
     def _task(self, info: Mapping[str, Any], function: str) -> Task:
@@ -478,6 +500,23 @@ class SwarmOrchestrator:
         if function and service.startswith(self.prefix + "-"):
             return ServiceEvent(function, action.split(":")[0])
         return None
+
+
+def registry_of(image: str) -> str | None:
+    """The registry host of an image reference (``host[:port]/...``), or None for a reference
+    to the engine's default registry (``name``, ``user/name``)."""
+    first, slash, _ = image.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return None
+
+
+def registry_auth_headers(image: str, registry_auth: str | None) -> dict[str, str]:
+    """``X-Registry-Auth`` for the image's registry from base64 ``user:password`` (aiodocker
+    composes the engine's JSON form); none without credentials."""
+    if not registry_auth:
+        return {}
+    return {"X-Registry-Auth": compose_auth_header(registry_auth, registry_of(image))}
 
 
 def _split_timestamp(line: str) -> tuple[str, str]:
