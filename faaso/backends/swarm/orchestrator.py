@@ -145,6 +145,9 @@ class SwarmOrchestrator:
         secrets = [await self._ensure_secret(ref) for ref in spec.secrets]
         body = self._service_spec(spec, secrets)
         headers = registry_auth_headers(spec.image, spec.registry_auth)
+        if headers:  # the credentials are proven (and the digest pinned) before any node pulls
+            pinned = await self._pinned(spec.function, spec.image, headers)
+            body["TaskTemplate"]["ContainerSpec"]["Image"] = pinned
         found = await self._find(spec.function)
         try:
             if found is None:
@@ -287,19 +290,32 @@ class SwarmOrchestrator:
             raise BackendError(f"cannot list services: {_message(exc)}") from exc
         return dict(found[0]) if found else None
 
+    async def _pinned(self, function: str, image: str, headers: dict[str, str]) -> str:
+        """``image@digest`` as the registry reports it with these credentials (what
+        ``docker service create --with-registry-auth`` does), so every node runs the same image.
+        Raises BackendError when the registry refuses them or has no such image."""
+        if "@" in image:
+            return image
+        try:
+            found = await self._docker._query_json(f"distribution/{image}/json", headers=headers)
+        except aiodocker.DockerError as exc:
+            raise BackendError(
+                f"cannot deploy {function!r}: the registry did not give {image} with the "
+                f"credentials given: {_message(exc)}"
+            ) from exc
+        digest = str((found.get("Descriptor") or {}).get("digest") or "")
+        return f"{image}@{digest}" if digest else image
+
     async def _update(
         self, found: dict[str, Any], body: dict[str, Any], headers: dict[str, str] | None = None
     ) -> None:
         """Without credentials (a scale, a faaso of the cluster that was not given them) the
-        service keeps those of its previous spec (``registryAuthFrom``)."""
+        engine keeps those the service has (``registryAuthFrom=spec``, its default)."""
         version = int((found.get("Version") or {}).get("Index") or 0)
-        params: dict[str, Any] = {"version": version}
-        if not headers:
-            params["registryAuthFrom"] = "previous-spec"
         await self._docker._query_json(
             f"services/{found['ID']}/update",
             method="POST",
-            params=params,
+            params={"version": version},
             data=json.dumps(body),
             headers=headers or None,
         )
