@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -615,3 +615,59 @@ async def async_rig(
         yield AsyncRig(
             f"http://127.0.0.1:{port_of(front)}", queue, intake, workers, state, session, specs
         )
+
+
+# -- a registry that requires a login (Debian's docker-registry with an htpasswd file) --------
+
+
+@contextlib.contextmanager
+def auth_registry(directory: Path, username: str, password: str) -> Iterator[str]:
+    """A registry on 127.0.0.1 (a free port) that refuses anyone but ``username``: Debian's
+    ``docker-registry`` with htpasswd auth (bcrypt, the only hash it takes), its storage in
+    ``directory``. Yields its address; stops it (this process only) at the end."""
+    import bcrypt  # test dependency, for the htpasswd line
+
+    directory.mkdir(parents=True, exist_ok=True)
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5, prefix=b"2a")).decode()
+    (directory / "htpasswd").write_text(f"{username}:{hashed}\n")
+    port = free_port()
+    conf = directory / "registry.yml"
+    conf.write_text(
+        "version: 0.1\n"
+        f"storage: {{filesystem: {{rootdirectory: {directory / 'storage'}}}}}\n"
+        f"http: {{addr: '127.0.0.1:{port}'}}\n"
+        f"auth: {{htpasswd: {{realm: faaso-test, path: {directory / 'htpasswd'}}}}}\n"
+    )
+    with (directory / "registry.log").open("wb") as out:
+        proc = subprocess.Popen(
+            ["docker-registry", "serve", str(conf)], stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        end = time.monotonic() + 30
+        while http_request(port, "/v2/")[0] != 401:
+            if proc.poll() is not None or time.monotonic() > end:
+                log = (directory / "registry.log").read_text(errors="replace")
+                pytest.fail(f"the registry with auth did not start:\n{log[-2000:]}")
+            time.sleep(0.1)  # poll with a deadline
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def tiny_image(directory: Path, tag: str) -> str:
+    """A small local image (FROM scratch, one file), built offline: something to push."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "payload.txt").write_text(f"{tag}\n")
+    (directory / "Dockerfile").write_text("FROM scratch\nCOPY payload.txt /payload.txt\n")
+    subprocess.run(
+        ["docker", "build", "-q", "-t", tag, str(directory)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return tag

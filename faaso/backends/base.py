@@ -118,6 +118,11 @@ class Backend(Protocol):
 
 LABEL_SERVICE = "faaso.service"  # on a service's containers: the function (never faaso.owner)
 LABEL_OPENFAAS_FUNCTION = "com.openfaas.function"
+# A service's record (ServiceSpec.record): where the function comes from, and for an API
+# deployment the deployment itself and when it was first made.
+LABEL_ORIGIN = "faaso.origin"  # file or api
+LABEL_DEPLOYMENT = "faaso.deployment"  # the FunctionDeployment as compact JSON
+LABEL_CREATED_AT = "faaso.created-at"  # seconds since the epoch
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +162,12 @@ class ServiceSpec:
     health: HealthCheck = field(default_factory=HealthCheck)
     secrets: tuple[SecretRef, ...] = ()
     stop_grace: float = 10.0  # seconds between SIGTERM and SIGKILL
+    # Extra labels of the service itself: what a faaso of the same cluster needs to rebuild
+    # the function (faaso.origin, and an API deployment's record); not in the fingerprint.
+    record: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # base64 "user:password" for the registry of ``image`` (sent as X-Registry-Auth so the
+    # nodes can pull; never part of the spec Swarm shows)
+    registry_auth: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +206,7 @@ class ServiceState:
     update_state: str | None = None  # updating, completed, rollback_started, rollback_completed ...
     update_message: str | None = None
     created: str | None = None
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     def available(self) -> list[Task]:
         return [t for t in self.tasks if t.available and t.endpoint is not None]

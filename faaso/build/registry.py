@@ -6,15 +6,22 @@ then names that reference, which any node can pull. Without a registry the local
 enough for a one-node Swarm, where the image is already on the only node (faaso logs a warning
 once). A prebuilt ``image`` is passed to the orchestrator as written: its nodes pull it, and a
 reference that no node can pull shows up as the tasks' error ("No such image").
+
+With a login (``registry: {address, username, password_file | password_env}``) the push carries
+``X-Registry-Auth``, and :meth:`RegistryImages.pull_auth` gives the same credentials for the
+services whose image is in that registry (so the nodes can pull). The password is read from
+its file or variable for each use and never logged.
 """
 
 from __future__ import annotations
 
+import base64
 from typing import Protocol
 
 import aiodocker
 from structlog.typing import FilteringBoundLogger
 
+from faaso.config.swarm import RegistryLogin
 from faaso.errors import BackendError
 from faaso.spec.function import FunctionSpec
 
@@ -32,8 +39,10 @@ class RegistryImages:
         docker: aiodocker.Docker,
         registry: str | None,
         log: FilteringBoundLogger,
+        login: RegistryLogin | None = None,
     ) -> None:
         self._builder = builder
+        self._login = login
         self._docker = docker
         self.registry = registry.rstrip("/") if registry else None
         self._log = log
@@ -59,14 +68,30 @@ class RegistryImages:
             self._pushed.add(target)
         return target
 
+    def credentials(self) -> str | None:
+        """base64 ``user:password`` of the login, read now; None without one. Raises
+        ConfigError when the password file or variable cannot be read."""
+        if self._login is None:
+            return None
+        raw = f"{self._login.username}:{self._login.password()}"
+        return base64.b64encode(raw.encode()).decode()
+
+    def pull_auth(self, spec: FunctionSpec, image: str) -> str | None:
+        """Credentials for a service running ``image``: the login's when the image is in the
+        configured registry (what faaso pushed, or an ``image:`` that names it)."""
+        if self.registry is None or not image.startswith(self.registry + "/"):
+            return None
+        return self.credentials()
+
     async def push(self, tag: str, target: str) -> None:
         repo, _, version = target.rpartition(":")
+        auth = self.credentials()
         try:
             await self._docker.images.tag(tag, repo, tag=version)
-            result = await self._docker.images.push(repo, tag=version)
+            result = await self._docker.images.push(repo, tag=version, auth=auth)
         except aiodocker.DockerError as exc:
             raise BackendError(f"cannot push {target}: {str(exc.message).strip()}") from exc
         for item in result if isinstance(result, list) else [result]:
             if isinstance(item, dict) and item.get("error"):
                 raise BackendError(f"cannot push {target}: {item['error']}")
-        self._log.info("images.pushed", image=target)
+        self._log.info("images.pushed", image=target, with_login=auth is not None)

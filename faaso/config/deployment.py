@@ -7,6 +7,9 @@ naming the field and the problem.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -131,6 +134,30 @@ def namespace_doc(doc: object) -> dict[str, dict[str, str]]:
     }
 
 
+def registry_auth(value: object) -> str | None:
+    """OpenFaaS's ``registryAuth``: base64 of ``user:password``, both non-empty. Raises
+    InvalidRequest without echoing the value (it is a credential)."""
+    if value in (None, ""):
+        return None
+    problem = 'registryAuth must be base64 of "username:password"'
+    if not isinstance(value, str):
+        raise InvalidRequest(problem)
+    try:
+        decoded = base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise InvalidRequest(f"{problem} (it is not valid base64 of UTF-8 text)") from None
+    user, colon, password = decoded.partition(":")
+    if not colon or not user or not password:
+        raise InvalidRequest(f"{problem} (the username or the password is missing)")
+    return value
+
+
+def deployment_record(doc: Mapping[str, Any]) -> str:
+    """The deployment as a service records it: compact JSON, sorted, without registryAuth."""
+    kept = {k: v for k, v in doc.items() if k != "registryAuth"}
+    return json.dumps(kept, sort_keys=True, separators=(",", ":"))
+
+
 def deployment_to_spec(doc: object, *, created_at: float | None = None) -> FunctionSpec:
     """Validate a FunctionDeployment body. Raises :class:`InvalidRequest`."""
     if not isinstance(doc, dict):
@@ -179,6 +206,7 @@ def deployment_to_spec(doc: object, *, created_at: float | None = None) -> Funct
         cors_from_annotations(annotations)
     except CorsError as exc:
         raise InvalidRequest(f"annotation {exc}") from None
+    auth = registry_auth(doc.get("registryAuth"))
     _limits(doc, "requests")  # validated, reported back as sent, not enforced (as on faasd)
     notes: list[str] = []
     limits = _limits(doc, "limits", notes)
@@ -201,4 +229,6 @@ def deployment_to_spec(doc: object, *, created_at: float | None = None) -> Funct
         replicas=policy.min,  # OpenFaaS clients expect min replicas right after a deploy
         scale=policy,
         notes=tuple(notes),
+        deployment=deployment_record(doc),
+        registry_auth=auth,
     )

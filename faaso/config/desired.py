@@ -12,6 +12,11 @@ from two sources:
 
 Every change goes through the supervisor's ``apply``, as a diff: a deployment that cannot start
 changes nothing and is not saved.
+
+``shared`` (a cluster of faaso processes on one Swarm, docs/swarm.md): the API's deployments
+are kept by Swarm, in their services' labels, not in ``deployments.json`` (which keeps the
+replica overrides and namespaces of this faaso only). :meth:`seed_shared` takes them at start
+and :meth:`sync_shared` follows what the cluster's other members deploy and remove.
 """
 
 from __future__ import annotations
@@ -25,7 +30,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from faaso.config.deployment import deployment_to_spec, namespace_doc, namespace_name
+from faaso.config.deployment import (
+    deployment_record,
+    deployment_to_spec,
+    namespace_doc,
+    namespace_name,
+)
 from faaso.config.routes_file import Config
 from faaso.errors import ConfigError, ConflictError, InvalidRequest, NotFoundError
 from faaso.logs import get_logger
@@ -55,10 +65,15 @@ class DesiredState:
         file_config: Config,
         store_path: Path,
         apply: ApplyFn,
+        *,
+        shared: bool = False,
     ) -> None:
         self.file_config = file_config
         self.store_path = store_path
         self._apply = apply
+        self.shared = shared
+        # shared: what deployments.json held from before (kept as it was, not served)
+        self._unshared: dict[str, Any] = {}
         self._lock = asyncio.Lock()
         self.deployed: dict[str, Stored] = {}
         self.replicas: dict[str, int] = {}
@@ -88,7 +103,9 @@ class DesiredState:
                 self.namespaces[namespace_name(name)] = namespace_doc(item)
             except (InvalidRequest, TypeError) as exc:
                 raise ConfigError(path, f"namespaces.{name}", item, str(exc)) from exc
-        for name, item in (doc.get("functions") or {}).items():
+        if self.shared:
+            self._unshared = dict(doc.get("functions") or {})
+        for name, item in ({} if self.shared else doc.get("functions") or {}).items():
             try:
                 stored = Stored(dict(item["deployment"]), float(item["created_at"]))
                 spec = deployment_to_spec(stored.deployment)
@@ -105,7 +122,9 @@ class DesiredState:
     def _save(self) -> None:
         doc = {
             "version": STORE_VERSION,
-            "functions": {
+            "functions": self._unshared
+            if self.shared
+            else {
                 n: {"deployment": s.deployment, "created_at": s.created_at}
                 for n, s in sorted(self.deployed.items())
             },
@@ -333,3 +352,57 @@ class DesiredState:
         :meth:`faaso.control.supervisor.Supervisor.apply`)."""
         async with self._lock:
             await self._apply(self.effective(), undo=undo)
+
+    # -- a cluster: the API's deployments are the services' ------------------------------------
+
+    def _shared_view(self, records: dict[str, Stored]) -> dict[str, Stored]:
+        """The records, minus names the routes file defines; an unchanged deployment keeps
+        what this faaso holds of it (registryAuth is in no record)."""
+        out: dict[str, Stored] = {}
+        for name, stored in records.items():
+            if self.is_from_file(name):
+                get_logger("faaso.desired").warning(
+                    "cluster.conflict",
+                    function=name,
+                    note="deployed through the API of another faaso, defined in this one's "
+                    "routes file: the file's wins here",
+                )
+                continue
+            mine = self.deployed.get(name)
+            same = mine is not None and deployment_record(mine.deployment) == deployment_record(
+                stored.deployment
+            )
+            out[name] = mine if mine is not None and same else stored
+        return out
+
+    def seed_shared(self, records: dict[str, Stored]) -> None:
+        """At start, before anything runs: the cluster's API deployments."""
+        assert self.shared
+        self.deployed = self._shared_view(records)
+        for stored in self.deployed.values():
+            namespace = deployment_to_spec(stored.deployment).namespace
+            if namespace != NAMESPACE:
+                self.namespaces.setdefault(namespace, namespace_doc(None))
+
+    async def sync_shared(self, records: dict[str, Stored]) -> bool:
+        """Follow the cluster: functions deployed, changed or removed through another faaso.
+        Whether anything changed. Raises ReloadError (then nothing changed)."""
+        assert self.shared
+        async with self._lock:
+            deployed = self._shared_view(records)
+            if deployed == self.deployed:
+                return False
+            replicas = {
+                n: c
+                for n, c in self.replicas.items()
+                if n in self.file_config.functions or n in deployed
+            }
+            namespaces = dict(self.namespaces)
+            for stored in deployed.values():
+                namespace = deployment_to_spec(stored.deployment).namespace
+                if namespace != NAMESPACE:
+                    namespaces.setdefault(namespace, namespace_doc(None))
+            await self._apply(self.effective(deployed=deployed, replicas=replicas))
+            self.deployed, self.replicas, self.namespaces = deployed, replicas, namespaces
+            self._save()
+            return True

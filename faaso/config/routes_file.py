@@ -22,6 +22,7 @@ from faaso.config.host import host_cpus, host_memory
 from faaso.config.runtimes import RuntimeCatalog, load_function_file
 from faaso.config.scaling import ScaleError, parse_scaling
 from faaso.config.serving import ServerSettings, parse_server
+from faaso.config.swarm import RegistryLogin, SwarmSettings, parse_registry, parse_swarm
 from faaso.config.yamlutil import describe_error, load_strict
 from faaso.errors import ConfigError
 from faaso.spec.asyncjob import check_async_annotations, valid_host_pattern
@@ -56,11 +57,10 @@ TOP_KEYS = frozenset(
         "registry",
         "cors",
         "server",
+        "swarm",
     }
 )
 BACKENDS = ("docker", "swarm")
-# host[:port][/path]: where images are pushed for an orchestrator's nodes to pull
-REGISTRY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?(/[a-z0-9][a-z0-9._/-]*)?$")
 FUNCTION_KEYS = frozenset(
     {
         "source",
@@ -128,6 +128,8 @@ class Config:
     store: str | None = None
     backend: str | None = None  # docker or swarm; None: not said (docker, or --backend)
     registry: str | None = None  # where images are pushed for the Swarm's nodes
+    registry_login: RegistryLogin | None = None  # who faaso is there (faaso.config.swarm)
+    swarm: SwarmSettings = dataclasses.field(default_factory=SwarmSettings)  # faaso.config.swarm
     # CORS (faaso.config.cors): the top-level block, and the functions' own blocks (None:
     # ``cors: false``, off for that function).
     cors: CorsPolicy | None = None
@@ -252,6 +254,7 @@ def parse_config(doc: object, path: Path, extra_runtime_dirs: tuple[Path, ...] =
             raise check.fail(key, prefix, f"is the same route as {norm!r}, defined above")
         routes[norm] = target
 
+    registry, registry_login = parse_registry(path, top.get("registry"))
     return Config(
         path=path,
         functions=MappingProxyType(functions),
@@ -260,7 +263,9 @@ def parse_config(doc: object, path: Path, extra_runtime_dirs: tuple[Path, ...] =
         async_settings=_parse_async(check, top.get("async")),
         store=_store_location(check, base, top.get("store")),
         backend=_parse_backend(check, top.get("backend")),
-        registry=_parse_registry(check, top.get("registry")),
+        registry=registry,
+        registry_login=registry_login,
+        swarm=parse_swarm(path, top.get("swarm")),
         cors=_parse_cors_block(check, "cors", top["cors"]) if "cors" in top else None,
         function_cors=MappingProxyType(function_cors),
         server=parse_server(check.mapping("server", top.get("server")), path),
@@ -273,14 +278,6 @@ def _parse_backend(check: _Checker, value: object) -> str | None:
     if value not in BACKENDS:
         raise check.fail("backend", value, f"must be one of {', '.join(BACKENDS)}")
     return str(value)
-
-
-def _parse_registry(check: _Checker, value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not REGISTRY_RE.match(value.rstrip("/")):
-        raise check.fail("registry", value, "must be a registry as host[:port][/path]")
-    return value.rstrip("/")
 
 
 def _parse_cors_block(check: _Checker, key: str, value: object) -> CorsPolicy | None:

@@ -14,6 +14,12 @@ failure); this controller only hands it the desired service and follows what run
 - task errors (no such image, rejected, no suitable node) become the function's error and
   phase, so a deploy that can never run fails instead of waiting.
 
+In a cluster (``shared``: several faaso processes own the same services, docs/swarm.md) the
+service's replica count is the truth: a count another member (or ``docker service scale``) set
+is taken over, on adoption too, instead of being written back; and an API deployment's service
+that disappears was removed through another member, so it is not created again (the cluster
+sync then drops the function here as well).
+
 Scale to zero has one step here: the replica count goes to 0 and the tasks stop (Swarm cannot
 pause a task); a request wakes the function by scaling it back to ``min``.
 
@@ -25,11 +31,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
+from collections.abc import Callable
 
 from structlog.typing import FilteringBoundLogger
 
 from faaso.backends.base import (
+    LABEL_CREATED_AT,
+    LABEL_DEPLOYMENT,
+    LABEL_ORIGIN,
     BackendEvent,
     HealthCheck,
     Instance,
@@ -54,6 +65,16 @@ ENDED = frozenset({"complete", "shutdown", "failed", "rejected", "orphaned", "re
 FAILED_STATES = frozenset({"failed", "rejected"})
 # this many failed tasks of the current spec, and none running: the function cannot start
 FAIL_AFTER = 2
+PullAuth = Callable[[FunctionSpec, str], str | None]  # (spec, image) -> base64 user:password
+
+
+def service_fingerprint(image: str, spec: FunctionSpec, secrets: SecretStore | None) -> str:
+    """What a service must match to be adopted: the instances' fingerprint, and for an API
+    deployment its record (annotations, labels... : what another faaso rebuilds it from)."""
+    base = instance_fingerprint(image, spec, secrets)
+    if spec.deployment is None:
+        return base
+    return hashlib.sha256(f"{base}\0{spec.deployment}".encode()).hexdigest()[:24]
 
 
 class ServiceController:
@@ -69,11 +90,17 @@ class ServiceController:
         prober: Prober,
         log: FilteringBoundLogger,
         secrets: SecretStore | None = None,
+        shared: bool = False,
+        pull_auth: PullAuth | None = None,
+        on_gone: Callable[[], None] | None = None,
     ) -> None:
         self._secrets = secrets
+        self._shared = shared  # a cluster of faaso processes owns the service (see above)
+        self._pull_auth = pull_auth
+        self._on_gone = on_gone  # shared: the service went away through another faaso
         self.spec = spec
         self.image = image
-        self.fingerprint = instance_fingerprint(image, spec, secrets)
+        self.fingerprint = service_fingerprint(image, spec, secrets)
         self._orchestrator = orchestrator
         self._pool = pool
         self._prober = prober
@@ -144,7 +171,7 @@ class ServiceController:
         )
 
     def fingerprint_for(self, spec: FunctionSpec, image: str) -> str:
-        return instance_fingerprint(image, spec, self._secrets)
+        return service_fingerprint(image, spec, self._secrets)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -167,7 +194,7 @@ class ServiceController:
         previous = self.spec
         self.spec = spec
         self.image = image
-        self.fingerprint = instance_fingerprint(image, spec, self._secrets)
+        self.fingerprint = service_fingerprint(image, spec, self._secrets)
         if spec.replicas != previous.replicas or spec.scale != previous.scale:
             self.set_replicas(spec.replicas, "the configured replicas changed")
         elif self.replicas > 0:
@@ -211,6 +238,12 @@ class ServiceController:
         self._converged.clear()
         self._wake.set()
 
+    def _follow(self, replicas: int) -> None:
+        """Take the service's replica count as this controller's own."""
+        if replicas != self.replicas:
+            self.set_replicas(replicas, "the service's replica count was set elsewhere")
+            self._scaled = replicas
+
     def remove_paused(self) -> None:
         """Nothing is paused on Swarm: a scale to zero stops the tasks at once."""
 
@@ -245,6 +278,14 @@ class ServiceController:
                 )
                 for n in spec.secrets
             )
+        record = {LABEL_ORIGIN: "file"}
+        if spec.deployment is not None:
+            record = {LABEL_ORIGIN: "api", LABEL_DEPLOYMENT: spec.deployment}
+            if spec.created_at is not None:
+                record[LABEL_CREATED_AT] = repr(spec.created_at)
+        auth = spec.registry_auth
+        if auth is None and self._pull_auth is not None:
+            auth = self._pull_auth(spec, self.image)
         return ServiceSpec(
             function=spec.name,
             image=self.image,
@@ -262,6 +303,8 @@ class ServiceController:
                 start_period=spec.startup_timeout,
             ),
             secrets=refs,
+            record=record,
+            registry_auth=auth,
         )
 
     async def _run(self) -> None:
@@ -282,6 +325,8 @@ class ServiceController:
             if found is not None and found.fingerprint == self.fingerprint:
                 self._deployed, self._scaled = found.fingerprint, found.replicas
                 self._log.info("service.adopted", replicas=found.replicas)
+                if self._shared:  # the cluster's count, not this faaso's idea of it
+                    self._follow(found.replicas)
         if self._deployed != self.fingerprint:
             try:
                 await self._orchestrator.deploy(self._service_spec())
@@ -293,10 +338,21 @@ class ServiceController:
             await self._orchestrator.scale(self.name, self.replicas)
             self._scaled = self.replicas
         state = await self._orchestrator.service(self.name)
+        if state is None and self._shared and self.spec.deployment is not None:
+            # removed through another faaso of the cluster: not ours to bring back
+            self.phase, self.error = Phase.STOPPED, "removed through another faaso of the cluster"
+            self._pool.holding = False
+            self._converged.set()  # not settled: a reload waiting for it rolls back at once
+            if self._on_gone is not None:
+                self._on_gone()
+            return
         if state is None:  # removed behind faaso's back: deploy it again on the next look
             self._deployed = None
             self._wake.set()
             return
+        if self._shared and self._scaled == self.replicas and state.replicas != self._scaled:
+            self._scaled = state.replicas  # another faaso (or docker service scale) set it
+            self._follow(state.replicas)
         self.state = state
         await self._sync(state)
 

@@ -21,11 +21,11 @@ from typing import Any, Protocol
 
 from structlog.typing import FilteringBoundLogger
 
-from faaso.backends.base import Backend, BackendEvent, Instance, Orchestrator
+from faaso.backends.base import Backend, BackendEvent, Instance, Orchestrator, ServiceEvent
 from faaso.config.routes_file import Config
 from faaso.control.controller import STOP_TIMEOUT, FunctionController, Prober, RestartPolicy
 from faaso.control.hooks import RolloutHook, run_rollout_hook
-from faaso.control.service import AnyController, ServiceController
+from faaso.control.service import AnyController, PullAuth, ServiceController
 from faaso.errors import BackendError, FaasoError, ReloadError
 from faaso.gateway.pools import Pools
 from faaso.guard import TaskGuard
@@ -68,10 +68,19 @@ class Supervisor:
         secrets: SecretStore | None = None,
         after_rollout: RolloutHook | None = None,
         orchestrator: Orchestrator | None = None,
+        cluster: bool = False,
+        pull_auth: PullAuth | None = None,
     ) -> None:
         # With an orchestrator (Swarm) each function is a ServiceController on it; without,
         # faaso's own FunctionControllers run containers on ``backend``.
         self._orchestrator = orchestrator
+        # ``cluster``: other faaso processes own the same services (docs/swarm.md): a service
+        # this one does not know is theirs, never "stale"; the services' counts are followed.
+        self._cluster = cluster
+        self._pull_auth = pull_auth  # credentials for the registry of a service's image
+        # Told about every event of this owner's services (the cluster sync: API deployments
+        # made or removed through another faaso), and when a shared service went away.
+        self.on_service_event: Callable[[ServiceEvent], None] | None = None
         self._after_rollout = after_rollout  # see faaso.control.hooks
         self._secrets = secrets
         self._backend = backend
@@ -195,6 +204,9 @@ class Supervisor:
                 prober=self._prober,
                 log=self._log,
                 secrets=self._secrets,
+                shared=self._cluster,
+                pull_auth=self._pull_auth,
+                on_gone=lambda: self._service_event(ServiceEvent(spec.name, "gone")),
             )
         else:
             controller = FunctionController(
@@ -415,10 +427,17 @@ class Supervisor:
             delay = min(delay * 2, RECONNECT_MAX)
 
     async def _remove_stale_services(self, config: Config) -> None:
-        """Services of this faaso whose function is no longer in the config go."""
+        """Services of this faaso whose function is no longer in the config go. In a cluster a
+        service this faaso does not know may be another member's: it stays (logged)."""
         assert self._orchestrator is not None
         for found in await self._orchestrator.services():
-            if found.function not in config.functions:
+            if found.function not in config.functions and self._cluster:
+                self._log.info(
+                    "service.not_mine",
+                    function=found.function,
+                    note="not in this faaso's config; left to the cluster's other members",
+                )
+            elif found.function not in config.functions:
                 self._log.info("service.stale", function=found.function, reason="not in the config")
                 await self._orchestrator.remove(found.function)
 
@@ -430,6 +449,7 @@ class Supervisor:
             try:
                 async for event in self._orchestrator.events():
                     delay = 0.5
+                    self._service_event(event)
                     controller = self._controllers.get(event.function)
                     if controller is not None:
                         controller.on_event(BackendEvent(event.kind, "", event.function))
@@ -437,6 +457,10 @@ class Supervisor:
                 self._log.warning("swarm.events_lost", error=str(exc), retry_in=delay)
             await asyncio.sleep(delay)  # reconnect backoff
             delay = min(delay * 2, RECONNECT_MAX)
+
+    def _service_event(self, event: ServiceEvent) -> None:
+        if self.on_service_event is not None:
+            self.on_service_event(event)
 
     async def _resync(self) -> None:
         """After a gap in the event stream, find instances that died meanwhile.

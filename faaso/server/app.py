@@ -38,6 +38,7 @@ from faaso.config.routes_file import Config
 from faaso.config.runtimes import RuntimeCatalog
 from faaso.control.async_workers import AsyncWorkers
 from faaso.control.autoscaler import Autoscaler
+from faaso.control.cluster import ClusterSync
 from faaso.control.controller import Prober
 from faaso.control.supervisor import ImageProvider, Supervisor
 from faaso.errors import ConfigError
@@ -54,7 +55,7 @@ from faaso.spec.cors import CorsPolicy
 from faaso.spec.routing import RouteTable
 from faaso.spec.status import FunctionStatus, Phase
 from faaso.state.files import private_dir
-from faaso.state.paths import owner_id
+from faaso.state.paths import cluster_owner_id, owner_id
 from faaso.state.queue import JobQueue
 from faaso.state.secret_store import SecretStore
 
@@ -183,15 +184,31 @@ def create_app(
             )
             orchestrator: SwarmOrchestrator | None = None
             images: ImageProvider = builder
+            registry_images: RegistryImages | None = None
             logs_source: LogSource = backend
+            # A cluster (swarm: {cluster: NAME}): the owner id is the cluster's, so every
+            # member owns the same services; Swarm holds the API's deployments (docs/swarm.md).
+            cluster = config.swarm.cluster if chosen == "swarm" else None
             if chosen == "swarm":
-                orchestrator = SwarmOrchestrator(docker, owner_id(state_dir))
+                owner = cluster_owner_id(cluster) if cluster else owner_id(state_dir)
+                orchestrator = SwarmOrchestrator(docker, owner)
                 await orchestrator.check()  # not a manager: a one-line error, nothing touched
-                images = RegistryImages(
-                    builder, docker, config.registry, get_logger("faaso.images")
+                registry_images = RegistryImages(
+                    builder,
+                    docker,
+                    config.registry,
+                    get_logger("faaso.images"),
+                    login=config.registry_login,
                 )
+                images = registry_images
                 logs_source = orchestrator
-            log.info("faaso.backend", backend=chosen, registry=config.registry)
+            log.info(
+                "faaso.backend",
+                backend=chosen,
+                registry=config.registry,
+                registry_login=config.registry_login.username if config.registry_login else None,
+                cluster=cluster,
+            )
             probe_session = await stack.enter_async_context(
                 aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
             )
@@ -211,10 +228,23 @@ def create_app(
                 secrets=secrets,
                 after_rollout=prune_after_rollout if keep_images > 0 else None,
                 orchestrator=orchestrator,
+                cluster=cluster is not None,
+                pull_auth=registry_images.pull_auth if registry_images is not None else None,
             )
             # stops what it started, if anything; leaves it running after SIGUSR2
             stack.push_async_callback(lambda: supervisor.close(keep_running=hooks.keep_running))
-            desired = DesiredState(config, state_dir / "deployments.json", supervisor.apply)
+            desired = DesiredState(
+                config,
+                state_dir / "deployments.json",
+                supervisor.apply,
+                shared=cluster is not None,
+            )
+            sync: ClusterSync | None = None
+            if cluster is not None and orchestrator is not None:
+                sync = ClusterSync(orchestrator, desired, get_logger("faaso.cluster"))
+                await sync.seed()  # the cluster's API deployments, before anything starts
+                supervisor.on_service_event = sync.on_event
+                stack.push_async_callback(sync.close)  # before the supervisor's close
             nonlocal configured
             configured = desired.effective()
             reloader = Reloader(
@@ -250,7 +280,14 @@ def create_app(
                 """Touch containers: adopt, clean up, launch. Runs once the socket is bound."""
                 await supervisor.start(desired.effective())
                 state.not_ready = lambda: [s.to_json() for s in supervisor.not_ready()]
-                autoscaler.start()  # scaling
+                # In a cluster, one member's autoscaler writes the counts (swarm.autoscaler:
+                # true there); the others follow the services' counts (docs/swarm.md).
+                if cluster is None or config.swarm.autoscaler:
+                    autoscaler.start()  # scaling
+                else:
+                    log.info("autoscaler.off", why="a cluster member without swarm.autoscaler")
+                if sync is not None:
+                    sync.start()
                 reloader.start()
                 ctx = ApiContext(
                     desired, supervisor, secrets, state.metrics, logs_source, images=builder

@@ -95,6 +95,11 @@ class FunctionSpec:
     scale: ScalePolicy = field(default_factory=ScalePolicy)  # replicas starts at scale.min
     # What faaso runs differently from what was asked, and why (shown in the status).
     notes: tuple[str, ...] = ()
+    # API deployments: the FunctionDeployment it was made from, as compact JSON without
+    # registryAuth. A Swarm service records it so every faaso of a cluster can rebuild the spec.
+    deployment: str | None = None
+    # OpenFaaS's registryAuth (base64 "user:password") for pulling ``image``; never shown.
+    registry_auth: str | None = field(default=None, repr=False)
 
     @property
     def short_name(self) -> str:

@@ -27,3 +27,9 @@ def default_state_dir(config_path: Path) -> Path:
 def owner_id(state_dir: Path) -> str:
     """Labels containers with the faaso that owns them: one per state directory."""
     return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
+
+
+def cluster_owner_id(cluster: str) -> str:
+    """The owner id of a cluster of faaso processes (``swarm: {cluster: NAME}``): the same for
+    every member whatever its state directory, so they own the same Swarm services."""
+    return hashlib.sha256(f"cluster:{cluster}".encode()).hexdigest()[:12]

@@ -299,6 +299,7 @@ async def test_bad_deployments_are_4xx(api: Api) -> None:
         ("POST", {"service": "ok", "image": "x", "envVars": "A=1"}, None),
         ("POST", {"service": "ok", "image": "x", "secrets": ["missing"]}, None),
         ("POST", {"service": "ok", "image": "no-such-image:never"}, None),
+        ("POST", {"service": "ok", "image": "x", "registryAuth": "bm8tY29sb24="}, None),
         ("DELETE", {"function": "x"}, None),
     ]
     for method, body, raw in cases:

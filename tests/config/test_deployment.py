@@ -5,6 +5,7 @@ JSON error and that nothing is half-deployed)."""
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
@@ -28,6 +29,11 @@ from faaso.spec.function import MIN_MEMORY
         ({"service": "ok", "image": "x", "namespace": "Not_One"}, "'Not_One' is not a valid name"),
         ({"service": "ok", "image": "x", "limits": {"memory": "0"}}, "must be more than 0"),
         ({"service": "ok", "image": "x", "wat": 1}, "unknown fields: wat"),
+        ({"service": "ok", "image": "x", "registryAuth": "%%%"}, "registryAuth must be base64"),
+        ({"service": "ok", "image": "x", "registryAuth": 7}, "registryAuth must be base64"),
+        # base64 of "no-colon" and of "user:" (no password)
+        ({"service": "ok", "image": "x", "registryAuth": "bm8tY29sb24="}, "password is missing"),
+        ({"service": "ok", "image": "x", "registryAuth": "dXNlcjo="}, "password is missing"),
     ],
 )
 def test_bad_deployments_are_refused(body: Any, fragment: str) -> None:
@@ -59,3 +65,14 @@ def test_a_deployment_in_another_namespace_is_keyed_name_dot_namespace() -> None
     assert (spec.name, spec.short_name, spec.namespace) == ("ok.dev", "ok", "dev")
     default = deployment_to_spec({"service": "ok", "image": "x", "namespace": "openfaas-fn"})
     assert (default.name, default.short_name, default.namespace) == ("ok", "ok", "openfaas-fn")
+
+
+def test_registry_auth_is_kept_out_of_the_record_and_the_repr() -> None:
+    auth = base64.b64encode(b"user:pa55word").decode()
+    spec = deployment_to_spec({"service": "ok", "image": "r.example/x:1", "registryAuth": auth})
+    assert spec.registry_auth == auth
+    assert spec.deployment is not None and "registryAuth" not in spec.deployment
+    assert auth not in repr(spec)
+    with pytest.raises(InvalidRequest) as info:
+        deployment_to_spec({"service": "ok", "image": "x", "registryAuth": "c2VjcmV0"})
+    assert "c2VjcmV0" not in str(info.value)  # a credential is never echoed

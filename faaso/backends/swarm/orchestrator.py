@@ -36,6 +36,7 @@ from typing import Any
 
 import aiodocker
 from aiodocker.multiplexed import multiplexed_result_list, multiplexed_result_stream
+from aiodocker.utils import compose_auth_header
 
 from faaso.backends.base import (
     FUNCTION_PORT,
@@ -143,16 +144,30 @@ class SwarmOrchestrator:
     async def deploy(self, spec: ServiceSpec) -> None:
         secrets = [await self._ensure_secret(ref) for ref in spec.secrets]
         body = self._service_spec(spec, secrets)
+        headers = registry_auth_headers(spec.image, spec.registry_auth)
+        if headers:  # the credentials are proven (and the digest pinned) before any node pulls
+            pinned = await self._pinned(spec.function, spec.image, headers)
+            body["TaskTemplate"]["ContainerSpec"]["Image"] = pinned
         found = await self._find(spec.function)
         try:
             if found is None:
                 await self._docker._query_json(
-                    "services/create", method="POST", data=json.dumps(body)
+                    "services/create", method="POST", data=json.dumps(body), headers=headers
                 )
-                self._log.info("service.created", function=spec.function, image=spec.image)
+                self._log.info(
+                    "service.created",
+                    function=spec.function,
+                    image=spec.image,
+                    registry_auth=bool(headers),
+                )
             else:
-                await self._update(found, body)
-                self._log.info("service.updated", function=spec.function, image=spec.image)
+                await self._update(found, body, headers)
+                self._log.info(
+                    "service.updated",
+                    function=spec.function,
+                    image=spec.image,
+                    registry_auth=bool(headers),
+                )
         except aiodocker.DockerError as exc:
             raise BackendError(
                 f"cannot deploy {spec.function!r} as a Swarm service: {_message(exc)}"
@@ -275,13 +290,34 @@ class SwarmOrchestrator:
             raise BackendError(f"cannot list services: {_message(exc)}") from exc
         return dict(found[0]) if found else None
 
-    async def _update(self, found: dict[str, Any], body: dict[str, Any]) -> None:
+    async def _pinned(self, function: str, image: str, headers: dict[str, str]) -> str:
+        """``image@digest`` as the registry reports it with these credentials (what
+        ``docker service create --with-registry-auth`` does), so every node runs the same image.
+        Raises BackendError when the registry refuses them or has no such image."""
+        if "@" in image:
+            return image
+        try:
+            found = await self._docker._query_json(f"distribution/{image}/json", headers=headers)
+        except aiodocker.DockerError as exc:
+            raise BackendError(
+                f"cannot deploy {function!r}: the registry did not give {image} with the "
+                f"credentials given: {_message(exc)}"
+            ) from exc
+        digest = str((found.get("Descriptor") or {}).get("digest") or "")
+        return f"{image}@{digest}" if digest else image
+
+    async def _update(
+        self, found: dict[str, Any], body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
+        """Without credentials (a scale, a faaso of the cluster that was not given them) the
+        engine keeps those the service has (``registryAuthFrom=spec``, its default)."""
         version = int((found.get("Version") or {}).get("Index") or 0)
         await self._docker._query_json(
             f"services/{found['ID']}/update",
             method="POST",
             params={"version": version},
             data=json.dumps(body),
+            headers=headers or None,
         )
 
     def _service_spec(
@@ -333,6 +369,7 @@ class SwarmOrchestrator:
         return {
             "Name": self.service_name(spec.function),
             "Labels": {
+                **spec.record,
                 LABEL_MANAGED: "true",
                 LABEL_OWNER: self.owner,
                 LABEL_FUNCTION: spec.function,
@@ -433,6 +470,7 @@ class SwarmOrchestrator:
             update_state=update.get("State"),
             update_message=update.get("Message"),
             created=found.get("CreatedAt"),
+            labels={str(k): str(v) for k, v in labels.items()},
         )
 
     def _task(self, info: Mapping[str, Any], function: str) -> Task:
@@ -478,6 +516,23 @@ class SwarmOrchestrator:
         if function and service.startswith(self.prefix + "-"):
             return ServiceEvent(function, action.split(":")[0])
         return None
+
+
+def registry_of(image: str) -> str | None:
+    """The registry host of an image reference (``host[:port]/...``), or None for a reference
+    to the engine's default registry (``name``, ``user/name``)."""
+    first, slash, _ = image.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return None
+
+
+def registry_auth_headers(image: str, registry_auth: str | None) -> dict[str, str]:
+    """``X-Registry-Auth`` for the image's registry from base64 ``user:password`` (aiodocker
+    composes the engine's JSON form); none without credentials."""
+    if not registry_auth:
+        return {}
+    return {"X-Registry-Auth": compose_auth_header(registry_auth, registry_of(image))}
 
 
 def _split_timestamp(line: str) -> tuple[str, str]:
