@@ -179,7 +179,7 @@ def deployment_to_spec(doc: object, *, created_at: float | None = None) -> Funct
         cors_from_annotations(annotations)
     except CorsError as exc:
         raise InvalidRequest(f"annotation {exc}") from None
-    _limits(doc, "requests")  # validated, reported back as sent, not enforced (as on faasd)
+    requests = _limits(doc, "requests")  # reported back as sent; Swarm reserves them
     notes: list[str] = []
     limits = _limits(doc, "limits", notes)
     try:
@@ -193,6 +193,7 @@ def deployment_to_spec(doc: object, *, created_at: float | None = None) -> Funct
         labels=labels,
         annotations=annotations,
         limits=limits,
+        requests=requests,
         secrets=tuple(dict.fromkeys(secrets)),
         read_only_root=read_only,
         env_process=env_process or None,

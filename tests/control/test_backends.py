@@ -180,7 +180,7 @@ def call(served: Served, method: str, path: str, doc: object) -> tuple[int, byte
 
 def available(served: Served, name: str, count: int) -> bool:
     status, doc = get_json(served, f"/system/function/{name}")
-    return status == 200 and doc.get("availableReplicas") == count
+    return status == 200 and doc.get("availableReplicas", 0) == count  # 0 is left out
 
 
 def invoke(served: Served, name: str, text: str) -> dict[str, Any]:
