@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass
@@ -112,10 +113,12 @@ def swarm_services(owner: str) -> dict[str, dict[str, Any]]:
     ).stdout.split()
     if not ids:
         return {}
+    # A service removed between the two commands is left out: inspect still prints the others
+    # (and exits 1), so its exit status is not checked.
     shown = subprocess.run(
-        ["docker", "service", "inspect", *ids], capture_output=True, text=True, check=True
+        ["docker", "service", "inspect", *ids], capture_output=True, text=True, check=False
     ).stdout
-    return {s["Spec"]["Labels"]["faaso.function"]: s for s in json.loads(shown)}
+    return {s["Spec"]["Labels"]["faaso.function"]: s for s in json.loads(shown or "[]")}
 
 
 def remove_swarm_services(owner: str) -> None:
@@ -129,6 +132,105 @@ def remove_swarm_services(owner: str) -> None:
     ).stdout.split()
     if secrets:
         subprocess.run(["docker", "secret", "rm", *secrets], capture_output=True, check=False)
+
+
+def swarm_tasks_running(owner: str, function: str) -> set[str]:
+    """The ids of a test's faaso's Swarm tasks of ``function`` that are meant to run."""
+    found = swarm_services(owner).get(function)
+    if found is None:
+        return set()
+    out = subprocess.run(
+        ["docker", "service", "ps", found["ID"], "-q", "--filter", "desired-state=running"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return set(out.split())
+
+
+def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < end:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.3)  # poll with a deadline
+    pytest.fail(f"{what}: not within {timeout} s (last: {last!r})")
+
+
+class Load:
+    """A bounded load on a running faaso: ``connections`` clients in a thread of their own, each
+    on one keep-alive connection, sending the same request again and again until :meth:`stop`,
+    ``seconds`` or ``max_requests`` in all (so it stops by itself). Every answer is counted:
+    ``ok`` when ``check(status, body)`` says so, otherwise by what came back; every connection
+    error too."""
+
+    def __init__(
+        self,
+        port: int,
+        method: str,
+        path: str,
+        check: Callable[[int, bytes], bool],
+        *,
+        body: bytes | None = None,
+        connections: int = 32,
+        seconds: float = 300.0,
+        max_requests: int = 400_000,
+    ) -> None:
+        self.url = f"http://127.0.0.1:{port}{path}"
+        self.method, self.body, self.check = method, body, check
+        self.connections, self.seconds, self.max_requests = connections, seconds, max_requests
+        self.outcomes: dict[str, int] = {}
+        self.bodies: list[bytes] = []  # the last answers that passed the check (a few)
+        self._stop = False
+        self._thread: threading.Thread | None = None
+
+    def _count(self, key: str) -> None:
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1  # one event loop: no race
+
+    async def _worker(self, deadline: float) -> None:
+        connector = aiohttp.TCPConnector(limit=1)
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            while not self._stop and time.monotonic() < deadline:
+                if sum(self.outcomes.values()) >= self.max_requests:
+                    return
+                try:
+                    async with session.request(self.method, self.url, data=self.body) as resp:
+                        body = await resp.read()
+                    if self.check(resp.status, body):
+                        self._count("ok")
+                        self.bodies = [*self.bodies[-15:], body]
+                    else:
+                        self._count(f"{resp.status} {body[:100]!r}")
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    self._count(f"error {exc!r}"[:120])
+
+    async def _main(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        await asyncio.gather(*(self._worker(deadline) for _ in range(self.connections)))
+
+    def start(self) -> Load:
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict[str, int]:
+        """Stop, wait for the clients, and return the outcomes."""
+        self._stop = True
+        assert self._thread is not None, "the load was not started"
+        self._thread.join(90)
+        assert not self._thread.is_alive(), "the load did not stop"
+        return dict(self.outcomes)
+
+    @property
+    def ok(self) -> int:
+        return self.outcomes.get("ok", 0)
+
+    def failures(self) -> dict[str, int]:
+        return {k: v for k, v in self.outcomes.items() if k != "ok"}
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:

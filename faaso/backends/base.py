@@ -185,6 +185,7 @@ class Task:
     created: str | None = None  # RFC 3339
     fingerprint: str = ""
     node: str = ""  # the node that runs it; only tasks on faaso's own node get an endpoint
+    container_id: str = ""  # its container, once it has one
 
     @property
     def available(self) -> bool:
@@ -273,7 +274,17 @@ class Orchestrator(Protocol):
         """Every service this faaso owns (tasks left out)."""
 
     async def remove(self, function: str) -> None:
-        """Remove the service (its tasks stop). Idempotent."""
+        """Remove the service and stop its tasks on faaso's node (see :meth:`stop_task`).
+        Idempotent."""
+
+    async def stop_task(self, task: Task) -> None:
+        """Stop a task the orchestrator no longer wants, now: its function's own stop signal.
+
+        The orchestrator's own stop of a task does not interrupt its serving (so that a rolling
+        update or a scale-down loses no request): faaso takes the task out of the proxy's pool,
+        lets its requests finish, then calls this. The orchestrator kills the task by itself
+        after its stop grace period when no faaso does. A task that is gone, or not on faaso's
+        node, is a no-op."""
 
     def events(self) -> AsyncIterator[ServiceEvent]:
         """Changes to this faaso's services and their tasks, as the engine sees them. Ends or

@@ -207,7 +207,7 @@ def deployment_to_spec(doc: object, *, created_at: float | None = None) -> Funct
     except CorsError as exc:
         raise InvalidRequest(f"annotation {exc}") from None
     auth = registry_auth(doc.get("registryAuth"))
-    _limits(doc, "requests")  # validated, reported back as sent, not enforced (as on faasd)
+    requests = _limits(doc, "requests")  # reported back as sent; Swarm reserves them
     notes: list[str] = []
     limits = _limits(doc, "limits", notes)
     try:
@@ -221,6 +221,7 @@ def deployment_to_spec(doc: object, *, created_at: float | None = None) -> Funct
         labels=labels,
         annotations=annotations,
         limits=limits,
+        requests=requests,
         secrets=tuple(dict.fromkeys(secrets)),
         read_only_root=read_only,
         env_process=env_process or None,

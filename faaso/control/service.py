@@ -12,7 +12,12 @@ failure); this controller only hands it the desired service and follows what run
   a task with a health check only once it passed) and answers faaso's own probe joins the
   proxy's pool; one that is no longer meant to run, or stopped, leaves it;
 - task errors (no such image, rejected, no suitable node) become the function's error and
-  phase, so a deploy that can never run fails instead of waiting.
+  phase, so a deploy that can never run fails instead of waiting;
+- a task Swarm stops (a rolling update, a scale-down) keeps serving until faaso stops it
+  (the service's stop signal is a no-op, see the orchestrator): it leaves the pool as soon as
+  Swarm no longer wants it, its requests in flight finish (bounded by the function's timeout),
+  and only then is it sent its stop signal. A new task joins the pool only once faaso's own
+  probe passed. So a rolling update loses no request, as on plain Docker.
 
 In a cluster (``shared``: several faaso processes own the same services, docs/swarm.md) the
 service's replica count is the truth: a count another member (or ``docker service scale``) set
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import time
 from collections.abc import Callable
@@ -51,9 +57,14 @@ from faaso.backends.base import (
     Task,
     task_instance,
 )
-from faaso.control.controller import FunctionController, Prober, instance_fingerprint
+from faaso.control.controller import (
+    STOP_TIMEOUT,
+    FunctionController,
+    Prober,
+    instance_fingerprint,
+)
 from faaso.errors import BackendError, FaasoError
-from faaso.gateway.pools import FunctionPool
+from faaso.gateway.pools import FunctionPool, Member, drain
 from faaso.guard import TaskGuard
 from faaso.spec.function import FunctionSpec
 from faaso.spec.status import SETTLED, FunctionStatus, Phase
@@ -66,12 +77,18 @@ FAILED_STATES = frozenset({"failed", "rejected"})
 # this many failed tasks of the current spec, and none running: the function cannot start
 FAIL_AFTER = 2
 PullAuth = Callable[[FunctionSpec, str], str | None]  # (spec, image) -> base64 user:password
+# tasks in these states may still have a running container (held by the no-op stop signal)
+MAY_RUN = frozenset({"assigned", "accepted", "preparing", "ready", "starting", "running", "failed"})
+# Mixed into the fingerprint: a service made by an older faaso (another service shape, such as
+# no held stop signal) is updated on start rather than adopted.
+SERVICE_SHAPE = "2"
 
 
 def service_fingerprint(image: str, spec: FunctionSpec, secrets: SecretStore | None) -> str:
-    """What a service must match to be adopted: the instances' fingerprint, and for an API
-    deployment its record (annotations, labels... : what another faaso rebuilds it from)."""
-    base = instance_fingerprint(image, spec, secrets)
+    """What a service must match to be adopted: the instances' fingerprint and the service's
+    shape, and for an API deployment its record (annotations, labels... : what another faaso
+    rebuilds it from)."""
+    base = f"{instance_fingerprint(image, spec, secrets)[:20]}s{SERVICE_SHAPE}"
     if spec.deployment is None:
         return base
     return hashlib.sha256(f"{base}\0{spec.deployment}".encode()).hexdigest()[:24]
@@ -112,6 +129,8 @@ class ServiceController:
         self._deployed: str | None = None  # the fingerprint the service has (as faaso set it)
         self._scaled: int | None = None  # the replica count the service has
         self._tasks: dict[str, Task] = {}  # the tasks of the last look, by id
+        self._stopping: set[str] = set()  # tasks Swarm stopped that faaso drains and stops
+        self._left: dict[str, Member] = {}  # out of the pool, maybe still busy, by task id
         self.phase = Phase.STARTING
         self.error: str | None = None
         self.rollout_error: str | None = None  # why the last rollout failed (then rolled back)
@@ -209,9 +228,12 @@ class ServiceController:
         self._closing = True
         self._pool.holding = False
         self._pool.wake = None
+        # Drains in progress end here too: their tasks stay held until Swarm's stop grace
+        # period kills them, or the next faaso (which sees them unwanted) stops them.
         await self._guard.close()
         for member in self._pool.members():
             self._pool.remove(member.instance_id)
+            self._left[member.instance_id] = member
         self.phase = Phase.STOPPED
 
     async def detach(self) -> None:
@@ -220,7 +242,10 @@ class ServiceController:
         await self.close()
 
     async def remove(self) -> None:
-        """Remove the service: the function is gone from the config."""
+        """Remove the service: the function is gone from the config. Requests in flight
+        finish first (bounded by the function's timeout)."""
+        await asyncio.gather(*(drain(m, self.spec.timeout) for m in self._left.values()))
+        self._left.clear()
         try:
             await self._orchestrator.remove(self.name)
         except FaasoError as exc:
@@ -305,6 +330,9 @@ class ServiceController:
             secrets=refs,
             record=record,
             registry_auth=auth,
+            reservations=spec.requests,
+            # room for faaso's drain of a stopped task (bounded by the timeout), then its stop
+            stop_grace=spec.timeout + STOP_TIMEOUT,
         )
 
     async def _run(self) -> None:
@@ -362,7 +390,21 @@ class ServiceController:
         for member in self._pool.members():
             if member.instance_id not in live:
                 self._pool.remove(member.instance_id)
+                self._left[member.instance_id] = member
                 self._log.info("task.left_pool", task=member.instance_id[:12])
+        for task in state.tasks:
+            unwanted = task.desired_state in ENDED and task.state in MAY_RUN
+            if unwanted and task.id not in self._stopping:
+                self._stopping.add(task.id)
+                self._guard.spawn(
+                    f"stop-{task.name}",
+                    functools.partial(self._drain_and_stop, task),
+                    restart=False,
+                )
+        known = {t.id for t in state.tasks}
+        self._stopping &= known  # a task is stopped once; its id goes with the task
+        for gone in [i for i in self._left if i not in known]:
+            del self._left[gone]
         for task in live.values():
             if task.id in self._pool or task.endpoint is None:
                 continue
@@ -380,6 +422,16 @@ class ServiceController:
             self.last_exit_code = newest.exit_code
         ready = [t for t in current if t.id in self._pool]
         self._set_phase(state, current, failed, ready)
+
+    async def _drain_and_stop(self, task: Task) -> None:
+        """A task Swarm stopped: out of the pool already; its requests finish, then it stops."""
+        try:
+            member = self._left.pop(task.id, None)
+            if member is not None and not await drain(member, self.spec.timeout):
+                self._log.warning("task.drain_timeout", task=task.name)
+            await self._orchestrator.stop_task(task)
+        except FaasoError as exc:  # Swarm's own kill after the grace period is the backstop
+            self._log.warning("task.stop_failed", task=task.name, error=str(exc))
 
     def _set_phase(
         self, state: ServiceState, current: list[Task], failed: list[Task], ready: list[Task]

@@ -85,6 +85,9 @@ class FunctionSpec:
     health_timeout: float = DEFAULT_HEALTH_TIMEOUT
     health_failures: int = DEFAULT_HEALTH_FAILURES
     limits: Limits = field(default_factory=Limits)
+    # OpenFaaS's requests: what each container is guaranteed (Swarm reservations; plain
+    # Docker has nothing that reserves, so there they are only reported back)
+    requests: Limits = field(default_factory=Limits)
     secrets: tuple[str, ...] = ()
     read_only_root: bool = False
     annotations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
@@ -125,6 +128,8 @@ class FunctionSpec:
             "read_only_root": self.read_only_root,
             "env_process": self.env_process,
         }
+        if self.requests != Limits():  # absent: the same hash as before requests counted
+            doc["requests"] = [self.requests.memory, self.requests.cpus]
         raw = json.dumps(doc, sort_keys=True).encode()
         return hashlib.sha256(raw).hexdigest()[:16]
 

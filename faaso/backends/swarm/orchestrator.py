@@ -20,6 +20,13 @@ faaso runs on only: see docs/swarm.md for the overlay-network mode.
 Secrets are Swarm secrets, one object per value (``<service-prefix>-<name>-<digest>``): Swarm
 secrets cannot change in place, so a new value is a new object and the services that use it are
 re-pointed by a rolling update; versions no service uses any more are removed.
+
+Stopping a task: the service's stop signal is :data:`HOLD_SIGNAL`, which no process acts on, so
+when Swarm stops a task (a rolling update, a scale-down, a removal) the task keeps serving until
+faaso has taken it out of the proxy's pool and its requests have finished; faaso then sends the
+image's own stop signal (:meth:`SwarmOrchestrator.stop_task`). Swarm kills the task after the
+service's stop grace period when no faaso does. Without this, Swarm's SIGTERM reaches a task
+faaso still sends requests to, and those fail.
 """
 
 from __future__ import annotations
@@ -62,6 +69,10 @@ from faaso.spec.endpoint import Endpoint
 DIAL_HOST = "127.0.0.1"
 LABEL_SECRET = "faaso.secret"
 TMP_SIZE = 64 * 1024 * 1024
+# What Swarm sends a task it stops: SIGCONT continues a process that runs anyway, and a
+# process that handles it (job control) does not stop for it. See the module's docstring.
+HOLD_SIGNAL = "SIGCONT"
+DEFAULT_STOP_SIGNAL = "SIGTERM"
 MAX_SERVICE_NAME = 63
 NOT_A_MANAGER = (
     "the Docker engine is not a Swarm manager (swarm state: {state}); "
@@ -112,6 +123,7 @@ class SwarmOrchestrator:
         self._log = get_logger("faaso.swarm")
         self._names: dict[str, str] = {}  # service name -> function
         self.node_id = ""  # this engine's node: its tasks are the ones 127.0.0.1 reaches
+        self._stop_signals: dict[str, str] = {}  # image -> its own stop signal
 
     # -- naming ------------------------------------------------------------------------------
 
@@ -211,15 +223,29 @@ class SwarmOrchestrator:
         return [self._state(s, []) for s in found]
 
     async def remove(self, function: str) -> None:
-        found = await self._find(function)
-        if found is not None:
+        state = await self.service(function)
+        if state is not None:
             try:
-                await self._docker.services.delete(str(found["ID"]))
+                await self._docker.services.delete(state.id)
                 self._log.info("service.removed", function=function)
             except aiodocker.DockerError as exc:
                 if exc.status != 404:
                     raise BackendError(f"cannot remove {function!r}: {_message(exc)}") from exc
+            # Swarm's own stop only holds them (HOLD_SIGNAL): stop them now.
+            await asyncio.gather(*(self.stop_task(t) for t in state.tasks))
         await self._prune_secrets()
+
+    async def stop_task(self, task: Task) -> None:
+        if not task.container_id or (self.node_id and task.node != self.node_id):
+            return
+        container = self._docker.containers.container(task.container_id)
+        try:
+            signal = await self._stop_signal(container)
+            await container.kill(signal=signal)
+            self._log.info("task.stopped", task=task.name, signal=signal)
+        except aiodocker.DockerError as exc:
+            if exc.status not in (404, 409):  # gone, or not running: stopped already
+                raise BackendError(f"cannot stop task {task.name}: {_message(exc)}") from exc
 
     async def events(self) -> AsyncIterator[ServiceEvent]:
         filters = {"type": ["service", "container"]}
@@ -282,6 +308,19 @@ class SwarmOrchestrator:
 
     # -- helpers -----------------------------------------------------------------------------
 
+    async def _stop_signal(self, container: aiodocker.containers.DockerContainer) -> str:
+        """The stop signal of the container's image (the service's own is HOLD_SIGNAL)."""
+        info = await container.show()
+        image = str(info.get("Image") or "")
+        if image not in self._stop_signals:
+            try:
+                found = await self._docker.images.inspect(image)
+                config = found.get("Config") or {}
+                self._stop_signals[image] = str(config.get("StopSignal") or DEFAULT_STOP_SIGNAL)
+            except aiodocker.DockerError:
+                return DEFAULT_STOP_SIGNAL
+        return self._stop_signals[image]
+
     async def _find(self, function: str) -> dict[str, Any] | None:
         filters = {"label": [f"{LABEL_OWNER}={self.owner}", f"{LABEL_FUNCTION}={function}"]}
         try:
@@ -342,6 +381,7 @@ class SwarmOrchestrator:
                 "StartPeriod": _ns(health.start_period),
             },
             "StopGracePeriod": _ns(spec.stop_grace),
+            "StopSignal": HOLD_SIGNAL,
         }
         if spec.read_only_root:
             container["ReadOnly"] = True
@@ -499,6 +539,7 @@ class SwarmOrchestrator:
             created=info.get("CreatedAt"),
             fingerprint=str(labels.get(LABEL_FINGERPRINT, "")),
             node=node,
+            container_id=str((status.get("ContainerStatus") or {}).get("ContainerID") or ""),
         )
 
     def _event(self, item: dict[str, Any]) -> ServiceEvent | None:
