@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from faaso.state.paths import owner_id
 from tests.helpers import (
     Load,
     Served,
+    metric_samples,
     remove_swarm_services,
     start_serve,
     stop_serve,
@@ -59,6 +61,8 @@ async def handle(event, context):
         armed.append(True)
     await asyncio.sleep(0.02)  # the function's own simulated work: requests stay in flight
     text = event.body.decode()
+    if text.startswith("sleep "):  # a long request: "sleep SECONDS"
+        await asyncio.sleep(float(text.split()[1]))  # the function's own simulated work
     print(f"echo got: {text}", flush=True)
     return {
         "statusCode": 200,
@@ -214,6 +218,16 @@ def echoes(expected: bytes) -> Any:
     return check
 
 
+def inflight(served: Served, name: str) -> float:
+    """Requests in flight to the function, as faaso's metrics say."""
+    status, _, body = served.request("GET", "/metrics")
+    assert status == 200
+    samples = metric_samples(body.decode())
+    return samples.get(
+        ("faaso_function_inflight", (("function_name", f"{name}.openfaas-fn"),)), 0.0
+    )
+
+
 def served_by_load(load: Load, key: str, value: object) -> bool:
     """The load's last answers all carry ``key: value`` (the update reached every replica)."""
     last = [json.loads(b) for b in load.bodies[-10:]]
@@ -362,6 +376,24 @@ def test_api_deploy_secrets_rotated_update_and_remove(site: Site) -> None:
         assert load.ok > 400
         answer = invoke(served, "reader", "after")
         assert (answer["secret"], answer["flavour"]) == ("v2", "b")
+
+        # -- a long request in flight while its instance is replaced still finishes ---------
+        # (Swarm's own stop of the old task would end it: faaso holds the task until drained.)
+        slow: list[tuple[int, dict[str, str], bytes]] = []
+        caller = threading.Thread(
+            target=lambda: slow.append(served.request("POST", "/function/reader", b"sleep 12"))
+        )
+        caller.start()
+        until(lambda: inflight(served, "reader") >= 1, 30, "the long request in flight")
+        before = site.instances("reader")
+        status, body = call(
+            served, "PUT", "/system/functions", {**deployment, "envVars": {"FLAVOUR": "c"}}
+        )
+        assert status == 202, body
+        until(lambda: not site.instances("reader") & before, 300, "the old instances gone")
+        caller.join(60)
+        assert slow and slow[0][0] == 200, slow
+        assert json.loads(slow[0][2])["echo"] == "sleep 12"
 
         # -- remove through the API: nothing of it is left in the engine --------------------
         status, body = call(served, "DELETE", "/system/functions", {"functionName": "reader"})
