@@ -325,6 +325,18 @@ class DesiredState:
                 "file's replicas or scale settings, or faaso scale --reset, drops it",
             )
 
+    def note_woken(self, name: str, replicas: int) -> None:
+        """A request woke ``name`` from zero to ``replicas``: an API override of 0 ends there,
+        so that a restart of faaso does not send the function back to zero (it becomes the
+        count the wake set, kept as the override was). Nothing to apply: that count runs."""
+        if self.replicas.get(name) != 0 or replicas <= 0:
+            return
+        self.replicas = {**self.replicas, name: replicas}
+        self._save()
+        get_logger("faaso.desired").info(
+            "scale.override_woken", function=name, override=0, replicas=replicas
+        )
+
     async def reset_scale(self, name: str) -> FunctionSpec:
         """Drop the API's replica override (``faaso scale NAME --reset``): the file's (or the
         deployment's) replicas apply again. Raises NotFoundError."""

@@ -81,6 +81,9 @@ class Supervisor:
         # Told about every event of this owner's services (the cluster sync: API deployments
         # made or removed through another faaso), and when a shared service went away.
         self.on_service_event: Callable[[ServiceEvent], None] | None = None
+        # Told when a request woke a function from zero, with the count it woke to (the
+        # desired state: an API scale to 0 ends there).
+        self.on_woken: Callable[[str, int], None] | None = None
         self._after_rollout = after_rollout  # see faaso.control.hooks
         self._secrets = secrets
         self._backend = backend
@@ -191,7 +194,25 @@ class Supervisor:
         except FaasoError:
             return
         controller = await self._new_controller(spec, image)
+        self._start(controller)
+
+    def _start(self, controller: AnyController) -> None:
+        """Start ``controller``, and tell :attr:`on_woken` when a request wakes it from zero
+        (the gateway's pool calls the controller's wake)."""
         controller.start()
+        pool = self._pools.get(controller.name)
+        wake = pool.wake
+        if wake is None:
+            return
+
+        def wake_and_tell() -> str | None:
+            at_zero = controller.replicas == 0
+            how = wake()
+            if at_zero and how is not None and self.on_woken is not None:
+                self.on_woken(controller.name, controller.replicas)
+            return how
+
+        pool.wake = wake_and_tell
 
     async def _new_controller(self, spec: FunctionSpec, image: str) -> AnyController:
         controller: AnyController
@@ -295,7 +316,7 @@ class Supervisor:
             # 2. new functions start; their routes go live only once they are healthy
             fresh = [await self._new_controller(new.functions[n], images[n]) for n in added]
             for controller in fresh:
-                controller.start()
+                self._start(controller)
             # 3. changed functions roll over; unchanged ones are not touched
             previous = {
                 n: (self._controllers[n].spec, self._controllers[n].image)
@@ -306,7 +327,7 @@ class Supervisor:
                 existing = self._controllers.get(name)
                 if existing is None:  # its first build had failed: start it now
                     started = await self._new_controller(new.functions[name], images[name])
-                    started.start()
+                    self._start(started)
                 else:
                     existing.update(new.functions[name], images[name])
             waiting = [self._controllers[n] for n in added + changed if n not in rescaled]

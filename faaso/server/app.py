@@ -239,6 +239,7 @@ def create_app(
                 supervisor.apply,
                 shared=cluster is not None,
             )
+            supervisor.on_woken = desired.note_woken  # a wake ends an API scale to 0
             sync: ClusterSync | None = None
             if cluster is not None and orchestrator is not None:
                 sync = ClusterSync(orchestrator, desired, get_logger("faaso.cluster"))
