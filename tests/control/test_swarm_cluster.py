@@ -252,8 +252,9 @@ def mounted_secret(service: dict[str, Any], key: str = "Spec") -> str:
     return str(secret["SecretID"])
 
 
-def updates_logged(*members: Served, function: str) -> int:
-    """How many times the members updated the function's service (their JSON logs)."""
+def updates_logged(*members: Served, function: str, event: str = "service.updated") -> int:
+    """How many times the members updated the function's service (their JSON logs), or
+    logged another event about it."""
     count = 0
     for served in members:
         for line in served.log_text().splitlines():
@@ -261,7 +262,7 @@ def updates_logged(*members: Served, function: str) -> int:
                 doc = json.loads(line)
             except ValueError:
                 continue
-            if doc.get("event") == "service.updated" and doc.get("function") == function:
+            if doc.get("event") == event and doc.get("function") == function:
                 count += 1
     return count
 
@@ -304,6 +305,7 @@ def test_secrets_are_shared_by_the_cluster(
         first = mounted_secret(service)
         tasks_before = task_ids(service["ID"])
         updates_before = updates_logged(a, b, function="vault")
+        followed_before = updates_logged(a, b, function="vault", event="service.followed")
 
         # -- rotated through a: b serves the new value; the service rolled once --------------
         body = json.dumps({"name": "token", "value": "two"}).encode()
@@ -324,6 +326,15 @@ def test_secrets_are_shared_by_the_cluster(
         assert second != first
         assert mounted_secret(rotated, "PreviousSpec") == first  # the last update was this one
         assert updates_logged(a, b, function="vault") == updates_before + 1
+        # ... and the other member came to the same fingerprint, and took the service as it was
+        until(
+            lambda: (
+                updates_logged(a, b, function="vault", event="service.followed")
+                == followed_before + 1
+            ),
+            30,
+            "the other member following the rotation",
+        )
         new_tasks = task_ids(service["ID"]) - tasks_before
         assert len(new_tasks) == 1, new_tasks
         # no back-and-forth afterwards: watched for 10 s (bounded), nothing moves
