@@ -34,6 +34,7 @@ from aiohttp import web
 from faaso import __version__
 from faaso.api.openfaas import function_status
 from faaso.backends.base import Instance, LogSource
+from faaso.backends.swarm.secrets import SwarmSecrets
 from faaso.buildinfo import build_sha
 from faaso.config.deployment import namespace_name
 from faaso.config.desired import DesiredState
@@ -73,6 +74,8 @@ class ApiContext:
     # Called when a secret (name, namespace) is created: retries a reload that failed for
     # want of it (set by the server to the reloader's).
     retry_reload: Callable[[str, str], None] | None = None
+    # A cluster (swarm: {cluster: NAME}): the secrets are Swarm's versions, not ``secrets``.
+    shared_secrets: SwarmSecrets | None = None
 
 
 class ApiHolder:
@@ -290,75 +293,109 @@ def _users_of(ctx: ApiContext, secret: str, namespace: str) -> list[str]:
     )
 
 
+def secret_names(ctx: ApiContext, namespace: str) -> list[str]:
+    """The secrets of a namespace: the state directory's, or in a cluster Swarm's."""
+    if ctx.shared_secrets is not None:
+        return ctx.shared_secrets.names(namespace)
+    return ctx.secrets.names(namespace)
+
+
+def check_secret(ctx: ApiContext, name: str, namespace: str) -> None:
+    """Raises NotFoundError when it does not exist, InvalidRequest when the name is bad."""
+    if ctx.shared_secrets is not None:
+        ctx.shared_secrets.newest_version(name, namespace)
+    else:
+        ctx.secrets.path(name, namespace)
+
+
 async def list_secrets(request: web.Request) -> web.Response:
     ctx = request.app[HOLDER].get()
     namespace = namespace_of(ctx, request.query.get("namespace"))
-    names = ctx.secrets.names(namespace)
+    names = secret_names(ctx, namespace)
     return web.json_response([{"name": n, "namespace": namespace} for n in names])
 
 
 def secret_created(ctx: ApiContext, name: str, namespace: str) -> None:
     """A secret now exists: the functions waiting for it start. Those of the running config
     roll over to it (a refresh); a reload that failed because it was missing is tried again
-    (the function it adds is not in the running config). The API and the UI call this."""
+    (the function it adds is not in the running config)."""
     if _users_of(ctx, name, namespace):
         ctx.supervisor.refresh_soon(f"secret {name!r} created")
     if ctx.retry_reload is not None:
         ctx.retry_reload(name, namespace)
 
 
-async def create_secret(request: web.Request) -> web.Response:
-    ctx = request.app[HOLDER].get()
-    body, namespace = await _secret_body(request)
-    ctx.secrets.put(body["name"], _secret_value(body), must_exist=False, namespace=namespace)
-    secret_created(ctx, body["name"], namespace)
-    return web.json_response({"message": f"secret {body['name']!r} created"}, status=200)
-
-
-def secret_updated(
-    ctx: ApiContext, name: str, value: bytes, previous: bytes, namespace: str
+async def put_secret(
+    ctx: ApiContext, name: str, value: bytes, namespace: str, *, create: bool
 ) -> None:
-    """A secret's value was replaced: its functions roll over in the background; when they
-    cannot, the old value is put back (and they converge on it), and their status says why
-    (``rolloutError``). The API and the UI call this."""
+    """Create (``create``) or replace a secret, and start what follows: the functions waiting
+    for a new one start; those that use a replaced one roll over in the background, and when
+    they cannot, the old value is back (and they converge on it) and their status says why
+    (``rolloutError``). In a cluster the value becomes a Swarm secret version at once, which
+    every member sees. The API and the UI call this. Raises InvalidRequest, NotFoundError,
+    ConflictError, BackendError."""
+    undo: Callable[[], None]
+    after_failure: Callable[[], Awaitable[None]] | None = None
+    shared = ctx.shared_secrets
+    if shared is not None:
+        version = await shared.put(name, value, must_exist=not create, namespace=namespace)
+
+        def undo() -> None:
+            shared.withdraw(version)  # the version before is the newest again here
+
+        async def after_failure() -> None:
+            await shared.remove_version(version)  # ... and for every member
+
+    else:
+        previous = None if create else ctx.secrets.value(name, namespace)  # 404 when missing
+        ctx.secrets.put(name, value, must_exist=not create, namespace=namespace)
+
+        def undo() -> None:
+            # Before the controllers roll back (the supervisor calls this first): they go
+            # back to the old value's fingerprint, and the instances made with the new one are
+            # replaced. Without it they rolled back to the new value's fingerprint, and an
+            # instance started just after the old value came back (old content, new label)
+            # could replace the one that had served all along.
+            with contextlib.suppress(FaasoError):
+                if previous is not None and ctx.secrets.value(name, namespace) == value:
+                    ctx.secrets.put(name, previous, must_exist=True, namespace=namespace)
+
+    if create:
+        secret_created(ctx, name, namespace)
+        return
     users = _users_of(ctx, name, namespace)
     if users:
         ctx.supervisor.run_soon(
             f"secret-update-{name}",
-            lambda: _roll_secret(ctx, name, value, previous, users, namespace),
+            lambda: _roll_secret(ctx, name, users, namespace, undo, after_failure),
         )
+
+
+async def create_secret(request: web.Request) -> web.Response:
+    ctx = request.app[HOLDER].get()
+    body, namespace = await _secret_body(request)
+    await put_secret(ctx, body["name"], _secret_value(body), namespace, create=True)
+    return web.json_response({"message": f"secret {body['name']!r} created"}, status=200)
 
 
 async def update_secret(request: web.Request) -> web.Response:
     """202: the value is stored, the functions that use it roll over in the background (see
-    :func:`secret_updated`)."""
+    :func:`put_secret`)."""
     ctx = request.app[HOLDER].get()
     body, namespace = await _secret_body(request)
     name, value = body["name"], _secret_value(body)
-    previous = ctx.secrets.value(name, namespace)  # 404 when missing
-    ctx.secrets.put(name, value, must_exist=True, namespace=namespace)
-    secret_updated(ctx, name, value, previous, namespace)
+    await put_secret(ctx, name, value, namespace, create=False)
     return web.json_response({"message": f"secret {name!r} updated"}, status=202)
 
 
 async def _roll_secret(
     ctx: ApiContext,
     name: str,
-    value: bytes,
-    previous: bytes,
     users: list[str],
     namespace: str,
+    undo: Callable[[], None],
+    after_failure: Callable[[], Awaitable[None]] | None,
 ) -> None:
-    def undo() -> None:
-        # Before the controllers roll back (the supervisor calls this first): they go back to
-        # the old value's fingerprint, and the instances made with the new one are replaced.
-        # Without it they rolled back to the new value's fingerprint, and an instance started
-        # just after the old value came back (old content, new label) could replace the one
-        # that had served all along.
-        with contextlib.suppress(FaasoError):
-            if ctx.secrets.value(name, namespace) == value:  # not changed again meanwhile
-                ctx.secrets.put(name, previous, must_exist=True, namespace=namespace)
-
     try:
         await ctx.desired.refresh(undo=undo)  # the functions that use it roll over
     except ReloadError as exc:
@@ -368,21 +405,30 @@ async def _roll_secret(
             controller = ctx.supervisor.controller(function_key(user, namespace))
             if controller is not None:
                 controller.rollout_error = why
+        if after_failure is not None:
+            await after_failure()
+
+
+async def remove_secret(ctx: ApiContext, name: str, namespace: str) -> None:
+    """Remove a secret (every version of it, in a cluster). Raises NotFoundError,
+    InvalidRequest, ConflictError while a function uses it (naming the functions)."""
+    check_secret(ctx, name, namespace)
+    users = _users_of(ctx, name, namespace)
+    if users:
+        raise ConflictError(
+            f"secret {name!r} is used by {', '.join(users)}; remove it from those functions first"
+        )
+    if ctx.shared_secrets is not None:
+        await ctx.shared_secrets.delete(name, namespace)
+    else:
+        ctx.secrets.delete(name, namespace)
 
 
 async def delete_secret(request: web.Request) -> web.Response:
     ctx = request.app[HOLDER].get()
     body, namespace = await _secret_body(request)
-    name = body["name"]
-    ctx.secrets.path(name, namespace)  # 404 when missing, 400 when the name is bad
-    users = _users_of(ctx, name, namespace)
-    if users:
-        return error(
-            409,
-            f"secret {name!r} is used by {', '.join(users)}; remove it from those functions first",
-        )
-    ctx.secrets.delete(name, namespace)
-    return web.json_response({"message": f"secret {name!r} removed"}, status=200)
+    await remove_secret(ctx, body["name"], namespace)
+    return web.json_response({"message": f"secret {body['name']!r} removed"}, status=200)
 
 
 # -- logs --------------------------------------------------------------------------------------
@@ -605,10 +651,10 @@ async def delete_namespace(request: web.Request) -> web.Response:
         raise ConflictError(
             f"namespace {namespace!r} still has functions ({', '.join(users)}); remove them first"
         )
-    if ctx.secrets.names(namespace):
+    if secret_names(ctx, namespace):
         raise ConflictError(
             f"namespace {namespace!r} still has secrets "
-            f"({', '.join(ctx.secrets.names(namespace))}); remove them first"
+            f"({', '.join(secret_names(ctx, namespace))}); remove them first"
         )
     await ctx.desired.delete_namespace(namespace)
     ctx.secrets.drop_namespace(namespace)

@@ -142,8 +142,12 @@ class SecretRef:
 
     name: str  # the secret's name in faaso (and the file's name)
     version: str  # a digest of the value: each value gets its own orchestrator object
-    source: str  # the host file holding the value
+    source: str  # the host file holding the value ("" when the object exists: below)
     target: str  # the path in the task
+    # A version that already is an orchestrator object (a cluster's shared secret, made when
+    # the secret was created): its id and name; nothing is created from ``source``.
+    object_id: str = ""
+    object_name: str = ""
 
 
 @dataclass(frozen=True, slots=True)

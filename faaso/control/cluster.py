@@ -7,11 +7,16 @@ loop reads those records and hands them to the desired state, which applies the 
 a function deployed through another member is listed and served here too, one removed there
 goes here (its controller does not bring the service back), one changed there is changed here.
 
+The cluster's secrets are followed the same way (:mod:`faaso.backends.swarm.secrets`): a
+look also reads the secret versions, and when the newest version of a secret changed (made,
+rotated or removed through another member) the running config is re-applied, so the
+functions that use it take the new version (their fingerprint is made of the versions).
+
 When it runs: woken by the engine's events about this owner's services (create, update,
-remove), so a change is seen within a moment; and every ``INTERVAL`` seconds whatever came,
-because an event stream can miss events (a reconnect, a member on another manager node whose
-events this engine does not send). A look is one service listing, and costs nothing when
-nothing changed.
+remove) and secrets (``Type: secret``: create, remove), so a change is seen within a moment;
+and every ``INTERVAL`` seconds whatever came, because an event stream can miss events (a
+reconnect, a member on another manager node whose events this engine does not send). A look
+is one service listing and one secret listing, and costs nothing when nothing changed.
 
 Routes-file functions are not synced: each member reconciles the functions of its own routes
 file (members should share one), and never removes a service it does not know.
@@ -32,20 +37,26 @@ from faaso.backends.base import (
     Orchestrator,
     ServiceEvent,
 )
+from faaso.backends.swarm.secrets import SwarmSecrets
 from faaso.config.deployment import deployment_to_spec
 from faaso.config.desired import DesiredState, Stored
 from faaso.errors import FaasoError, InvalidRequest
 from faaso.guard import TaskGuard
 
 INTERVAL = 5.0  # seconds between looks when no event came
-WAKING = frozenset({"create", "update", "remove", "gone"})
+WAKING = frozenset({"create", "update", "remove", "gone", "secret"})
 
 
 class ClusterSync:
     def __init__(
-        self, orchestrator: Orchestrator, desired: DesiredState, log: FilteringBoundLogger
+        self,
+        orchestrator: Orchestrator,
+        desired: DesiredState,
+        log: FilteringBoundLogger,
+        secrets: SwarmSecrets | None = None,
     ) -> None:
         self._orchestrator = orchestrator
+        self._secrets = secrets  # the cluster's secret versions (followed like the records)
         self._desired = desired
         self._log = log
         self._guard = TaskGuard(log)
@@ -80,6 +91,8 @@ class ClusterSync:
     async def seed(self) -> None:
         """At start, before the supervisor: the cluster's API deployments. Raises
         BackendError."""
+        if self._secrets is not None:
+            await self._secrets.refresh()  # the fingerprints every member computes
         records = await self.records()
         self._desired.seed_shared(records)
         self._log.info("cluster.seeded", functions=sorted(records))
@@ -96,7 +109,15 @@ class ClusterSync:
 
     async def sync(self) -> bool:
         """One look: apply what changed. Raises BackendError, ReloadError."""
-        changed = await self._desired.sync_shared(await self.records())
+        changed = False
+        if self._secrets is not None and await self._secrets.refresh():
+            # a secret made, rotated or removed through another member: the functions that
+            # use it take the newest version (the service is rolled once, by whichever
+            # member gets there first; the others find it at their fingerprint)
+            self._log.info("cluster.secrets_changed")
+            await self._desired.refresh()
+            changed = True
+        changed = await self._desired.sync_shared(await self.records()) or changed
         if changed:
             self.syncs += 1
             self._log.info("cluster.synced", functions=sorted(self._desired.deployed))

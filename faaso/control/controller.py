@@ -35,7 +35,7 @@ from faaso.guard import TaskGuard
 from faaso.spec.endpoint import Endpoint
 from faaso.spec.function import FunctionSpec
 from faaso.spec.status import SETTLED, FunctionStatus, Phase
-from faaso.state.secret_store import SecretStore
+from faaso.state.secret_store import SecretDigests, SecretStore
 
 STOP_TIMEOUT = 10.0
 DRAIN_TIMEOUT = 30.0
@@ -50,7 +50,7 @@ class RestartPolicy:
     crash_loop_after: int = 3  # this many young deaths in a row is a crash loop
 
 
-def instance_fingerprint(image: str, spec: FunctionSpec, secrets: SecretStore | None) -> str:
+def instance_fingerprint(image: str, spec: FunctionSpec, secrets: SecretDigests | None) -> str:
     """Whether a running instance still matches: image, run settings and secret values."""
     secret_digest = (
         secrets.digest(spec.secrets, spec.namespace) if secrets is not None and spec.secrets else ""

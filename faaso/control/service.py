@@ -39,7 +39,8 @@ import contextlib
 import functools
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from structlog.typing import FilteringBoundLogger
 
@@ -63,10 +64,10 @@ from faaso.control.controller import (
     Prober,
     instance_fingerprint,
 )
-from faaso.errors import BackendError, FaasoError
+from faaso.errors import BackendError, FaasoError, NotFoundError
 from faaso.gateway.pools import FunctionPool, Member, drain
 from faaso.guard import TaskGuard
-from faaso.spec.function import FunctionSpec
+from faaso.spec.function import NAMESPACE, FunctionSpec
 from faaso.spec.status import SETTLED, FunctionStatus, Phase
 from faaso.state.secret_store import MOUNT_DIR, SecretStore
 
@@ -84,7 +85,36 @@ MAY_RUN = frozenset({"assigned", "accepted", "preparing", "ready", "starting", "
 SERVICE_SHAPE = "2"
 
 
-def service_fingerprint(image: str, spec: FunctionSpec, secrets: SecretStore | None) -> str:
+class SecretVersions(Protocol):
+    """The secrets a service mounts: a digest of their values for the fingerprint, and a
+    reference to each. :class:`LocalSecrets` (the state directory's files) or, in a cluster,
+    :class:`faaso.backends.swarm.secrets.SwarmSecrets` (versions every member sees)."""
+
+    def digest(self, names: Iterable[str], namespace: str = NAMESPACE) -> str: ...
+
+    def ref(self, name: str, namespace: str, target: str) -> SecretRef: ...
+
+
+class LocalSecrets:
+    """The state directory's secret files, made Swarm secrets when a service is deployed."""
+
+    def __init__(self, store: SecretStore) -> None:
+        self._store = store
+
+    def digest(self, names: Iterable[str], namespace: str = NAMESPACE) -> str:
+        return self._store.digest(names, namespace)
+
+    def ref(self, name: str, namespace: str, target: str) -> SecretRef:
+        """Raises NotFoundError."""
+        return SecretRef(
+            name=name,
+            version=self._store.digest([name], namespace),
+            source=str(self._store.path(name, namespace)),
+            target=target,
+        )
+
+
+def service_fingerprint(image: str, spec: FunctionSpec, secrets: SecretVersions | None) -> str:
     """What a service must match to be adopted: the instances' fingerprint and the service's
     shape, and for an API deployment its record (annotations, labels... : what another faaso
     rebuilds it from)."""
@@ -106,7 +136,7 @@ class ServiceController:
         pool: FunctionPool,
         prober: Prober,
         log: FilteringBoundLogger,
-        secrets: SecretStore | None = None,
+        secrets: SecretVersions | None = None,
         shared: bool = False,
         pull_auth: PullAuth | None = None,
         on_gone: Callable[[], None] | None = None,
@@ -295,13 +325,7 @@ class ServiceController:
         refs: tuple[SecretRef, ...] = ()
         if spec.secrets and self._secrets is not None:
             refs = tuple(
-                SecretRef(
-                    name=n,
-                    version=self._secrets.digest([n]),
-                    source=str(self._secrets.path(n)),
-                    target=f"{MOUNT_DIR}/{n}",
-                )
-                for n in spec.secrets
+                self._secrets.ref(n, spec.namespace, f"{MOUNT_DIR}/{n}") for n in spec.secrets
             )
         record = {LABEL_ORIGIN: "file"}
         if spec.deployment is not None:
@@ -355,10 +379,26 @@ class ServiceController:
                 self._log.info("service.adopted", replicas=found.replicas)
                 if self._shared:  # the cluster's count, not this faaso's idea of it
                     self._follow(found.replicas)
+        if self._deployed != self.fingerprint and self._shared:
+            # Another member may have rolled the service to this fingerprint already (a secret
+            # rotated there, an API update): take it as it is instead of updating it again.
+            found = await self._orchestrator.service(self.name)
+            if found is not None and found.fingerprint == self.fingerprint:
+                self._deployed, self._scaled = found.fingerprint, found.replicas
+                self._log.info("service.followed", fingerprint=found.fingerprint)
+                self._follow(found.replicas)
         if self._deployed != self.fingerprint:
             try:
-                await self._orchestrator.deploy(self._service_spec())
+                service_spec = self._service_spec()
+            except NotFoundError as exc:  # a secret it uses does not exist (here)
+                self._fail(str(exc))
+                raise
+            try:
+                await self._orchestrator.deploy(service_spec)
             except BackendError as exc:
+                if self._shared and "out of sequence" in str(exc):
+                    self._wake.set()  # another member updated it just now: look again
+                    raise
                 self._fail(str(exc))
                 raise
             self._deployed, self._scaled = self.fingerprint, self.replicas

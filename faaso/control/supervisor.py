@@ -25,7 +25,13 @@ from faaso.backends.base import Backend, BackendEvent, Instance, Orchestrator, S
 from faaso.config.routes_file import Config
 from faaso.control.controller import STOP_TIMEOUT, FunctionController, Prober, RestartPolicy
 from faaso.control.hooks import RolloutHook, run_rollout_hook
-from faaso.control.service import AnyController, PullAuth, ServiceController
+from faaso.control.service import (
+    AnyController,
+    LocalSecrets,
+    PullAuth,
+    SecretVersions,
+    ServiceController,
+)
 from faaso.errors import BackendError, FaasoError, ReloadError
 from faaso.gateway.pools import Pools
 from faaso.guard import TaskGuard
@@ -70,6 +76,7 @@ class Supervisor:
         orchestrator: Orchestrator | None = None,
         cluster: bool = False,
         pull_auth: PullAuth | None = None,
+        service_secrets: SecretVersions | None = None,
     ) -> None:
         # With an orchestrator (Swarm) each function is a ServiceController on it; without,
         # faaso's own FunctionControllers run containers on ``backend``.
@@ -86,6 +93,10 @@ class Supervisor:
         self.on_woken: Callable[[str, int], None] | None = None
         self._after_rollout = after_rollout  # see faaso.control.hooks
         self._secrets = secrets
+        # What services mount: the files of ``secrets``, or a cluster's versions in Swarm.
+        self._service_secrets = service_secrets
+        if service_secrets is None and secrets is not None:
+            self._service_secrets = LocalSecrets(secrets)
         self._backend = backend
         self._images = images
         self._pools = pools
@@ -224,7 +235,7 @@ class Supervisor:
                 pool=self._pools.get(spec.name),
                 prober=self._prober,
                 log=self._log,
-                secrets=self._secrets,
+                secrets=self._service_secrets,
                 shared=self._cluster,
                 pull_auth=self._pull_auth,
                 on_gone=lambda: self._service_event(ServiceEvent(spec.name, "gone")),

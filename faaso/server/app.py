@@ -27,6 +27,7 @@ from faaso.api.ui import mount_ui
 from faaso.backends.base import LogSource
 from faaso.backends.docker.backend import DockerBackend
 from faaso.backends.swarm.orchestrator import SwarmOrchestrator
+from faaso.backends.swarm.secrets import SwarmSecrets
 from faaso.build import engine as docker_client
 from faaso.build.builder import Builder
 from faaso.build.prune import DEFAULT_KEEP, prune
@@ -183,6 +184,7 @@ def create_app(
                 allow_pull=pull,
             )
             orchestrator: SwarmOrchestrator | None = None
+            shared_secrets: SwarmSecrets | None = None  # a cluster's, in Swarm
             images: ImageProvider = builder
             registry_images: RegistryImages | None = None
             logs_source: LogSource = backend
@@ -193,6 +195,8 @@ def create_app(
                 owner = cluster_owner_id(cluster) if cluster else owner_id(state_dir)
                 orchestrator = SwarmOrchestrator(docker, owner)
                 await orchestrator.check()  # not a manager: a one-line error, nothing touched
+                if cluster:  # the secrets too are the cluster's: versions in Swarm
+                    shared_secrets = SwarmSecrets(docker, owner, orchestrator.prefix)
                 registry_images = RegistryImages(
                     builder,
                     docker,
@@ -230,6 +234,7 @@ def create_app(
                 orchestrator=orchestrator,
                 cluster=cluster is not None,
                 pull_auth=registry_images.pull_auth if registry_images is not None else None,
+                service_secrets=shared_secrets,
             )
             # stops what it started, if anything; leaves it running after SIGUSR2
             stack.push_async_callback(lambda: supervisor.close(keep_running=hooks.keep_running))
@@ -242,7 +247,9 @@ def create_app(
             supervisor.on_woken = desired.note_woken  # a wake ends an API scale to 0
             sync: ClusterSync | None = None
             if cluster is not None and orchestrator is not None:
-                sync = ClusterSync(orchestrator, desired, get_logger("faaso.cluster"))
+                sync = ClusterSync(
+                    orchestrator, desired, get_logger("faaso.cluster"), secrets=shared_secrets
+                )
                 await sync.seed()  # the cluster's API deployments, before anything starts
                 supervisor.on_service_event = sync.on_event
                 stack.push_async_callback(sync.close)  # before the supervisor's close
@@ -297,6 +304,7 @@ def create_app(
                 ctx.autoscaler = autoscaler
                 ctx.queue_of = queue_of
                 ctx.retry_reload = reloader.retry_for_secret
+                ctx.shared_secrets = shared_secrets
                 holder.ctx = ctx
                 log.info(
                     "faaso.started",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
 
 from faaso.errors import ConflictError, InvalidRequest, NotFoundError
 from faaso.spec.function import NAMESPACE, NAMESPACE_RE, valid_secret_name
@@ -23,6 +24,13 @@ from faaso.state.files import atomic_write, fsync_dir, private_dir
 
 MOUNT_DIR = "/var/openfaas/secrets"
 MAX_SECRET_BYTES = 512 * 1024
+
+
+class SecretDigests(Protocol):
+    """What a fingerprint reads of the secrets: this store's files, or a cluster's versions
+    in Swarm (:class:`faaso.backends.swarm.secrets.SwarmSecrets`)."""
+
+    def digest(self, names: Iterable[str], namespace: str = NAMESPACE) -> str: ...
 
 
 class SecretStore:

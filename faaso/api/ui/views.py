@@ -16,9 +16,10 @@ from faaso.api.handlers import (
     HOLDER,
     ApiContext,
     follow_logs,
+    put_secret,
+    remove_secret,
     scale_to,
-    secret_created,
-    secret_updated,
+    secret_names,
 )
 from faaso.api.scaling import reset_override
 from faaso.api.store import current_store, deploy_entry, store_entry
@@ -26,7 +27,7 @@ from faaso.api.ui.csrf import SESSION, Csrf
 from faaso.api.ui.history import GATEWAY, HISTORY, SAMPLE_EVERY, Sample
 from faaso.config.stack import stack_to_deployments
 from faaso.config.store import machine_architecture
-from faaso.errors import ConflictError, InvalidRequest
+from faaso.errors import InvalidRequest
 from faaso.spec.function import MAX_REPLICAS, NAMESPACE, FunctionSpec
 from faaso.spec.status import FunctionStatus, Phase
 
@@ -406,7 +407,7 @@ def secret_rows(ctx: ApiContext) -> list[dict[str, Any]]:
     functions = ctx.desired.effective().functions
     return [
         {"name": n, "used_by": sorted(f for f, s in functions.items() if n in s.secrets)}
-        for n in ctx.secrets.names()
+        for n in secret_names(ctx, NAMESPACE)
     ]
 
 
@@ -438,8 +439,8 @@ async def secret_create(request: web.Request) -> web.Response:
     value = form.get("value", "")
     if not isinstance(value, str):
         raise InvalidRequest("the value must be text")
-    ctx.secrets.put(name, value.encode(), must_exist=False)
-    secret_created(ctx, name, NAMESPACE)  # functions waiting for it start now
+    # as POST /system/secrets: functions waiting for it start now
+    await put_secret(ctx, name, value.encode(), NAMESPACE, create=True)
     return _secrets_fragment(request, f"secret {name} created")
 
 
@@ -450,23 +451,15 @@ async def secret_update(request: web.Request) -> web.Response:
     value = form.get("value", "")
     if not isinstance(value, str):
         raise InvalidRequest("the value must be text")
-    previous = ctx.secrets.value(name)  # 404 when missing
-    ctx.secrets.put(name, value.encode(), must_exist=True)
     # as PUT /system/secrets: its users roll over in the background (undone if they cannot)
-    secret_updated(ctx, name, value.encode(), previous, NAMESPACE)
+    await put_secret(ctx, name, value.encode(), NAMESPACE, create=False)
     return _secrets_fragment(request, f"secret {name} updated")
 
 
 async def secret_delete(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     name = request.match_info["name"]
-    ctx.secrets.path(name)  # 404 when missing, 400 when the name is bad
-    users = sorted(f for f, s in ctx.desired.effective().functions.items() if name in s.secrets)
-    if users:
-        raise ConflictError(
-            f"secret {name!r} is used by {', '.join(users)}; remove it from those functions first"
-        )
-    ctx.secrets.delete(name)
+    await remove_secret(ctx, name, NAMESPACE)  # 404, 400 or 409 (naming its users)
     return _secrets_fragment(request, f"secret {name} removed")
 
 

@@ -62,12 +62,14 @@ from faaso.backends.base import (
     task_instance,
 )
 from faaso.backends.engine_events import engine_events
+from faaso.backends.swarm.secrets import newest, version_of
 from faaso.errors import BackendError
 from faaso.logs import get_logger
 from faaso.spec.endpoint import Endpoint
 
 DIAL_HOST = "127.0.0.1"
 LABEL_SECRET = "faaso.secret"
+SECRET_EVENT = "secret"  # the kind of a ServiceEvent about a secret (no function)
 TMP_SIZE = 64 * 1024 * 1024
 # What Swarm sends a task it stops: SIGCONT continues a process that runs anyway, and a
 # process that handles it (job control) does not stop for it. See the module's docstring.
@@ -248,7 +250,7 @@ class SwarmOrchestrator:
                 raise BackendError(f"cannot stop task {task.name}: {_message(exc)}") from exc
 
     async def events(self) -> AsyncIterator[ServiceEvent]:
-        filters = {"type": ["service", "container"]}
+        filters = {"type": ["service", "container", "secret"]}
         # aclosing: when this generator is closed, the stream's task stops now, not at GC.
         async with contextlib.aclosing(engine_events(self._docker, filters)) as stream:
             async for item in stream:
@@ -392,7 +394,7 @@ class SwarmOrchestrator:
             container["Secrets"] = [
                 {
                     "SecretID": secret_id,
-                    "SecretName": self.secret_name(ref),
+                    "SecretName": ref.object_name or self.secret_name(ref),
                     "File": {"Name": ref.target, "UID": "0", "GID": "0", "Mode": 0o444},
                 }
                 for secret_id, ref in secrets
@@ -449,6 +451,8 @@ class SwarmOrchestrator:
         }
 
     async def _ensure_secret(self, ref: SecretRef) -> tuple[str, SecretRef]:
+        if ref.object_id:  # a cluster's shared version: made when the secret was created
+            return ref.object_id, ref
         name = self.secret_name(ref)
         try:
             found = await self._docker.secrets.list(filters={"name": [name]})
@@ -471,7 +475,8 @@ class SwarmOrchestrator:
             raise BackendError(f"cannot create Swarm secret {ref.name!r}: {_message(exc)}") from exc
 
     async def _prune_secrets(self) -> None:
-        """Remove secret versions of ours that no service uses (Swarm refuses one in use)."""
+        """Remove secret versions of ours that no service uses (Swarm refuses one in use).
+        A cluster's shared secret keeps its newest version: it is the secret itself."""
         try:
             found = await self._docker.secrets.list(
                 filters={"label": [f"{LABEL_OWNER}={self.owner}"]}
@@ -487,6 +492,8 @@ class SwarmOrchestrator:
             .get("Secrets")
             or []
         }
+        versions = [v for v in (version_of(f) for f in found) if v is not None]
+        used |= {v.id for v in newest(versions).values()}
         for secret in found:
             if str(secret["ID"]) not in used:
                 with contextlib.suppress(aiodocker.DockerError):
@@ -546,6 +553,10 @@ class SwarmOrchestrator:
         actor = item.get("Actor") or {}
         attrs = actor.get("Attributes") or {}
         action = str(item.get("Action") or item.get("status") or "")
+        if item.get("Type") == "secret":  # a cluster's secret made or removed (any member)
+            if str(attrs.get("name", "")).startswith(self.prefix + "-"):
+                return ServiceEvent("", SECRET_EVENT)
+            return None
         if item.get("Type") == "service":
             name = str(attrs.get("name", ""))
             if not name.startswith(self.prefix + "-"):
