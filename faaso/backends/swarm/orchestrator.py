@@ -74,6 +74,7 @@ TMP_SIZE = 64 * 1024 * 1024
 # What Swarm sends a task it stops: SIGCONT continues a process that runs anyway, and a
 # process that handles it (job control) does not stop for it. See the module's docstring.
 HOLD_SIGNAL = "SIGCONT"
+SWARM_NAME_MAX = 64  # Swarm refuses a longer object name
 DEFAULT_STOP_SIGNAL = "SIGTERM"
 MAX_SERVICE_NAME = 63
 NOT_A_MANAGER = (
@@ -137,9 +138,13 @@ class SwarmOrchestrator:
         return name
 
     def secret_name(self, ref: SecretRef) -> str:
-        digest = hashlib.sha256(ref.name.encode()).hexdigest()[:8]
-        base = f"{self.prefix}-{ref.name}" if len(ref.name) <= 40 else f"{self.prefix}-{digest}"
-        return f"{base}-{ref.version[:12]}"
+        """``<prefix>-<name>-<version>``, within Swarm's 64 characters: a name too long for
+        that is replaced by a hash of it."""
+        room = SWARM_NAME_MAX - len(self.prefix) - 2 - 12
+        part = (
+            ref.name if len(ref.name) <= room else hashlib.sha256(ref.name.encode()).hexdigest()[:8]
+        )
+        return f"{self.prefix}-{part}-{ref.version[:12]}"
 
     # -- the Orchestrator protocol -----------------------------------------------------------
 
