@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from selenium import webdriver
@@ -100,6 +101,13 @@ class Ui:
             if time.monotonic() > end:
                 return  # what the test sees and reports
             time.sleep(0.5)  # poll with a deadline: until the interfaces settle
+
+    def follow(self, by: str, value: str) -> None:
+        """Follow a link: its page opened with :meth:`goto` (a click's navigation aborted by
+        ERR_NETWORK_CHANGED would not be tried again)."""
+        href = str(self.driver.find_element(by, value).get_attribute("href"))
+        parts = urlsplit(href)
+        self.goto(parts.path + (f"?{parts.query}" if parts.query else ""))
 
     def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         token = base64.b64encode(f"admin:{self.password}".encode()).decode()
@@ -345,7 +353,7 @@ def test_deploy_from_the_form_and_see_it_ready(ui: Ui) -> None:
     form.find_element(By.NAME, "memory").send_keys("128Mi")
     form.find_element(By.CSS_SELECTOR, 'button[type="submit"]').click()
     ui.wait(lambda d: "sum-copy" in d.find_element(By.ID, "deploy-image-result").text, "deployed")
-    ui.driver.find_element(By.LINK_TEXT, "sum-copy").click()
+    ui.follow(By.LINK_TEXT, "sum-copy")
     ui.wait(lambda d: d.find_element(By.ID, "phase").text == "ready", "sum-copy ready")
     assert "GREETING=hi" in ui.text_of("#config") and "128 MiB" in ui.text_of("#config")
     assert ui.served.request("POST", "/function/sum-copy", b"[4, 5]")[2] == b"9"
@@ -528,7 +536,7 @@ def test_an_async_invoke_from_the_ui_appears_on_the_jobs_page_and_succeeds(ui: U
         "the job listed as succeeded (live)",
     )
     ui.shot("async")
-    ui.driver.find_element(By.CSS_SELECTOR, f"{row} th a").click()
+    ui.follow(By.CSS_SELECTOR, f"{row} th a")
     ui.wait(lambda d: d.find_element(By.ID, "job-state").text == "succeeded", "the job's page")
     assert ui.text_of("#job-response") == "5"
     assert ui.text_of("#job-attempts") == "1" and ui.text_of("#job-status") == "200"
