@@ -29,12 +29,13 @@ import aiohttp
 from structlog.typing import FilteringBoundLogger
 
 from faaso.backends.base import Backend, BackendEvent, Instance, InstanceSpec
+from faaso.control.base import ControllerBase
 from faaso.errors import BackendError, FaasoError, UnrunnableError
 from faaso.gateway.pools import FunctionPool, drain
 from faaso.guard import TaskGuard
 from faaso.spec.endpoint import Endpoint
 from faaso.spec.function import FunctionSpec
-from faaso.spec.status import SETTLED, FunctionStatus, Phase
+from faaso.spec.status import Phase
 from faaso.state.secret_store import SecretDigests, SecretStore
 
 STOP_TIMEOUT = 10.0
@@ -102,7 +103,7 @@ class Prober:
             return False
 
 
-class FunctionController:
+class FunctionController(ControllerBase):
     def __init__(
         self,
         spec: FunctionSpec,
@@ -125,16 +126,14 @@ class FunctionController:
         self._log = log.bind(function=spec.name)
         self._policy = policy or RestartPolicy()
         self._tracked: dict[str, Tracked] = {}
-        self._wake = asyncio.Event()
+        self._init_replicas(spec)  # the count, the wake and converged events (ControllerBase)
         self._guard = TaskGuard(self._log)  # the reconcile and probe loops
         # removing dead containers, by instance id; each returns (exit code, last output)
         self._cleanups: dict[str, asyncio.Task[tuple[int | None, list[str]]]] = {}
         # what the last dead instances left (exit code, last output), read before removal
         self._last_words: dict[str, tuple[int | None, list[str]]] = {}
-        self._closing = False
         self._young_deaths = 0
         self._not_before = 0.0  # backoff: no start before this monotonic time
-        self._converged = asyncio.Event()
         # An instance could not start as specified (UnrunnableError): no more attempts until the
         # spec changes (update) or a secret it needs is created (a refresh is an update).
         self._blocked = False
@@ -145,21 +144,13 @@ class FunctionController:
         self.last_exit_code: int | None = None
         self.last_logs: list[str] = []
         self.restart_delays: list[float] = []  # the backoff chosen at each restart, newest last
-        # scaling: the replicas wanted now. The spec's count (file or API) sets it; the
-        # autoscaler and a wake move it (set_replicas); 0 is "at zero".
-        self.replicas = spec.replicas
-        self.scaled_because = "deployed"
-        self.scaled_at = time.time()
+        # scaling: ``replicas`` is the count wanted now. The spec's count (file or API) sets
+        # it; the autoscaler and a wake move it (set_replicas); 0 is "at zero".
         self._remove_paused = False
         self._spare_not_before = 0.0
-        self.waking: str | None = None  # "paused" or "cold" while a request wakes it from zero
         self.autoscaler_view: dict[str, object] | None = None  # written by the autoscaler
 
     # -- what others read --------------------------------------------------------------------
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
 
     def ready_count(self) -> int:
         return sum(1 for t in self._tracked.values() if t.ready)
@@ -183,24 +174,6 @@ class FunctionController:
 
     def instances(self) -> list[Instance]:
         return [t.instance for t in self._tracked.values()]
-
-    def status(self) -> FunctionStatus:
-        return FunctionStatus(
-            function=self.name,
-            phase=self.phase,
-            replicas=self.replicas,
-            available=len(self._pool),
-            image=self.image,
-            error=self.error,
-            rollout_error=self.rollout_error,
-            restarts=self.restarts,
-            last_exit_code=self.last_exit_code,
-            last_logs=tuple(self.last_logs),
-            paused=self.paused_count(),
-            scaled_because=self.scaled_because,
-            scaled_at=self.scaled_at,
-            autoscaler=self.autoscaler_view,
-        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -255,23 +228,13 @@ class FunctionController:
         self._guard.spawn(f"controller-{self.name}", self._run)
         self._guard.spawn(f"probe-{self.name}", self._probe_loop)
 
-    async def wait_converged(self, timeout: float) -> bool:
-        """Wait until the running instances match the spec (or the controller gave up)."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._converged.wait()
-        return self._converged.is_set() and self.phase in SETTLED
-
     def update(self, spec: FunctionSpec, image: str) -> None:
         """New desired state: the loop rolls instances over if the fingerprint changed."""
         previous = self.spec
         self.spec = spec
         self.image = image
         self.fingerprint = instance_fingerprint(image, spec, self._secrets)
-        if spec.replicas != previous.replicas or spec.scale != previous.scale:
-            self.set_replicas(spec.replicas, "the configured replicas changed")
-        elif self.replicas > 0:  # keep what the autoscaler chose, within the new bounds
-            self.set_replicas(spec.scale.clamp(self.replicas), "the scale bounds changed")
+        self._rescale_for(previous, spec)
         self._converged.clear()
         self._young_deaths = 0
         self._not_before = 0.0
@@ -304,14 +267,7 @@ class FunctionController:
         """Run ``replicas`` instances from now on (0: scale to zero, pausing them first)."""
         if replicas > 0:
             self._remove_paused = False
-        if replicas == self.replicas:
-            return
-        self._log.info("function.scale", replicas_from=self.replicas, replicas_to=replicas, why=why)
-        self.replicas = replicas
-        self.scaled_because = why
-        self.scaled_at = time.time()
-        self._converged.clear()
-        self._wake.set()
+        super().set_replicas(replicas, why)
 
     def remove_paused(self) -> None:
         """Scale to zero, second step: remove the paused instances (memory given back)."""
@@ -320,17 +276,8 @@ class FunctionController:
         self._remove_paused = True
         self._wake.set()
 
-    def wake(self) -> str | None:
-        """A request found no instance: start one if the function is at zero (the gateway's
-        pool calls this). Every request that arrives meanwhile joins the same start. Returns
-        how it wakes (``paused`` or ``cold``), or None when it is not at zero (healing)."""
-        if self._closing:
-            return None
-        if self.replicas > 0:
-            return self.waking
-        self.waking = "paused" if self.paused_count() else "cold"
-        self.set_replicas(max(1, self.spec.scale.min), f"woken by a request ({self.waking})")
-        return self.waking
+    def _wake_kind(self) -> str:
+        return "paused" if self.paused_count() else "cold"
 
     # -- events ------------------------------------------------------------------------------
 

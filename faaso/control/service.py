@@ -38,7 +38,6 @@ import asyncio
 import contextlib
 import functools
 import hashlib
-import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
@@ -58,6 +57,7 @@ from faaso.backends.base import (
     Task,
     task_instance,
 )
+from faaso.control.base import ControllerBase
 from faaso.control.controller import (
     STOP_TIMEOUT,
     FunctionController,
@@ -68,7 +68,7 @@ from faaso.errors import BackendError, FaasoError, NotFoundError
 from faaso.gateway.pools import FunctionPool, Member, drain
 from faaso.guard import TaskGuard
 from faaso.spec.function import NAMESPACE, FunctionSpec
-from faaso.spec.status import SETTLED, FunctionStatus, Phase
+from faaso.spec.status import Phase
 from faaso.state.secret_store import MOUNT_DIR, SecretStore
 
 POLL = 1.0  # seconds between looks at the service's tasks when no event came
@@ -124,7 +124,7 @@ def service_fingerprint(image: str, spec: FunctionSpec, secrets: SecretVersions 
     return hashlib.sha256(f"{base}\0{spec.deployment}".encode()).hexdigest()[:24]
 
 
-class ServiceController:
+class ServiceController(ControllerBase):
     """Keeps one function's service as the spec says, and its pool as the tasks are."""
 
     def __init__(
@@ -153,9 +153,7 @@ class ServiceController:
         self._prober = prober
         self._log = log.bind(function=spec.name)
         self._guard = TaskGuard(self._log)
-        self._wake = asyncio.Event()
-        self._converged = asyncio.Event()
-        self._closing = False
+        self._init_replicas(spec)  # the count, the wake and converged events (ControllerBase)
         self._deployed: str | None = None  # the fingerprint the service has (as faaso set it)
         self._scaled: int | None = None  # the replica count the service has
         self._tasks: dict[str, Task] = {}  # the tasks of the last look, by id
@@ -168,18 +166,10 @@ class ServiceController:
         self.last_exit_code: int | None = None
         self.last_logs: list[str] = []
         self.restart_delays: list[float] = []  # Swarm's restart policy chooses the delays
-        self.replicas = spec.replicas
-        self.scaled_because = "deployed"
-        self.scaled_at = time.time()
-        self.waking: str | None = None
         self.autoscaler_view: dict[str, object] | None = None
         self.state: ServiceState | None = None
 
     # -- what others read --------------------------------------------------------------------
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
 
     def ready_count(self) -> int:
         return len(self._pool)
@@ -202,23 +192,6 @@ class ServiceController:
             if t.desired_state == "running"
         ]
 
-    def status(self) -> FunctionStatus:
-        return FunctionStatus(
-            function=self.name,
-            phase=self.phase,
-            replicas=self.replicas,
-            available=len(self._pool),
-            image=self.image,
-            error=self.error,
-            restarts=self.restarts,
-            last_exit_code=self.last_exit_code,
-            last_logs=tuple(self.last_logs),
-            scaled_because=self.scaled_because,
-            scaled_at=self.scaled_at,
-            autoscaler=self.autoscaler_view,
-            rollout_error=self.rollout_error,
-        )
-
     def fingerprint_for(self, spec: FunctionSpec, image: str) -> str:
         return service_fingerprint(image, spec, self._secrets)
 
@@ -233,21 +206,12 @@ class ServiceController:
         self._pool.wake = self.wake
         self._guard.spawn(f"service-{self.name}", self._run)
 
-    async def wait_converged(self, timeout: float) -> bool:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._converged.wait()
-        return self._converged.is_set() and self.phase in SETTLED
-
     def update(self, spec: FunctionSpec, image: str) -> None:
         previous = self.spec
         self.spec = spec
         self.image = image
         self.fingerprint = service_fingerprint(image, spec, self._secrets)
-        if spec.replicas != previous.replicas or spec.scale != previous.scale:
-            self.set_replicas(spec.replicas, "the configured replicas changed")
-        elif self.replicas > 0:
-            self.set_replicas(spec.scale.clamp(self.replicas), "the scale bounds changed")
+        self._rescale_for(previous, spec)
         self.error = None
         self._converged.clear()
         self._wake.set()
@@ -283,16 +247,6 @@ class ServiceController:
 
     # -- scaling -----------------------------------------------------------------------------
 
-    def set_replicas(self, replicas: int, why: str) -> None:
-        if replicas == self.replicas:
-            return
-        self._log.info("function.scale", replicas_from=self.replicas, replicas_to=replicas, why=why)
-        self.replicas = replicas
-        self.scaled_because = why
-        self.scaled_at = time.time()
-        self._converged.clear()
-        self._wake.set()
-
     def _follow(self, replicas: int) -> None:
         """Take the service's replica count as this controller's own."""
         if replicas != self.replicas:
@@ -301,15 +255,6 @@ class ServiceController:
 
     def remove_paused(self) -> None:
         """Nothing is paused on Swarm: a scale to zero stops the tasks at once."""
-
-    def wake(self) -> str | None:
-        if self._closing:
-            return None
-        if self.replicas > 0:
-            return self.waking
-        self.waking = "cold"
-        self.set_replicas(max(1, self.spec.scale.min), "woken by a request (cold)")
-        return self.waking
 
     def on_event(self, event: BackendEvent) -> None:
         """Something changed about the service or a task: look again now."""
