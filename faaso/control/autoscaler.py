@@ -314,7 +314,9 @@ class Autoscaler:
             delayed = max(w for _, w in state.wanted)
             bounded = math.ceil(current / policy.max_scale_down_rate)
             if delayed > desired or bounded > desired:
-                desired = max(delayed, bounded)
+                # A hold keeps what runs at most: a higher count wanted in the delay (an
+                # override that was just reset, say) never takes it back up.
+                desired = min(current, max(delayed, bounded))
                 why += f" (scale-down held by its delay and bound: {desired})"
         scaled_at = controller.scaled_at
         by_hand = not (controller.scaled_because or "").startswith("autoscaler:")
