@@ -51,6 +51,19 @@ async def ui_errors(request: web.Request, handler: Handler) -> web.StreamRespons
         return views.message(request, str(exc), ok=False, status=409)
 
 
+@web.middleware
+async def no_store(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """``Cache-Control: no-store`` on the UI's pages and event streams (not its static files):
+    they are a logged-in user's live pages, each with a CSRF token, not to be stored. (It does
+    not keep every browser from holding a page left by navigation in its back/forward cache,
+    event streams open: Chromium does even so. The pages close their streams on ``pagehide``
+    for that, in ``static/ui.js``.)"""
+    response = await handler(request)
+    if not request.path.startswith(f"{PREFIX}/static/"):
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
 def ui_app(
     holder: ApiHolder,
     middlewares: list[Any],
@@ -59,7 +72,7 @@ def ui_app(
     waker: Waker,
 ) -> web.Application:
     csrf = Csrf()
-    stack: list[Any] = [*middlewares, csrf.middleware(_refused), ui_errors]
+    stack: list[Any] = [*middlewares, no_store, csrf.middleware(_refused), ui_errors]
     app = web.Application(middlewares=stack)
     app[HOLDER] = holder
     app[views.CSRF] = csrf

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -599,6 +600,28 @@ def test_scale_to_2_then_back_to_automatic(ui: Ui) -> None:
     assert status == 200 and doc["replicas"] == 1
     assert "1 / 20" in ui.text_of("#scale-policy")  # the default min / max
     assert "stable 600 s" in ui.text_of("#scale-policy")
+
+
+def _browser_connections(port: int) -> int:
+    """TCP connections the browser holds to faaso (``ss``: Debian's iproute2)."""
+    out = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"dport = :{port}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return sum(1 for line in out.splitlines() if "chrom" in line)
+
+
+def test_pages_left_keep_no_event_stream_open(ui: Ui) -> None:
+    # Each of these pages has one or two live event streams. A page left for another must
+    # close them: Chromium keeps left pages in its back/forward cache, and over HTTP/1.1 it
+    # opens at most six connections to one server, so held streams made the next page load
+    # wait about a minute.
+    for path in ("/ui/function/sum", "/ui/async", "/ui/function/mul", "/ui/function/hello", "/ui/"):
+        ui.goto(path)
+    # The list page's one stream and a kept-alive connection at most (closes are asynchronous).
+    _until(lambda: _browser_connections(ui.served.port) <= 2, "streams of left pages closed", 15)
 
 
 def test_the_autoscaler_decision_list_shows_a_decision(ui: Ui) -> None:

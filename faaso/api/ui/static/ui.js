@@ -146,3 +146,27 @@ function setUp() {
 }
 
 document.addEventListener("DOMContentLoaded", setUp);
+
+// A page left for another keeps no event stream open: a browser that keeps it in its
+// back/forward cache would otherwise hold the connection, and after six of them (HTTP/1.1's
+// limit per server) the next page load waits (Chromium: about a minute). The streams are
+// htmx's (its sse extension makes them with `new EventSource`), so they are tracked here and
+// closed on pagehide; a page brought back from that cache is reloaded, so that it is live again.
+const openStreams = new Set();
+const NativeEventSource = window.EventSource;
+window.EventSource = class extends NativeEventSource {
+  constructor(url, init) {
+    super(url, init);
+    openStreams.add(this);
+  }
+  close() {
+    openStreams.delete(this);
+    super.close();
+  }
+};
+window.addEventListener("pagehide", () => {
+  for (const stream of [...openStreams]) stream.close();
+});
+window.addEventListener("pageshow", (event) => {
+  if (event.persisted) location.reload();
+});
