@@ -160,6 +160,27 @@ def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
     pytest.fail(f"{what}: not within {timeout} s (last: {last!r})")
 
 
+def get_json(served: Served, path: str) -> tuple[int, Any]:
+    """GET ``path`` from a running faaso: its status and JSON (0 and None while it does not
+    listen yet). Fails the test when faaso has exited."""
+    if served.proc.poll() is not None:
+        pytest.fail(f"faaso exited with {served.proc.returncode}:\n{served.log_text()[-4000:]}")
+    try:
+        status, _, body = served.request("GET", path)
+    except OSError:
+        return 0, None
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body.decode(errors="replace")
+
+
+def available(served: Served, name: str, count: int) -> bool:
+    """``availableReplicas`` of the function is ``count`` (0 is left out of the JSON)."""
+    status, doc = get_json(served, f"/system/function/{name}")
+    return status == 200 and isinstance(doc, dict) and doc.get("availableReplicas", 0) == count
+
+
 class Load:
     """A bounded load on a running faaso: ``connections`` clients in a thread of their own, each
     on one keep-alive connection, sending the same request again and again until :meth:`stop`,

@@ -25,6 +25,8 @@ from faaso.state.paths import owner_id
 from tests.helpers import (
     Load,
     Served,
+    available,
+    get_json,
     metric_samples,
     remove_swarm_services,
     start_serve,
@@ -172,28 +174,9 @@ routes:
     found.cleanup()
 
 
-def get_json(served: Served, path: str) -> tuple[int, Any]:
-    """GET ``path``: its status and JSON (0 and None while faaso does not listen yet)."""
-    if served.proc.poll() is not None:
-        pytest.fail(f"faaso exited with {served.proc.returncode}:\n{served.log_text()[-4000:]}")
-    try:
-        status, _, body = served.request("GET", path)
-    except OSError:
-        return 0, None
-    try:
-        return status, json.loads(body)
-    except ValueError:
-        return status, body.decode(errors="replace")
-
-
 def call(served: Served, method: str, path: str, doc: object) -> tuple[int, bytes]:
     status, _, body = served.request(method, path, json.dumps(doc).encode())
     return status, body
-
-
-def available(served: Served, name: str, count: int) -> bool:
-    status, doc = get_json(served, f"/system/function/{name}")
-    return status == 200 and doc.get("availableReplicas", 0) == count  # 0 is left out
 
 
 def invoke(served: Served, name: str, text: str) -> dict[str, Any]:

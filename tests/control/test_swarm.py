@@ -8,22 +8,22 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from faaso.state.paths import owner_id
 from tests.helpers import (
     ROOT,
-    Served,
+    available,
+    get_json,
     remove_swarm_services,
     start_serve,
     stop_serve,
     swarm_services,
+    swarm_tasks_running,
+    until,
 )
 
 pytestmark = [
@@ -33,50 +33,6 @@ pytestmark = [
 ]
 
 REGISTRY = "127.0.0.1:5000"  # started by scripts/prepare
-
-
-def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    end = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < end:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.3)  # poll with a deadline
-    pytest.fail(f"{what}: not within {timeout} s (last: {last!r})")
-
-
-def get_json(served: Served, path: str) -> tuple[int, Any]:
-    """GET ``path``: its status and JSON (0 and None while faaso does not listen yet)."""
-    if served.proc.poll() is not None:
-        pytest.fail(f"faaso exited with {served.proc.returncode}:\n{served.log_text()[-4000:]}")
-    try:
-        status, _, body = served.request("GET", path)
-    except OSError:
-        return 0, None
-    try:
-        return status, json.loads(body)
-    except ValueError:
-        return status, body.decode(errors="replace")
-
-
-def available(served: Served, name: str, count: int) -> bool:
-    status, doc = get_json(served, f"/system/function/{name}")
-    return status == 200 and bool(doc.get("availableReplicas", 0) == count)
-
-
-def tasks_running(owner: str, function: str) -> set[str]:
-    found = swarm_services(owner).get(function)
-    if found is None:
-        return set()
-    out = subprocess.run(
-        ["docker", "service", "ps", found["ID"], "-q", "--filter", "desired-state=running"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return set(out.split())
 
 
 @pytest.fixture
@@ -180,19 +136,19 @@ def test_swarm_routes_file_api_scale_errors_adoption_remove(
         )
         assert status == 202
         until(lambda: "sum2" not in swarm_services(owner), 60, "sum2's service removed")
-        before = tasks_running(owner, "sum")
+        before = swarm_tasks_running(owner, "sum")
         assert len(before) == 3
     finally:
         assert stop_serve(served) == 0
 
     # -- Swarm holds the state: the service keeps running while faaso is away ------------------
-    assert tasks_running(owner, "sum") == before
+    assert swarm_tasks_running(owner, "sum") == before
 
     # -- adoption after a restart: the same tasks serve, nothing is redeployed -----------------
     served = start_serve(routes, state, tmp_path / "serve2.log", "--no-auth")
     try:
         until(lambda: available(served, "sum", 3), 120, "sum adopted")
-        assert tasks_running(owner, "sum") == before
+        assert swarm_tasks_running(owner, "sum") == before
         assert "service.adopted" in served.log_text()
         status, _, body = served.request("GET", "/sum?a=2&b=5")
         assert (status, body) == (200, b"7")

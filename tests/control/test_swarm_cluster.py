@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,13 @@ from faaso.state.paths import cluster_owner_id
 from tests.helpers import (
     ROOT,
     Served,
+    get_json,
     http_request,
     remove_swarm_services,
     start_serve,
     stop_serve,
     swarm_services,
+    until,
 )
 
 pytestmark = [
@@ -37,30 +39,6 @@ pytestmark = [
 ]
 
 REGISTRY = "127.0.0.1:5000"  # started by scripts/prepare
-
-
-def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    end = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < end:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.3)  # poll with a deadline
-    pytest.fail(f"{what}: not within {timeout} s (last: {last!r})")
-
-
-def get_json(served: Served, path: str) -> tuple[int, Any]:
-    if served.proc.poll() is not None:
-        pytest.fail(f"faaso exited with {served.proc.returncode}:\n{served.log_text()[-4000:]}")
-    try:
-        status, _, body = served.request("GET", path)
-    except OSError:
-        return 0, None
-    try:
-        return status, json.loads(body)
-    except ValueError:
-        return status, body.decode(errors="replace")
 
 
 def function(served: Served, name: str) -> dict[str, Any]:
