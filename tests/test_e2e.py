@@ -163,6 +163,7 @@ def test_taken_port_is_one_line_and_touches_no_container(served: Served, tmp_pat
         [
             *("docker", "run", "-d", "--name", leftover, "--label", "faaso.managed=true"),
             *("--label", f"faaso.owner={owner_id(state)}", "--label", "faaso.function=gone"),
+            # a container that just stays up (its sleep is its work, not a wait) until removed
             *("faaso/debian:bookworm", "sleep", "300"),
         ],
         check=True,

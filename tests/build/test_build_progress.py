@@ -28,6 +28,8 @@ COPY function/ /src/
 RUN cat /src/token.txt && echo printed-by-the-step
 RUN sleep 2
 """
+# The step's sleep is the work of a quiet build step (2 s of no output), not a wait: the builder
+# must show it is alive meanwhile.
 
 
 async def test_a_quiet_step_says_it_is_alive_and_output_is_info(tmp_path: Path) -> None:

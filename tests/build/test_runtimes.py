@@ -710,6 +710,8 @@ def watchdog(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+# The command's sleeps are its own work: ``slow`` polls (with the test's deadline) for the
+# release file the test writes; ``hang`` never answers in time (the watchdog's timeout ends it).
 WATCHDOG_COMMAND = """case "$Http_Query" in
   slow) : > started; while [ ! -e release ]; do sleep 0.01; done; echo slow done ;;
   hang) sleep 30 ;;
