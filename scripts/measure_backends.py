@@ -88,11 +88,12 @@ def routes_text(backend: str, version: str) -> str:
     )
 
 
-async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> float:
-    """Seconds until ``check()`` is true; raises after ``timeout``."""
+async def until(check: Callable[[], bool | Awaitable[bool]], timeout: float, what: str) -> float:
+    """Seconds until ``check()`` (a plain or an async check) is true; raises after ``timeout``."""
     start = time.monotonic()
     while time.monotonic() - start < timeout:
-        if await check():
+        done = check()
+        if done if isinstance(done, bool) else await done:
             return time.monotonic() - start
         await asyncio.sleep(0.05)  # poll with a deadline
     raise TimeoutError(f"{what}: not within {timeout} s")
@@ -141,7 +142,7 @@ async def rolling_update(
     load = Load(f"http://127.0.0.1:{port}/ver")
     workers = [asyncio.create_task(load.worker("1", "2")) for _ in range(CONNECTIONS)]
     try:
-        await until(lambda: _true(load.outcomes["ok old"] > 200), 60, "load to flow")
+        await until(lambda: load.outcomes["ok old"] > 200, 60, "load to flow")
         routes.write_text(routes_text(backend, "2"))
         told = time.monotonic()
         proc.send_signal(signal.SIGHUP)
@@ -160,10 +161,6 @@ async def rolling_update(
         "update_requests": float(sum(load.outcomes.values())),
         "update_s": max(load.last_old - told, 0.0),
     }
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def available(session: aiohttp.ClientSession, port: int) -> int:
@@ -226,6 +223,10 @@ async def measure(
         await until(first_200, 900, "first 200")
         result: dict[str, float] = {"deploy_to_first_200_s": time.monotonic() - started}
 
+        async def at(n: int, *, exact: bool) -> bool:
+            got = await available(session, port)
+            return got == n if exact else got >= n
+
         async def scale(n: int) -> None:
             url = f"http://127.0.0.1:{port}/system/scale-function/ver"
             async with session.post(url, json={"replicas": n}) as resp:
@@ -233,22 +234,12 @@ async def measure(
                     raise RuntimeError(f"scale to {n}: {resp.status} {await resp.text()}")
 
         await scale(5)
-        result["scale_1_to_5_s"] = await until(
-            lambda: _ge(available(session, port), 5), 300, "5 available"
-        )
+        result["scale_1_to_5_s"] = await until(lambda: at(5, exact=False), 300, "5 available")
         await scale(2)
         # Two replicas, and the three others gone, before the update starts.
-        await until(lambda: _eq(available(session, port), 2), 300, "back to 2")
+        await until(lambda: at(2, exact=True), 300, "back to 2")
     result.update(await rolling_update(port, proc, routes, backend, update_timeout))
     return result
-
-
-async def _ge(count: Awaitable[int], n: int) -> bool:
-    return await count >= n
-
-
-async def _eq(count: Awaitable[int], n: int) -> bool:
-    return await count == n
 
 
 def remove_services(owner: str) -> None:

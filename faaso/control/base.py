@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 
 from structlog.typing import FilteringBoundLogger
 
@@ -45,6 +46,8 @@ class ControllerBase:
         self.scaled_because = "deployed"
         self.scaled_at = time.time()
         self.waking: str | None = None  # "paused" or "cold" while a request wakes it from zero
+        # Told (function, count) when a request woke it from zero (the supervisor's hook).
+        self.on_woken: Callable[[str, int], None] | None = None
 
     @property
     def name(self) -> str:
@@ -107,6 +110,8 @@ class ControllerBase:
             return self.waking
         self.waking = self._wake_kind()
         self.set_replicas(max(1, self.spec.scale.min), f"woken by a request ({self.waking})")
+        if self.on_woken is not None:
+            self.on_woken(self.name, self.replicas)
         return self.waking
 
     def _wake_kind(self) -> str:

@@ -205,25 +205,11 @@ class Supervisor:
         except FaasoError:
             return
         controller = await self._new_controller(spec, image)
-        self._start(controller)
-
-    def _start(self, controller: AnyController) -> None:
-        """Start ``controller``, and tell :attr:`on_woken` when a request wakes it from zero
-        (the gateway's pool calls the controller's wake)."""
         controller.start()
-        pool = self._pools.get(controller.name)
-        wake = pool.wake
-        if wake is None:
-            return
 
-        def wake_and_tell() -> str | None:
-            at_zero = controller.replicas == 0
-            how = wake()
-            if at_zero and how is not None and self.on_woken is not None:
-                self.on_woken(controller.name, controller.replicas)
-            return how
-
-        pool.wake = wake_and_tell
+    def _woken(self, function: str, replicas: int) -> None:
+        if self.on_woken is not None:
+            self.on_woken(function, replicas)
 
     async def _new_controller(self, spec: FunctionSpec, image: str) -> AnyController:
         controller: AnyController
@@ -251,6 +237,7 @@ class Supervisor:
                 policy=self._policy,
                 secrets=self._secrets,
             )
+        controller.on_woken = self._woken
         self._controllers[spec.name] = controller
         rest = await controller.adopt(self._leftovers.pop(spec.name, []))
         await self._stop_all(rest, reason="out of date")
@@ -327,7 +314,7 @@ class Supervisor:
             # 2. new functions start; their routes go live only once they are healthy
             fresh = [await self._new_controller(new.functions[n], images[n]) for n in added]
             for controller in fresh:
-                self._start(controller)
+                controller.start()
             # 3. changed functions roll over; unchanged ones are not touched
             previous = {
                 n: (self._controllers[n].spec, self._controllers[n].image)
@@ -338,7 +325,7 @@ class Supervisor:
                 existing = self._controllers.get(name)
                 if existing is None:  # its first build had failed: start it now
                     started = await self._new_controller(new.functions[name], images[name])
-                    self._start(started)
+                    started.start()
                 else:
                     existing.update(new.functions[name], images[name])
             waiting = [self._controllers[n] for n in added + changed if n not in rescaled]

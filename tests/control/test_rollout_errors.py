@@ -246,7 +246,8 @@ async def test_a_function_a_failed_reload_adds_starts_once_its_secret_is_created
     assert site.status("more").error is None
 
 
-async def test_an_early_exit_reports_its_exit_code_and_last_output(site_factory: Any) -> None:
+async def _early_exit(site_factory: Any) -> Any:
+    """A site whose ``dies`` function exits before it is healthy, once that is reported."""
     site = await site_factory(
         "functions:\n  dies: {source: dies, runtime: python}\nroutes:\n  /dies: dies\n",
         wait_ready=False,
@@ -256,6 +257,11 @@ async def test_an_early_exit_reports_its_exit_code_and_last_output(site_factory:
         return "before it was healthy" in (site.status("dies").error or "")
 
     await eventually(reported, 120, "the early exit to be reported")
+    return site
+
+
+async def test_an_early_exit_reports_its_exit_code_and_last_output(site_factory: Any) -> None:
+    site = await _early_exit(site_factory)
     status = site.status("dies")
     error = status.error or ""
     assert "exited (code 7)" in error and "dying-marker-42" in error, error
@@ -295,15 +301,7 @@ async def test_an_early_exit_keeps_its_code_and_output_after_its_container_is_go
         return False
 
     monkeypatch.setattr(Prober, "check", late_check)
-    site = await site_factory(
-        "functions:\n  dies: {source: dies, runtime: python}\nroutes:\n  /dies: dies\n",
-        wait_ready=False,
-    )
-
-    async def reported() -> bool:
-        return "before it was healthy" in (site.status("dies").error or "")
-
-    await eventually(reported, 120, "the early exit to be reported")
+    site = await _early_exit(site_factory)
     assert gated, "the probe gate never held a container"
     assert await removed(gated[0]), "the first container is not gone"
     error = site.status("dies").error or ""

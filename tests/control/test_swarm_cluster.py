@@ -56,30 +56,33 @@ def at(served: Served, name: str, replicas: int) -> bool:
     return doc.get("replicas") == replicas and doc.get("availableReplicas") == replicas
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    conf = tmp_path / "conf"
-    conf.mkdir()
-    shutil.copytree(ROOT / "conf" / "functions" / "sum", conf / "sum")
+def cluster_site(tmp_path: Path, function: str, extra: str = "") -> Iterator[tuple[Path, str]]:
+    """A cluster routes file (a cluster name of this test's own) with ``function`` built from
+    ``conf/<function>``; yields it and the cluster's owner id, then removes its services."""
     name = "t" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:12]
-    routes = conf / "routes.yml"
+    routes = tmp_path / "conf" / "routes.yml"
     routes.write_text(
         f"""
 backend: swarm
 registry: {REGISTRY}
 swarm: {{cluster: {name}}}
 functions:
-  sum:
-    source: sum
+  {function}:
+    source: {function}
     runtime: python
     scale: {{min: 1, max: 1}}
-routes:
-  /sum: sum
-"""
+{extra}"""
     )
     owner = cluster_owner_id(name)
     yield routes, owner
     remove_swarm_services(owner)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    (tmp_path / "conf").mkdir()
+    shutil.copytree(ROOT / "conf" / "functions" / "sum", tmp_path / "conf" / "sum")
+    yield from cluster_site(tmp_path, "sum", "routes:\n  /sum: sum\n")
 
 
 def test_two_faaso_servers_serve_one_cluster(cluster: tuple[Path, str], tmp_path: Path) -> None:
@@ -177,26 +180,9 @@ def handle(event, context):
 
 @pytest.fixture
 def secret_cluster(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    conf = tmp_path / "conf"
-    (conf / "reader").mkdir(parents=True)
-    (conf / "reader" / "handler.py").write_text(READER)
-    name = "t" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:12]
-    routes = conf / "routes.yml"
-    routes.write_text(
-        f"""
-backend: swarm
-registry: {REGISTRY}
-swarm: {{cluster: {name}}}
-functions:
-  reader:
-    source: reader
-    runtime: python
-    scale: {{min: 1, max: 1}}
-"""
-    )
-    owner = cluster_owner_id(name)
-    yield routes, owner
-    remove_swarm_services(owner)
+    (tmp_path / "conf" / "reader").mkdir(parents=True)
+    (tmp_path / "conf" / "reader" / "handler.py").write_text(READER)
+    yield from cluster_site(tmp_path, "reader")
 
 
 def secrets_of(served: Served) -> set[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import platform
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp_jinja2
@@ -432,27 +433,26 @@ def _secrets_fragment(request: web.Request, text: str) -> web.Response:
     return response
 
 
-async def secret_create(request: web.Request) -> web.Response:
-    ctx = _ctx(request)
-    form = await request.post()
-    name = str(form.get("name", "")).strip()
+def _secret_value(form: Mapping[str, object]) -> bytes:
     value = form.get("value", "")
     if not isinstance(value, str):
         raise InvalidRequest("the value must be text")
+    return value.encode()
+
+
+async def secret_create(request: web.Request) -> web.Response:
+    form = await request.post()
+    name = str(form.get("name", "")).strip()
     # as POST /system/secrets: functions waiting for it start now
-    await put_secret(ctx, name, value.encode(), NAMESPACE, create=True)
+    await put_secret(_ctx(request), name, _secret_value(form), NAMESPACE, create=True)
     return _secrets_fragment(request, f"secret {name} created")
 
 
 async def secret_update(request: web.Request) -> web.Response:
-    ctx = _ctx(request)
     name = request.match_info["name"]
     form = await request.post()
-    value = form.get("value", "")
-    if not isinstance(value, str):
-        raise InvalidRequest("the value must be text")
     # as PUT /system/secrets: its users roll over in the background (undone if they cannot)
-    await put_secret(ctx, name, value.encode(), NAMESPACE, create=False)
+    await put_secret(_ctx(request), name, _secret_value(form), NAMESPACE, create=False)
     return _secrets_fragment(request, f"secret {name} updated")
 
 
